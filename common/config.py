@@ -1,0 +1,167 @@
+"""Configuration: the SPEC's keys, parsed once into a frozen object.
+
+Order of precedence: the process environment, then `.env` in the project root
+(python-dotenv never overrides a variable that is already set), then the defaults
+below. A bad value raises ConfigError naming the key; programs print that one line
+and exit with status 2 before doing anything else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; str(exc) names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    dispatcher_host: str = "127.0.0.1"
+    dispatcher_port: int = 5000
+    database_url: str = "sqlite:///data/tasks.db"
+    dispatcher_url: str = "http://127.0.0.1:5000"
+    lease_seconds: float = 120.0
+    worker_dead_after: float = 60.0
+    worker_poll_interval: float = 5.0
+    worker_heartbeat_interval: float = 30.0
+    worker_concurrency: int = 1
+    worker_cache_dir: str = "data/worker-cache"
+    cache_retry_interval: float = 20.0
+    cache_ttl_seconds: float = 3600.0
+    primes_max_limit: int = 100_000_000
+    trial_division_max_limit: int = 10_000_000
+    default_max_retries: int = 3
+    default_task_timeout: float = 300.0
+    api_token: str = ""
+    max_request_bytes: int = 1_048_576
+    task_retention_seconds: float = 604_800.0
+    dispatcher_processes: int = 2
+    dispatcher_threads: int = 16
+    log_level: str = "INFO"
+    max_wait_seconds: float = 30.0
+    max_batch: int = 1000
+    reap_interval: float = 5.0
+    retry_backoff_base: float = 1.0
+    retry_backoff_cap: float = 300.0
+    worker_prefetch: str = "auto"
+    worker_max_tasks_per_child: int = 0
+    worker_shutdown_grace: float = 30.0
+    worker_queues: str = "default"
+    task_modules: str = ""
+    database_pool_size: int = 10
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Parse every known key of `env` (default: os.environ after loading .env)."""
+        if env is None:
+            load_dotenv_file()
+            env = os.environ
+        values = {}
+        for f in fields(cls):
+            key = f.name.upper()
+            if key in env:
+                values[f.name] = _parse(key, env[key], type(f.default))
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Cross-field and range checks; raises ConfigError naming the key."""
+        positive = (
+            "lease_seconds",
+            "worker_dead_after",
+            "worker_heartbeat_interval",
+            "worker_concurrency",
+            "cache_retry_interval",
+            "primes_max_limit",
+            "trial_division_max_limit",
+            "default_task_timeout",
+            "max_request_bytes",
+            "dispatcher_processes",
+            "dispatcher_threads",
+            "max_batch",
+            "reap_interval",
+            "retry_backoff_cap",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be greater than 0")
+        if not 0 < self.dispatcher_port < 65536:
+            raise ConfigError("DISPATCHER_PORT must be between 1 and 65535")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.worker_prefetch != "auto":
+            try:
+                if int(self.worker_prefetch) < 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(
+                    f"WORKER_PREFETCH must be 'auto' or a whole number >= 0, "
+                    f"not {self.worker_prefetch!r}"
+                ) from None
+        if not self.queues:
+            raise ConfigError("WORKER_QUEUES must name at least one queue")
+        if not self.dispatcher_url.startswith(("http://", "https://")):
+            raise ConfigError("DISPATCHER_URL must start with http:// or https://")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError(
+                "DATABASE_URL must be sqlite:///relative/path.db, "
+                "sqlite:////absolute/path.db or postgresql://..."
+            )
+
+    # -- derived values -------------------------------------------------------------
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return tuple(q.strip() for q in self.worker_queues.split(",") if q.strip())
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.task_modules.split(",") if m.strip())
+
+    @property
+    def prefetch(self) -> int | None:
+        """A fixed prefetch, or None for `auto`."""
+        return None if self.worker_prefetch == "auto" else int(self.worker_prefetch)
+
+    def database_path(self) -> Path:
+        """The SQLite file DATABASE_URL names (relative paths are from the project root)."""
+        rest = self.database_url[len("sqlite:///") :]
+        path = Path(rest)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def cache_dir(self) -> Path:
+        path = Path(self.worker_cache_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces this configuration in a child process."""
+        return {f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def load_dotenv_file() -> None:
+    from dotenv import load_dotenv
+
+    load_dotenv(PROJECT_ROOT / ".env", override=False)
+
+
+def _parse(key: str, raw: str, kind: type):
+    text = raw.strip()
+    if kind is str:
+        return text
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{key} must be {what}, not {raw!r}") from None
+    if value < 0 or value != value:  # negative or NaN
+        raise ConfigError(f"{key} must not be negative, not {raw!r}")
+    return value

@@ -1,0 +1,95 @@
+"""The app factory: gunicorn and the tests both build the dispatcher here."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask, request
+
+import tasks
+from common.config import Config
+from common.logs import setup_logging
+
+from . import errors, routes
+from .errors import Unauthorized
+from .storage import Storage, open_storage
+from .wakeup import Wakeup
+
+log = logging.getLogger("dispatcher")
+
+
+@dataclass
+class Context:
+    """Everything a request needs; one per app, held in app.extensions."""
+
+    config: Config
+    storage: Storage
+    registry: tasks.Registry
+    wakeup: Wakeup
+    clock: Callable[[], float]
+
+
+def create_app(
+    config: Config, clock: Callable[[], float] = time.time, background: bool = True
+) -> Flask:
+    """Open storage, register routes and error handlers; with `background`, start the
+    reaper thread (expired leases, dead workers, retention)."""
+    setup_logging(config.log_level)
+    tasks.load_modules(config.modules)
+    storage = open_storage(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    app.json.sort_keys = False
+    app.json.compact = True
+    ctx = Context(config, storage, tasks.registry, Wakeup(storage.change_counter), clock)
+    app.extensions["taskqueue"] = ctx
+    if config.api_token:
+        app.before_request(_require_token(config.api_token))
+    app.register_blueprint(routes.bp)
+    errors.register(app)
+    if background:
+        threading.Thread(target=_reaper, args=(ctx,), name="reaper", daemon=True).start()
+    return app
+
+
+def _require_token(token: str):
+    expected = f"Bearer {token}".encode()
+
+    def check():
+        if request.path == "/health":
+            return None
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized("missing or wrong API token (Authorization: Bearer <token>)")
+        return None
+
+    return check
+
+
+def _reaper(ctx: Context) -> None:
+    config = ctx.config
+    while True:
+        try:
+            report = ctx.storage.reap(
+                now=ctx.clock(),
+                dead_after=config.worker_dead_after,
+                retention_s=config.task_retention_seconds,
+            )
+            for worker_id in report.dead_workers:
+                log.warning("worker %s declared dead (no heartbeat)", worker_id)
+            for task_id in report.rescued:
+                log.warning("task %s back to the queue: its worker is dead", task_id)
+            for task_id in report.expired:
+                log.warning("task %s lease expired", task_id)
+            if report.deleted:
+                log.info("deleted %d finished tasks past retention", report.deleted)
+            if report.dead_workers or report.expired or report.rescued:
+                ctx.wakeup.notify()
+        except Exception as exc:  # the reaper never dies; the next sweep tries again
+            log.error("reap failed: %s", exc)
+        time.sleep(config.reap_interval)

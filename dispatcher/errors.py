@@ -1,0 +1,81 @@
+"""Named errors, and the one place that turns them into JSON responses."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+from tasks import InvalidPayload
+
+log = logging.getLogger("dispatcher")
+
+
+class QueueError(Exception):
+    """An error the client caused or must know about; str(exc) is what the client reads."""
+
+    http_status = 400
+
+
+class BadRequest(QueueError):
+    http_status = 400
+
+
+class Unauthorized(QueueError):
+    http_status = 401
+
+
+class TaskNotFound(QueueError):
+    http_status = 404
+
+    def __init__(self, task_id: str):
+        super().__init__(f"task {task_id} not found")
+
+
+class Conflict(QueueError):
+    """A state change the task's current state refuses (finished, other lease, taken over)."""
+
+    http_status = 409
+
+
+class LeaseConflict(Conflict):
+    pass
+
+
+class WorkerTakenOver(Conflict):
+    def __init__(self, worker_id: str):
+        super().__init__(
+            f"worker id {worker_id} was taken over by a newer instance; this instance must stop"
+        )
+
+
+class DatabaseUnavailable(QueueError):
+    http_status = 503
+
+
+def register(app: Flask) -> None:
+    """Every error leaves the dispatcher as {"error": "..."} with its status."""
+
+    @app.errorhandler(QueueError)
+    def queue_error(exc: QueueError):
+        return {"error": str(exc)}, exc.http_status
+
+    @app.errorhandler(InvalidPayload)
+    def invalid_payload(exc: InvalidPayload):
+        return {"error": str(exc)}, 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        messages = {
+            404: "no such endpoint",
+            405: "method not allowed on this endpoint",
+            413: f"request body too large (limit {app.config['MAX_CONTENT_LENGTH']} bytes)",
+        }
+        message = messages.get(exc.code or 500, exc.description or exc.name)
+        return {"error": message}, exc.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error: %s", exc)
+        return {"error": "internal error; see the dispatcher log"}, 500

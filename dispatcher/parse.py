@@ -1,0 +1,169 @@
+"""Request bodies -> typed values. Every failure is a BadRequest naming the field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from common.config import Config
+from tasks import Registry
+
+from .errors import BadRequest
+from .storage import STATUSES, NewTask, Result
+
+MAX_ID_LENGTH = 200
+MAX_KEY_LENGTH = 200
+MAX_ERROR_LENGTH = 10_000
+MAX_PRIORITY = 1_000_000
+TASK_FIELDS = {
+    "type",
+    "payload",
+    "queue",
+    "max_retries",
+    "timeout",
+    "priority",
+    "delay",
+    "idempotency_key",
+}
+
+
+def body(data: Any) -> dict:
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def string(data: dict, key: str, *, required: bool = True, max_len: int = MAX_ID_LENGTH):
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"'{key}' is required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"'{key}' must be a non-empty string")
+    if len(value) > max_len:
+        raise BadRequest(f"'{key}' must be at most {max_len} characters")
+    return value
+
+
+def integer(data: dict, key: str, default: int, low: int, high: int) -> int:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'{key}' must be a whole number")
+    if not low <= value <= high:
+        raise BadRequest(f"'{key}' must be between {low} and {high}")
+    return value
+
+
+def number(data: dict, key: str, default: float, low: float, high: float) -> float:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"'{key}' must be a number")
+    if not low <= value <= high:
+        raise BadRequest(f"'{key}' must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def batch(data: dict, key: str, config: Config) -> list:
+    items = data.get(key)
+    if not isinstance(items, list) or not items:
+        raise BadRequest(f"'{key}' must be a non-empty list")
+    if len(items) > config.max_batch:
+        raise BadRequest(f"'{key}' holds {len(items)} items; at most {config.max_batch} per call")
+    return items
+
+
+def new_task(data: Any, config: Config, registry: Registry) -> NewTask:
+    """A submission, validated by its task type."""
+    data = body(data)
+    unknown = set(data) - TASK_FIELDS
+    if unknown:
+        raise BadRequest(f"unknown field '{sorted(unknown)[0]}' in task")
+    type_ = string(data, "type")
+    payload = data.get("payload", {})
+    if not isinstance(payload, dict):
+        raise BadRequest("'payload' must be a JSON object")
+    return NewTask(
+        type=type_,
+        payload=registry.validate(type_, payload, config),
+        queue=string(data, "queue", required=False) or "default",
+        priority=integer(data, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY),
+        delay=number(data, "delay", 0.0, 0.0, 365 * 86_400.0),
+        max_retries=integer(data, "max_retries", config.default_max_retries, 0, 100),
+        timeout=number(data, "timeout", config.default_task_timeout, 0.001, 7 * 86_400.0),
+        idempotency_key=string(data, "idempotency_key", required=False, max_len=MAX_KEY_LENGTH),
+    )
+
+
+def queues(data: dict) -> tuple[str, ...]:
+    value = data.get("queues")
+    if value is None:
+        return ("default",)
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(q, str) and q and len(q) <= MAX_ID_LENGTH for q in value)
+    ):
+        raise BadRequest("'queues' must be a non-empty list of queue names")
+    return tuple(dict.fromkeys(value))
+
+
+def result(data: Any) -> Result:
+    data = body(data)
+    status = data.get("status")
+    if status not in ("completed", "failed"):
+        raise BadRequest("'status' must be 'completed' or 'failed'")
+    error = data.get("error")
+    if error is not None and not isinstance(error, str):
+        raise BadRequest("'error' must be a string")
+    if status == "failed" and not error:
+        error = "failed (no error message)"
+    return Result(
+        task_id=string(data, "task_id"),
+        lease_token=string(data, "lease_token"),
+        worker_id=string(data, "worker_id"),
+        status=status,
+        result=data.get("result"),
+        error=error[:MAX_ERROR_LENGTH] if error else None,
+    )
+
+
+def task_ids(data: dict) -> list[str] | None:
+    value = data.get("task_ids")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(t, str) and len(t) <= MAX_ID_LENGTH for t in value
+    ):
+        raise BadRequest("'task_ids' must be a list of task ids")
+    return value
+
+
+def release_items(data: dict, config: Config) -> list[tuple[str, str]]:
+    out = []
+    for item in batch(data, "tasks", config):
+        if not isinstance(item, dict):
+            raise BadRequest("each item of 'tasks' must be an object with task_id and lease_token")
+        out.append((string(item, "task_id"), string(item, "lease_token")))
+    return out
+
+
+def status_filter(value: str | None) -> str | None:
+    if value and value not in STATUSES:
+        raise BadRequest(f"'status' must be one of {', '.join(STATUSES)}")
+    return value or None
+
+
+def query_number(args, key: str, default: float, low: float, high: float) -> float:
+    raw = args.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"'{key}' must be a number") from None
+    return number({key: value}, key, default, low, high)

@@ -1,0 +1,264 @@
+"""The HTTP API: parse, one storage call, JSON back. No SQL, no state decisions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, request
+
+from . import parse
+from .errors import QueueError
+from .storage import FINISHED
+
+log = logging.getLogger("dispatcher")
+bp = Blueprint("api", __name__)
+
+TIME_FIELDS = (
+    "created_at",
+    "started_at",
+    "finished_at",
+    "lease_expires_at",
+    "last_heartbeat",
+    "first_seen",
+    "run_at",
+)
+
+
+def ctx():
+    return current_app.extensions["taskqueue"]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def with_iso(item: dict) -> dict:
+    for key in TIME_FIELDS:
+        if key in item:
+            item[key] = iso(item[key])
+    for attempt in item.get("history", ()):
+        with_iso(attempt)
+    return item
+
+
+def json_body() -> dict:
+    return parse.body(request.get_json(silent=True))
+
+
+# -- submission ---------------------------------------------------------------------
+
+
+@bp.post("/submit-task")
+def submit_task():
+    c = ctx()
+    task = parse.new_task(json_body(), c.config, c.registry)
+    [(task_id, created)] = c.storage.submit([task], now=c.clock())
+    if created:
+        c.wakeup.notify()
+        log.info("submitted task %s type=%s queue=%s", task_id, task.type, task.queue)
+        return {"task_id": task_id, "status": "pending"}, 201
+    log.info("idempotent repeat of task %s key=%s", task_id, task.idempotency_key)
+    return {"task_id": task_id, "status": c.storage.status_of(task_id)}, 200
+
+
+@bp.post("/submit-tasks")
+def submit_tasks():
+    c = ctx()
+    items = parse.batch(json_body(), "tasks", c.config)
+    tasks = []
+    for i, item in enumerate(items):
+        try:
+            tasks.append(parse.new_task(item, c.config, c.registry))
+        except (QueueError, ValueError) as exc:
+            raise parse.BadRequest(f"tasks[{i}]: {exc}") from None
+    ids = c.storage.submit(tasks, now=c.clock())
+    c.wakeup.notify()
+    if log.isEnabledFor(logging.INFO):
+        for (task_id, created), task in zip(ids, tasks, strict=True):
+            if created:
+                log.info("submitted task %s type=%s queue=%s", task_id, task.type, task.queue)
+    return {"task_ids": [task_id for task_id, _ in ids]}, 201
+
+
+# -- workers ------------------------------------------------------------------------
+
+
+@bp.post("/get-task")
+def get_task():
+    c = ctx()
+    data = json_body()
+    worker_id = parse.string(data, "worker_id")
+    instance_id = parse.string(data, "instance_id", required=False) or ""
+    queues = parse.queues(data)
+    wait = parse.number(data, "wait", 0.0, 0.0, c.config.max_wait_seconds)
+    max_tasks = parse.integer(data, "max_tasks", 1, 1, c.config.max_batch)
+    deadline = time.monotonic() + wait
+    claim = {"queues": queues, "max_tasks": max_tasks, "lease_s": c.config.lease_seconds}
+    seen = c.wakeup.generation()  # read before the claim, so no submission slips between
+    tasks = c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
+    while not tasks:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        now = c.clock()
+        due = c.storage.next_run_at(queues)  # a delayed task becomes ready at `due`
+        if due is not None:
+            left = min(left, max(0.0, due - now) + 0.001)
+        seen = c.wakeup.wait(seen, left)
+        if c.storage.has_ready(queues, c.clock()):  # a cheap read before taking the lock
+            tasks = c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
+    if tasks and log.isEnabledFor(logging.INFO):
+        for t in tasks:
+            log.info("claimed task %s worker=%s attempt=%d", t["task_id"], worker_id, t["attempt"])
+    return {"tasks": [with_iso(t) for t in tasks]}
+
+
+@bp.post("/submit-result")
+def submit_result():
+    c = ctx()
+    item = parse.result(json_body())
+    [outcome] = c.storage.finish([item], now=c.clock())
+    c.wakeup.notify()
+    if isinstance(outcome, Exception):
+        log.warning("refused result task %s worker=%s: %s", item.task_id, item.worker_id, outcome)
+        raise outcome
+    log.info("result task %s worker=%s status=%s", item.task_id, item.worker_id, outcome)
+    return {"task_id": item.task_id, "status": outcome}
+
+
+@bp.post("/submit-results")
+def submit_results():
+    c = ctx()
+    raw = parse.batch(json_body(), "results", c.config)
+    answers: list[dict | None] = [None] * len(raw)
+    good, positions = [], []
+    for i, data in enumerate(raw):
+        try:
+            good.append(parse.result(data))
+            positions.append(i)
+        except QueueError as exc:
+            task_id = data.get("task_id") if isinstance(data, dict) else None
+            answers[i] = {"task_id": task_id, "error": str(exc), "code": exc.http_status}
+    outcomes = c.storage.finish(good, now=c.clock()) if good else []
+    c.wakeup.notify()
+    for i, item, outcome in zip(positions, good, outcomes, strict=True):
+        if isinstance(outcome, QueueError):
+            log.warning(
+                "refused result task %s worker=%s: %s", item.task_id, item.worker_id, outcome
+            )
+            answers[i] = {
+                "task_id": item.task_id,
+                "error": str(outcome),
+                "code": outcome.http_status,
+            }
+        else:
+            log.info("result task %s worker=%s status=%s", item.task_id, item.worker_id, outcome)
+            answers[i] = {"task_id": item.task_id, "status": outcome}
+    return {"results": answers}
+
+
+@bp.post("/release")
+def release():
+    c = ctx()
+    data = json_body()
+    worker_id = parse.string(data, "worker_id")
+    items = parse.release_items(data, c.config)
+    released = c.storage.release(worker_id, items, now=c.clock())
+    c.wakeup.notify()
+    log.info("released %d of %d tasks worker=%s", released, len(items), worker_id)
+    return {"released": released}
+
+
+@bp.post("/heartbeat")
+def heartbeat():
+    c = ctx()
+    data = json_body()
+    worker_id = parse.string(data, "worker_id")
+    instance_id = parse.string(data, "instance_id", required=False) or ""
+    now = c.clock()
+    abandon = c.storage.heartbeat(
+        worker_id, instance_id, parse.task_ids(data), now=now, lease_s=c.config.lease_seconds
+    )
+    log.debug("heartbeat worker=%s abandon=%s", worker_id, abandon)
+    return {
+        "worker_id": worker_id,
+        "abandon": abandon,
+        "lease_expires_at": iso(now + c.config.lease_seconds),
+    }
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+@bp.get("/task/<task_id>")
+def get_task_status(task_id: str):
+    c = ctx()
+    wait = parse.query_number(request.args, "wait", 0.0, 0.0, c.config.max_wait_seconds)
+    deadline = time.monotonic() + wait
+    while True:
+        seen = c.wakeup.generation()
+        task = c.storage.get(task_id)
+        left = deadline - time.monotonic()
+        if task["status"] in FINISHED or left <= 0:
+            break
+        c.wakeup.wait(seen, left)
+    task.pop("timeout", None)
+    task.pop("run_at", None)
+    return with_iso(task)
+
+
+@bp.get("/tasks")
+def list_tasks():
+    c = ctx()
+    status = parse.status_filter(request.args.get("status"))
+    type_ = request.args.get("type") or None
+    limit = int(parse.query_number(request.args, "limit", 100, 1, c.config.max_batch))
+    offset = int(parse.query_number(request.args, "offset", 0, 0, 1e12))
+    tasks = c.storage.list_tasks(status, type_, limit, offset)
+    for t in tasks:
+        t.pop("timeout", None)
+        t.pop("run_at", None)
+        with_iso(t)
+    return {"tasks": tasks, "limit": limit, "offset": offset}
+
+
+@bp.post("/task/<task_id>/cancel")
+def cancel_task(task_id: str):
+    c = ctx()
+    status = c.storage.cancel(task_id, now=c.clock())
+    c.wakeup.notify()
+    log.info("cancelled task %s", task_id)
+    return {"task_id": task_id, "status": status}
+
+
+@bp.post("/task/<task_id>/retry")
+def retry_task(task_id: str):
+    c = ctx()
+    status = c.storage.retry(task_id, now=c.clock())
+    c.wakeup.notify()
+    log.info("retry of task %s", task_id)
+    return {"task_id": task_id, "status": status}
+
+
+@bp.get("/stats")
+def stats():
+    c = ctx()
+    return c.storage.stats(now=c.clock(), dead_after=c.config.worker_dead_after)
+
+
+@bp.get("/workers")
+def workers():
+    c = ctx()
+    found = c.storage.workers(now=c.clock(), dead_after=c.config.worker_dead_after)
+    return {"workers": [with_iso(w) for w in found]}
+
+
+@bp.get("/health")
+def health():
+    c = ctx()
+    c.storage.ping()
+    return {"status": "ok"}

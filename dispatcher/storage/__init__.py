@@ -1,0 +1,115 @@
+"""The storage contract: named operations every database module offers.
+
+Routes call these and nothing else; all SQL lives in the module of its database.
+Every operation that depends on time takes `now` (UTC epoch seconds) as an argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from common.config import Config, ConfigError
+
+FINISHED = ("completed", "failed", "cancelled")
+STATUSES = ("pending", "in_progress", *FINISHED)
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A validated task, ready to be stored."""
+
+    type: str
+    payload: dict
+    queue: str = "default"
+    priority: int = 0
+    delay: float = 0.0
+    max_retries: int = 3
+    timeout: float = 300.0
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """One result a worker reports for a task it held under `lease_token`."""
+
+    task_id: str
+    lease_token: str
+    worker_id: str
+    status: str  # "completed" | "failed"
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class ReapReport:
+    expired: list[str] = field(default_factory=list)
+    dead_workers: list[str] = field(default_factory=list)
+    rescued: list[str] = field(default_factory=list)
+    deleted: int = 0
+
+
+class Storage(Protocol):
+    def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]: ...
+
+    def claim(
+        self,
+        worker_id: str,
+        instance_id: str,
+        queues: tuple[str, ...],
+        max_tasks: int,
+        now: float,
+        lease_s: float,
+    ) -> list[dict]: ...
+
+    def has_ready(self, queues: tuple[str, ...], now: float) -> bool: ...
+
+    def next_run_at(self, queues: tuple[str, ...]) -> float | None: ...
+
+    def finish(self, results: list[Result], now: float) -> list[str | Exception]: ...
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        instance_id: str,
+        task_ids: list[str] | None,
+        now: float,
+        lease_s: float,
+    ) -> list[str]: ...
+
+    def release(self, worker_id: str, tasks: list[tuple[str, str]], now: float) -> int: ...
+
+    def reap(self, now: float, dead_after: float, retention_s: float) -> ReapReport: ...
+
+    def cancel(self, task_id: str, now: float) -> str: ...
+
+    def retry(self, task_id: str, now: float) -> str: ...
+
+    def get(self, task_id: str) -> dict: ...
+
+    def list_tasks(
+        self, status: str | None, type_: str | None, limit: int, offset: int
+    ) -> list[dict]: ...
+
+    def stats(self, now: float, dead_after: float) -> dict: ...
+
+    def workers(self, now: float, dead_after: float) -> list[dict]: ...
+
+    def ping(self) -> None: ...
+
+    def change_counter(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def open_storage(config: Config) -> Storage:
+    """Open (and create or migrate) the database that DATABASE_URL names."""
+    if config.database_url.startswith("sqlite:///"):
+        from .sqlite import SqliteStorage
+
+        return SqliteStorage(
+            config.database_path(),
+            backoff_base=config.retry_backoff_base,
+            backoff_cap=config.retry_backoff_cap,
+        )
+    raise ConfigError("DATABASE_URL: PostgreSQL is not supported yet; use sqlite:///path.db")

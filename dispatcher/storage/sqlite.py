@@ -1,0 +1,814 @@
+"""SQLite storage: every SQL statement of the queue, and so every status change.
+
+Connections run in autocommit mode (`isolation_level=None`); every write goes through
+`_write()`: BEGIN IMMEDIATE ... COMMIT, so a transaction holds the write lock from its
+first statement and two dispatcher processes never interleave inside one. Each state
+change states its rule in its WHERE clause and is judged by its row count.
+
+Times are REAL epoch seconds (UTC). Payloads and results are JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import Conflict, DatabaseUnavailable, LeaseConflict, TaskNotFound, WorkerTakenOver
+from ..retry import retry_at
+from . import FINISHED, STATUSES, NewTask, ReapReport, Result
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0  # a writer waits this long for the lock before the client sees a 503
+CHUNK = 500  # ids per IN (...) list, under SQLite's parameter limit
+EXPIRED_ERROR = "lease expired"
+RETIRED_INSTANCE_KEEP_S = 86_400.0
+
+SCHEMA = [
+    """
+    CREATE TABLE tasks (
+        id               TEXT PRIMARY KEY,
+        type             TEXT NOT NULL,
+        queue            TEXT NOT NULL,
+        payload          TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        priority         INTEGER NOT NULL,
+        run_at           REAL NOT NULL,
+        created_at       REAL NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        max_retries      INTEGER NOT NULL,
+        timeout          REAL NOT NULL,
+        worker_id        TEXT,
+        lease_token      TEXT,
+        lease_expires_at REAL,
+        result           TEXT,
+        error            TEXT,
+        finished_lease   TEXT,
+        expired_failure  INTEGER NOT NULL DEFAULT 0,
+        idempotency_key  TEXT UNIQUE
+    )
+    """,
+    # the claim: ready tasks of a queue, highest priority first, then oldest
+    "CREATE INDEX tasks_ready ON tasks (queue, priority DESC, run_at) WHERE status = 'pending'",
+    "CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE status = 'in_progress'",
+    "CREATE INDEX tasks_by_worker ON tasks (worker_id) WHERE status = 'in_progress'",
+    "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
+    # counts for /stats without reading the rows
+    "CREATE INDEX tasks_counts ON tasks (status, queue, type)",
+    """
+    CREATE TABLE attempts (
+        id          INTEGER PRIMARY KEY,
+        task_id     TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        lease_token TEXT NOT NULL,
+        worker_id   TEXT NOT NULL,
+        started_at  REAL NOT NULL,
+        finished_at REAL,
+        outcome     TEXT,
+        error       TEXT
+    )
+    """,
+    "CREATE INDEX attempts_by_task ON attempts (task_id, lease_token)",
+    """
+    CREATE TABLE workers (
+        worker_id      TEXT PRIMARY KEY,
+        instance_id    TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        first_seen     REAL NOT NULL,
+        last_heartbeat REAL NOT NULL,
+        completed      INTEGER NOT NULL DEFAULT 0,
+        failed         INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    """
+    CREATE TABLE retired_instances (
+        instance_id TEXT PRIMARY KEY,
+        worker_id   TEXT NOT NULL,
+        retired_at  REAL NOT NULL
+    )
+    """,
+]
+
+# Migrations from version N to N + 1, applied in order to an existing file.
+MIGRATIONS: dict[int, list[str]] = {}
+
+# -- statements, named by the transition they make ------------------------------------
+
+INSERT_TASK = """
+INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
+                   max_retries, timeout, idempotency_key)
+VALUES (:id, :type, :queue, :payload, 'pending', :priority, :run_at, :now,
+        :max_retries, :timeout, :idempotency_key)
+ON CONFLICT (idempotency_key) DO NOTHING
+"""
+
+# pending -> in_progress: one more attempt, a fresh random lease token for each task
+CLAIM = """
+UPDATE tasks
+   SET status = 'in_progress', attempts = attempts + 1, worker_id = :worker_id,
+       lease_token = lower(hex(randomblob(16))), lease_expires_at = :now + :lease_s,
+       started_at = :now, expired_failure = 0
+ WHERE id IN (SELECT id FROM tasks
+               WHERE status = 'pending' AND queue = :queue AND run_at <= :now
+               ORDER BY priority DESC, run_at LIMIT :max_tasks)
+RETURNING id, type, payload, attempts, timeout, lease_token, lease_expires_at, priority, run_at
+"""
+
+RECORD_ATTEMPT = """
+INSERT INTO attempts (task_id, attempt, lease_token, worker_id, started_at)
+VALUES (?, ?, ?, ?, ?)
+"""
+
+# pending | in_progress -> completed, by any lease this task issued (first result wins)
+COMPLETE = """
+UPDATE tasks
+   SET status = 'completed', result = :result, error = NULL, finished_at = :now,
+       finished_lease = :lease_token, lease_token = NULL, lease_expires_at = NULL,
+       worker_id = :worker_id
+ WHERE id = :task_id AND status IN ('pending', 'in_progress')
+"""
+
+# failed (only by lease expiry) -> completed: a late real result replaces the expiry
+COMPLETE_AFTER_EXPIRY = """
+UPDATE tasks
+   SET status = 'completed', result = :result, error = NULL, finished_at = :now,
+       finished_lease = :lease_token, expired_failure = 0, worker_id = :worker_id
+ WHERE id = :task_id AND status = 'failed' AND expired_failure = 1
+"""
+
+# failed (only by lease expiry) -> failed with the worker's real error
+FAIL_AFTER_EXPIRY = """
+UPDATE tasks
+   SET error = :error, finished_lease = :lease_token, expired_failure = 0,
+       worker_id = :worker_id, finished_at = :now
+ WHERE id = :task_id AND status = 'failed' AND expired_failure = 1
+"""
+
+# in_progress -> pending (retries left, after back-off): only the current lease
+FAIL_RETRY = """
+UPDATE tasks
+   SET status = 'pending', run_at = :run_at, error = :error, lease_token = NULL,
+       lease_expires_at = NULL, worker_id = NULL
+ WHERE id = :task_id AND status = 'in_progress' AND lease_token = :lease_token
+"""
+
+# in_progress -> failed (no retries left): only the current lease
+FAIL_FINAL = """
+UPDATE tasks
+   SET status = 'failed', error = :error, finished_at = :now, finished_lease = :lease_token,
+       lease_token = NULL, lease_expires_at = NULL
+ WHERE id = :task_id AND status = 'in_progress' AND lease_token = :lease_token
+"""
+
+END_ATTEMPT = """
+UPDATE attempts SET finished_at = :now, outcome = :outcome, error = :error
+ WHERE task_id = :task_id AND lease_token = :lease_token AND outcome IS NULL
+"""
+
+# in_progress -> pending, now: the lease expired or its worker died, retries left
+EXPIRE_RETRY = """
+UPDATE tasks
+   SET status = 'pending', run_at = :now, error = :error, lease_token = NULL,
+       lease_expires_at = NULL, worker_id = NULL
+ WHERE id = :task_id AND status = 'in_progress' AND lease_token = :lease_token
+"""
+
+# in_progress -> failed: the lease expired on the last attempt (a later real result may
+# still replace this failure)
+EXPIRE_FINAL = """
+UPDATE tasks
+   SET status = 'failed', error = :error, finished_at = :now, expired_failure = 1,
+       lease_token = NULL, lease_expires_at = NULL
+ WHERE id = :task_id AND status = 'in_progress' AND lease_token = :lease_token
+"""
+
+# in_progress -> pending, given back unfinished: the attempt does not count
+RELEASE = """
+UPDATE tasks
+   SET status = 'pending', attempts = attempts - 1, lease_token = NULL,
+       lease_expires_at = NULL, worker_id = NULL
+ WHERE id = :task_id AND status = 'in_progress' AND lease_token = :lease_token
+   AND worker_id = :worker_id
+"""
+
+# pending | in_progress -> cancelled
+CANCEL = """
+UPDATE tasks
+   SET status = 'cancelled', finished_at = :now, lease_token = NULL, lease_expires_at = NULL
+ WHERE id = :task_id AND status IN ('pending', 'in_progress')
+"""
+
+# failed | cancelled -> pending, attempts reset
+RETRY = """
+UPDATE tasks
+   SET status = 'pending', attempts = 0, run_at = :now, result = NULL, error = NULL,
+       finished_at = NULL, started_at = NULL, finished_lease = NULL, expired_failure = 0,
+       worker_id = NULL
+ WHERE id = :task_id AND status IN ('failed', 'cancelled')
+"""
+
+EXTEND_ALL = """
+UPDATE tasks SET lease_expires_at = :until
+ WHERE worker_id = :worker_id AND status = 'in_progress'
+"""
+
+TASK_COLUMNS = """id, type, queue, payload, status, result, error, attempts, max_retries,
+    priority, worker_id, created_at, started_at, finished_at, timeout, run_at"""
+
+
+class SqliteStorage:
+    def __init__(self, path: Path, backoff_base: float = 1.0, backoff_cap: float = 300.0):
+        self.path = Path(path)
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    # -- connections --------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+                )
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA synchronous = FULL")
+                db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.Error as exc:
+                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                db.execute("ROLLBACK")
+                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+    def _read(self, sql: str, args=()) -> list[sqlite3.Row]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._connections:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        """Create the schema in a new file, or bring an older one up to SCHEMA_VERSION."""
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if (
+                version == 0
+                and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone()
+            ):
+                for statement in SCHEMA:
+                    db.execute(statement)
+                version = SCHEMA_VERSION
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"database schema version {version} is newer than this code's "
+                    f"{SCHEMA_VERSION}; upgrade the code"
+                )
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- submission ---------------------------------------------------------------
+
+    def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
+        """Store tasks in one transaction: (task_id, created) each; a known
+        idempotency key gives the first task's id and creates nothing."""
+        out = []
+        with self._write() as db:
+            for task in tasks:
+                task_id = uuid.uuid4().hex
+                args = {
+                    "id": task_id,
+                    "type": task.type,
+                    "queue": task.queue,
+                    "payload": _dumps(task.payload),
+                    "priority": task.priority,
+                    "run_at": now + task.delay,
+                    "now": now,
+                    "max_retries": task.max_retries,
+                    "timeout": task.timeout,
+                    "idempotency_key": task.idempotency_key,
+                }
+                if db.execute(INSERT_TASK, args).rowcount == 1:
+                    out.append((task_id, True))
+                else:
+                    row = db.execute(
+                        "SELECT id FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)
+                    ).fetchone()
+                    out.append((row["id"], False))
+        return out
+
+    # -- claiming -----------------------------------------------------------------
+
+    def claim(
+        self,
+        worker_id: str,
+        instance_id: str,
+        queues: tuple[str, ...],
+        max_tasks: int,
+        now: float,
+        lease_s: float,
+    ) -> list[dict]:
+        """Lease up to max_tasks ready tasks to the worker, queue by queue in order."""
+        claimed: list[dict] = []
+        with self._write() as db:
+            self._touch_worker(db, worker_id, instance_id, now)
+            for queue in queues:
+                left = max_tasks - len(claimed)
+                if left <= 0:
+                    break
+                args = {
+                    "worker_id": worker_id,
+                    "queue": queue,
+                    "now": now,
+                    "lease_s": lease_s,
+                    "max_tasks": left,
+                }
+                rows = db.execute(CLAIM, args).fetchall()
+                rows.sort(key=lambda r: (-r["priority"], r["run_at"]))
+                db.executemany(
+                    RECORD_ATTEMPT,
+                    [(r["id"], r["attempts"], r["lease_token"], worker_id, now) for r in rows],
+                )
+                claimed.extend(
+                    {
+                        "task_id": r["id"],
+                        "type": r["type"],
+                        "payload": json.loads(r["payload"]),
+                        "attempt": r["attempts"],
+                        "timeout": r["timeout"],
+                        "lease_token": r["lease_token"],
+                        "lease_expires_at": r["lease_expires_at"],
+                    }
+                    for r in rows
+                )
+        return claimed
+
+    def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
+        marks = ",".join("?" * len(queues))
+        sql = (
+            f"SELECT 1 FROM tasks WHERE status = 'pending' AND queue IN ({marks}) "
+            "AND run_at <= ? LIMIT 1"
+        )
+        return bool(self._read(sql, (*queues, now)))
+
+    def next_run_at(self, queues: tuple[str, ...]) -> float | None:
+        marks = ",".join("?" * len(queues))
+        sql = f"SELECT min(run_at) FROM tasks WHERE status = 'pending' AND queue IN ({marks})"
+        return self._read(sql, queues)[0][0]
+
+    def _touch_worker(self, db, worker_id: str, instance_id: str, now: float) -> None:
+        """Register or refresh a worker; a new instance of a known id takes it over and
+        its earlier instance's tasks go back to the queue at once."""
+        if (
+            instance_id
+            and db.execute(
+                "SELECT 1 FROM retired_instances WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+        ):
+            raise WorkerTakenOver(worker_id)
+        row = db.execute(
+            "SELECT instance_id FROM workers WHERE worker_id = ?", (worker_id,)
+        ).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat) "
+                "VALUES (?, ?, 'alive', ?, ?)",
+                (worker_id, instance_id, now, now),
+            )
+            return
+        if instance_id and row["instance_id"] != instance_id:
+            if row["instance_id"]:
+                db.execute(
+                    "INSERT OR IGNORE INTO retired_instances VALUES (?, ?, ?)",
+                    (row["instance_id"], worker_id, now),
+                )
+            self._rescue_worker_tasks(db, worker_id, now, "worker restarted")
+            db.execute(
+                "UPDATE workers SET instance_id = ?, status = 'alive', last_heartbeat = ? "
+                "WHERE worker_id = ?",
+                (instance_id, now, worker_id),
+            )
+            return
+        db.execute(
+            "UPDATE workers SET status = 'alive', last_heartbeat = ? WHERE worker_id = ?",
+            (now, worker_id),
+        )
+
+    # -- results ------------------------------------------------------------------
+
+    def finish(self, results: list[Result], now: float) -> list[str | Exception]:
+        """Judge each result alone, in one transaction: the task's new status, or the
+        error (TaskNotFound, LeaseConflict) that item alone would get."""
+        out: list[str | Exception] = []
+        with self._write() as db:
+            for item in results:
+                try:
+                    out.append(self._finish_one(db, item, now))
+                except (TaskNotFound, Conflict) as exc:
+                    out.append(exc)
+        return out
+
+    def _finish_one(self, db, item: Result, now: float) -> str:
+        row = db.execute(
+            "SELECT status, lease_token, finished_lease, expired_failure, attempts, max_retries "
+            "FROM tasks WHERE id = ?",
+            (item.task_id,),
+        ).fetchone()
+        if row is None:
+            raise TaskNotFound(item.task_id)
+        issued = db.execute(
+            "SELECT 1 FROM attempts WHERE task_id = ? AND lease_token = ?",
+            (item.task_id, item.lease_token),
+        ).fetchone()
+        if issued is None:
+            raise LeaseConflict(f"lease_token was not issued for task {item.task_id}")
+        args = {
+            "task_id": item.task_id,
+            "lease_token": item.lease_token,
+            "worker_id": item.worker_id,
+            "now": now,
+            "result": _dumps(item.result),
+            "error": item.error,
+        }
+        status = row["status"]
+        if item.status == "completed":
+            if status in ("pending", "in_progress") and db.execute(COMPLETE, args).rowcount:
+                self._end_attempt(db, args, "completed", None, count="completed")
+                return "completed"
+            if db.execute(COMPLETE_AFTER_EXPIRY, args).rowcount:
+                self._end_attempt(db, args, "completed", None, count="completed")
+                return "completed"
+        else:
+            current = status == "in_progress" and row["lease_token"] == item.lease_token
+            if current:
+                when = retry_at(
+                    row["attempts"],
+                    row["max_retries"],
+                    now,
+                    self.backoff_base,
+                    self.backoff_cap,
+                )
+                if when is not None and db.execute(FAIL_RETRY, {**args, "run_at": when}).rowcount:
+                    self._end_attempt(db, args, "failed", item.error, count="failed")
+                    return "pending"
+                if when is None and db.execute(FAIL_FINAL, args).rowcount:
+                    self._end_attempt(db, args, "failed", item.error, count="failed")
+                    return "failed"
+            elif status in ("pending", "in_progress"):
+                # a failure reported under an earlier lease: history only, the task
+                # belongs to its current lease (or waits for its next claim)
+                self._end_attempt(db, args, "failed", item.error, count="failed")
+                return status
+            elif db.execute(FAIL_AFTER_EXPIRY, args).rowcount:
+                self._end_attempt(db, args, "failed", item.error, count="failed")
+                return "failed"
+        if status in FINISHED and row["finished_lease"] == item.lease_token:
+            return status  # the same result again: harmless
+        raise LeaseConflict(f"task {item.task_id} is already {status} under another lease")
+
+    def _end_attempt(self, db, args: dict, outcome: str, error: str | None, count: str) -> None:
+        db.execute(END_ATTEMPT, {**args, "outcome": outcome, "error": error})
+        db.execute(
+            f"UPDATE workers SET {count} = {count} + 1 WHERE worker_id = ?", (args["worker_id"],)
+        )
+
+    # -- leases -------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        instance_id: str,
+        task_ids: list[str] | None,
+        now: float,
+        lease_s: float,
+    ) -> list[str]:
+        """Extend the leases of the worker's tasks (the listed ones, or all); returns the
+        listed tasks the worker should abandon (cancelled, finished, leased to another)."""
+        until = now + lease_s
+        abandon: list[str] = []
+        with self._write() as db:
+            self._touch_worker(db, worker_id, instance_id, now)
+            if task_ids is None:
+                db.execute(EXTEND_ALL, {"until": until, "worker_id": worker_id})
+                return []
+            for chunk in _chunks(task_ids):
+                marks = ",".join("?" * len(chunk))
+                # extend: only tasks still in progress under this worker
+                db.execute(
+                    f"UPDATE tasks SET lease_expires_at = ? WHERE id IN ({marks}) "
+                    "AND worker_id = ? AND status = 'in_progress'",
+                    (until, *chunk, worker_id),
+                )
+                rows = db.execute(
+                    f"SELECT id, status, worker_id FROM tasks WHERE id IN ({marks})", chunk
+                ).fetchall()
+                state = {r["id"]: (r["status"], r["worker_id"]) for r in rows}
+                for task_id in chunk:
+                    status, holder = state.get(task_id, ("deleted", None))
+                    mine = status == "in_progress" and holder == worker_id
+                    if not mine and status != "pending":
+                        abandon.append(task_id)
+        return abandon
+
+    def release(self, worker_id: str, tasks: list[tuple[str, str]], now: float) -> int:
+        """Give tasks back unfinished: pending at once, the attempt not counted."""
+        released = 0
+        with self._write() as db:
+            for task_id, lease_token in tasks:
+                args = {
+                    "task_id": task_id,
+                    "lease_token": lease_token,
+                    "worker_id": worker_id,
+                    "now": now,
+                    "error": None,
+                }
+                if db.execute(RELEASE, args).rowcount:
+                    db.execute(END_ATTEMPT, {**args, "outcome": "released"})
+                    released += 1
+        return released
+
+    def reap(self, now: float, dead_after: float, retention_s: float) -> ReapReport:
+        """Declare silent workers dead and rescue their tasks, return expired leases to
+        the queue, delete finished tasks past retention. Cheap reads decide first, so an
+        idle sweep takes no write lock."""
+        report = ReapReport()
+        dead = self._read(
+            "SELECT worker_id FROM workers WHERE status = 'alive' AND last_heartbeat < ?",
+            (now - dead_after,),
+        )
+        expired = self._read(
+            "SELECT id FROM tasks WHERE status = 'in_progress' AND lease_expires_at < ? LIMIT 1",
+            (now,),
+        )
+        cutoff = now - retention_s
+        old = retention_s > 0 and self._read(
+            "SELECT 1 FROM tasks WHERE finished_at < ? AND status IN "
+            "('completed', 'failed', 'cancelled') LIMIT 1",
+            (cutoff,),
+        )
+        if not (dead or expired or old):
+            return report
+        with self._write() as db:
+            for row in dead:
+                # alive -> dead: no heartbeat for dead_after; its tasks go back at once
+                if db.execute(
+                    "UPDATE workers SET status = 'dead' WHERE worker_id = ? AND status = 'alive' "
+                    "AND last_heartbeat < ?",
+                    (row["worker_id"], now - dead_after),
+                ).rowcount:
+                    report.dead_workers.append(row["worker_id"])
+                    report.rescued += self._rescue_worker_tasks(
+                        db, row["worker_id"], now, "worker dead"
+                    )
+            rows = db.execute(
+                "SELECT id, lease_token, attempts, max_retries FROM tasks "
+                "WHERE status = 'in_progress' AND lease_expires_at < ?",
+                (now,),
+            ).fetchall()
+            for r in rows:
+                self._expire(db, r, now, "expired")
+                report.expired.append(r["id"])
+            if old:
+                report.deleted = self._delete_finished(db, cutoff)
+            db.execute(
+                "DELETE FROM retired_instances WHERE retired_at < ?",
+                (now - RETIRED_INSTANCE_KEEP_S,),
+            )
+        return report
+
+    def _rescue_worker_tasks(self, db, worker_id: str, now: float, outcome: str) -> list[str]:
+        rows = db.execute(
+            "SELECT id, lease_token, attempts, max_retries FROM tasks "
+            "WHERE worker_id = ? AND status = 'in_progress'",
+            (worker_id,),
+        ).fetchall()
+        for r in rows:
+            self._expire(db, r, now, outcome)
+        return [r["id"] for r in rows]
+
+    def _expire(self, db, row, now: float, outcome: str) -> None:
+        args = {
+            "task_id": row["id"],
+            "lease_token": row["lease_token"],
+            "now": now,
+            "error": EXPIRED_ERROR,
+        }
+        final = row["attempts"] > row["max_retries"]
+        db.execute(EXPIRE_FINAL if final else EXPIRE_RETRY, args)
+        db.execute(END_ATTEMPT, {**args, "outcome": outcome})
+
+    def _delete_finished(self, db, cutoff: float) -> int:
+        ids = [
+            r["id"]
+            for r in db.execute(
+                "SELECT id FROM tasks WHERE finished_at < ? AND status IN "
+                "('completed', 'failed', 'cancelled') LIMIT 5000",
+                (cutoff,),
+            )
+        ]
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            db.execute(f"DELETE FROM attempts WHERE task_id IN ({marks})", chunk)
+            db.execute(f"DELETE FROM tasks WHERE id IN ({marks})", chunk)
+        return len(ids)
+
+    # -- operator actions ---------------------------------------------------------
+
+    def cancel(self, task_id: str, now: float) -> str:
+        with self._write() as db:
+            row = db.execute("SELECT status, lease_token FROM tasks WHERE id = ?", (task_id,))
+            row = row.fetchone()
+            if row is None:
+                raise TaskNotFound(task_id)
+            if not db.execute(CANCEL, {"task_id": task_id, "now": now}).rowcount:
+                raise Conflict(f"task {task_id} is already {row['status']}; it cannot be cancelled")
+            if row["lease_token"]:
+                args = {"task_id": task_id, "lease_token": row["lease_token"], "now": now}
+                db.execute(END_ATTEMPT, {**args, "outcome": "cancelled", "error": None})
+        return "cancelled"
+
+    def retry(self, task_id: str, now: float) -> str:
+        with self._write() as db:
+            row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise TaskNotFound(task_id)
+            if not db.execute(RETRY, {"task_id": task_id, "now": now}).rowcount:
+                raise Conflict(
+                    f"task {task_id} is {row['status']}; only failed or cancelled tasks "
+                    "can be retried"
+                )
+        return "pending"
+
+    # -- reading ------------------------------------------------------------------
+
+    def get(self, task_id: str) -> dict:
+        rows = self._read(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise TaskNotFound(task_id)
+        task = _task_dict(rows[0])
+        task["history"] = [
+            dict(r)
+            for r in self._read(
+                "SELECT attempt, worker_id, started_at, finished_at, outcome, error "
+                "FROM attempts WHERE task_id = ? ORDER BY id",
+                (task_id,),
+            )
+        ]
+        return task
+
+    def status_of(self, task_id: str) -> str:
+        rows = self._read("SELECT status FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise TaskNotFound(task_id)
+        return rows[0]["status"]
+
+    def list_tasks(
+        self, status: str | None, type_: str | None, limit: int, offset: int
+    ) -> list[dict]:
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if type_:
+            where.append("type = ?")
+            args.append(type_)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(
+            f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY created_at, rowid "
+            "LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [_task_dict(r) for r in rows]
+
+    def stats(self, now: float, dead_after: float) -> dict:
+        tasks = dict.fromkeys(STATUSES, 0)
+        queues: dict[str, dict[str, int]] = {}
+        types: dict[str, dict[str, int]] = {}
+        for r in self._read(
+            "SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, type"
+        ):
+            tasks[r["status"]] = tasks.get(r["status"], 0) + r["n"]
+            for table, key in ((queues, r["queue"]), (types, r["type"])):
+                counts = table.setdefault(key, dict.fromkeys(STATUSES, 0))
+                counts[r["status"]] += r["n"]
+        alive = self._read(
+            "SELECT count(*) FROM workers WHERE status = 'alive' AND last_heartbeat >= ?",
+            (now - dead_after,),
+        )[0][0]
+        total = self._read("SELECT count(*) FROM workers")[0][0]
+        recent = self._read(
+            "SELECT count(*) FROM tasks WHERE finished_at >= ? AND status = 'completed'",
+            (now - 60,),
+        )[0][0]
+        oldest = self._read("SELECT min(created_at) FROM tasks WHERE status = 'pending'")[0][0]
+        return {
+            "tasks": tasks,
+            "workers": {"alive": alive, "dead": total - alive},
+            "throughput_per_minute": recent,
+            "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
+            "queues": queues,
+            "types": types,
+        }
+
+    def workers(self, now: float, dead_after: float) -> list[dict]:
+        running: dict[str, list[str]] = {}
+        for r in self._read(
+            "SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at"
+        ):
+            running.setdefault(r["worker_id"], []).append(r["id"])
+        out = []
+        for r in self._read("SELECT * FROM workers ORDER BY worker_id"):
+            alive = r["status"] == "alive" and r["last_heartbeat"] >= now - dead_after
+            out.append(
+                {
+                    "worker_id": r["worker_id"],
+                    "instance_id": r["instance_id"],
+                    "status": "alive" if alive else "dead",
+                    "first_seen": r["first_seen"],
+                    "last_heartbeat": r["last_heartbeat"],
+                    "current_tasks": running.get(r["worker_id"], []),
+                    "completed": r["completed"],
+                    "failed": r["failed"],
+                }
+            )
+        return out
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    def change_counter(self) -> int:
+        """PRAGMA data_version of this thread's connection: it changes whenever another
+        connection (in any process) commits. Cheap enough to poll every few ms."""
+        return self._read("PRAGMA data_version")[0][0]
+
+
+def _task_dict(r: sqlite3.Row) -> dict:
+    return {
+        "task_id": r["id"],
+        "type": r["type"],
+        "queue": r["queue"],
+        "payload": json.loads(r["payload"]),
+        "status": r["status"],
+        "result": None if r["result"] is None else json.loads(r["result"]),
+        "error": r["error"],
+        "attempts": r["attempts"],
+        "max_retries": r["max_retries"],
+        "priority": r["priority"],
+        "worker_id": r["worker_id"],
+        "created_at": r["created_at"],
+        "started_at": r["started_at"],
+        "finished_at": r["finished_at"],
+        "timeout": r["timeout"],
+        "run_at": r["run_at"],
+    }
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _chunks(items: list) -> Iterator[list]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]

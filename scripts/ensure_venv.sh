@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# ensure_venv.sh [REQUIREMENTS_FILE]
+# Makes sure .venv exists and has REQUIREMENTS_FILE (default requirements.txt) installed.
+# A stamp holds the hash of what was installed, so later runs install nothing unless the
+# file changed. Safe to run from several processes at once (flock).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+req="${1:-requirements.txt}"
+venv="$root/.venv"
+stamp="$venv/.installed-$(basename "$req")"
+want="$(cat "$root/requirements.txt" "$root/$req" | sha256sum | cut -d' ' -f1)"
+
+installed() { [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }
+installed && exit 0
+
+mkdir -p "$root/data"
+exec 9>"$root/data/.venv.lock"
+command -v flock >/dev/null && flock 9
+installed && exit 0
+if [ ! -x "$venv/bin/python" ]; then
+  echo "creating $venv ..." >&2
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+echo "installing $req into .venv (first run only) ..." >&2
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/$req" >&2
+echo "$want" > "$stamp"
+if [ "$req" != requirements.txt ]; then  # the dev file includes the runtime one
+  cat "$root/requirements.txt" "$root/requirements.txt" | sha256sum | cut -d' ' -f1 \
+    > "$venv/.installed-requirements.txt"
+fi

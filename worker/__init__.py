@@ -1,0 +1,1 @@
+"""The worker process: claims tasks over HTTP, runs them in a pool, reports results."""

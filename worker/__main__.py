@@ -1,0 +1,50 @@
+"""`python -m worker WORKER_ID [--concurrency N] [--queues a,b] [--prefetch N|auto]`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from common.config import Config, ConfigError
+from common.logs import setup_logging
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="start_worker.sh", description="Run one worker.")
+    p.add_argument("worker_id", help="a name for this worker, e.g. worker-1")
+    p.add_argument("--concurrency", help="tasks run at once (WORKER_CONCURRENCY)")
+    p.add_argument("--queues", help="comma list of queues, in order (WORKER_QUEUES)")
+    p.add_argument("--prefetch", help="tasks claimed ahead: a number or auto (WORKER_PREFETCH)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    overrides = {
+        "WORKER_CONCURRENCY": args.concurrency,
+        "WORKER_QUEUES": args.queues,
+        "WORKER_PREFETCH": args.prefetch,
+    }
+    try:
+        config = Config.from_env()
+        changed = {k: v for k, v in overrides.items() if v is not None}
+        if changed:
+            env = {**config.to_env(), **changed}
+            config = Config.from_env(env)
+        if not args.worker_id.strip() or len(args.worker_id) > 200:
+            raise ConfigError("WORKER_ID must be 1 to 200 characters")
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    from .worker import Worker
+
+    worker = Worker(config, args.worker_id)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: worker.stop("interrupted"))
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

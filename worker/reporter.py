@@ -1,0 +1,153 @@
+"""Delivers results: everything finished close together goes in one `submit-results`
+call; what cannot be delivered goes to the on-disk cache and is re-sent every
+CACHE_RETRY_INTERVAL, at start-up and as soon as the dispatcher answers again."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from common.client import ApiError, Client, DispatcherUnreachable
+
+from .cache import ResultCache
+
+log = logging.getLogger("worker")
+
+SENT_KEYS = ("task_id", "worker_id", "lease_token", "status", "result", "error")
+
+
+class Reporter:
+    def __init__(
+        self,
+        client: Client,
+        cache: ResultCache,
+        worker_id: str,
+        max_batch: int,
+        retry_interval: float,
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.client = client
+        self.cache = cache
+        self.worker_id = worker_id
+        self.max_batch = max_batch
+        self.retry_interval = retry_interval
+        self.ttl = ttl
+        self.clock = clock
+        self.queue: queue.Queue[dict] = queue.Queue()
+        self._closing = threading.Event()
+        self._next_flush = 0.0  # flush the cache at start-up
+        self._cached = len(cache)  # entries on disk, kept here so the hot path lists nothing
+        self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, result: dict) -> None:
+        self.queue.put(result)
+
+    def close(self, timeout: float) -> None:
+        """Deliver (or cache) everything queued, then stop."""
+        self._closing.set()
+        self.queue.put({})  # wake the thread
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            wait = max(0.01, self._next_flush - time.monotonic()) if self._cached else None
+            try:
+                first = self.queue.get(timeout=wait)
+            except queue.Empty:
+                first = None
+            batch = [first] if first else []
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item:
+                    batch.append(item)
+            delivered = self._deliver(batch) if batch else None
+            if self._cached and (delivered or time.monotonic() >= self._next_flush):
+                self.flush_cache()
+            if self._closing.is_set() and self.queue.empty():
+                return
+
+    def _deliver(self, batch: list[dict]) -> bool:
+        try:
+            answers = self.client.submit_results([_body(r) for r in batch])
+        except (DispatcherUnreachable, ApiError) as exc:
+            now = self.clock()
+            for r in batch:
+                self.cache.put(r, now)
+                self._cached += 1
+                log.warning(
+                    "result of task %s cached worker=%s: dispatcher did not take it (%s)",
+                    r["task_id"],
+                    self.worker_id,
+                    exc,
+                )
+            return False
+        for r, answer in zip(batch, answers, strict=True):
+            _log_answer(r, answer, self.worker_id)
+        return True
+
+    def flush_cache(self) -> None:
+        """Re-send cached results; drop those older than CACHE_TTL_SECONDS."""
+        self._next_flush = time.monotonic() + self.retry_interval
+        entries = self.cache.entries()
+        self._cached = len(entries)
+        if not entries:
+            return
+        now = self.clock()
+        fresh = []
+        for path, entry in entries:
+            if now - entry.get("cached_at", 0) > self.ttl:
+                log.warning(
+                    "cached result of task %s dropped worker=%s: older than CACHE_TTL_SECONDS",
+                    entry.get("task_id"),
+                    self.worker_id,
+                )
+                self.cache.remove(path)
+                self._cached -= 1
+            else:
+                fresh.append((path, entry))
+        for i in range(0, len(fresh), self.max_batch):
+            chunk = fresh[i : i + self.max_batch]
+            try:
+                answers = self.client.submit_results([_body(e) for _, e in chunk])
+            except (DispatcherUnreachable, ApiError) as exc:
+                log.info("cache re-send postponed worker=%s: %s", self.worker_id, exc)
+                return
+            for (path, entry), answer in zip(chunk, answers, strict=True):
+                _log_answer(entry, answer, self.worker_id, cached=True)
+                self.cache.remove(path)
+                self._cached -= 1
+
+
+def _body(result: dict) -> dict:
+    return {k: result.get(k) for k in SENT_KEYS}
+
+
+def _log_answer(result: dict, answer: dict, worker_id: str, cached: bool = False) -> None:
+    source = "cached result" if cached else "result"
+    if "error" in answer:
+        log.warning(
+            "%s of task %s refused worker=%s (%s): %s",
+            source,
+            result["task_id"],
+            worker_id,
+            answer.get("code"),
+            answer["error"],
+        )
+    else:
+        log.info(
+            "%s of task %s delivered worker=%s status=%s",
+            source,
+            result["task_id"],
+            worker_id,
+            answer.get("status"),
+        )

@@ -1,0 +1,290 @@
+"""The worker: claim (long poll) -> run in a pool process -> report (or cache) -> repeat.
+
+Threads, each with its own HTTP connection:
+- the main thread starts buffered tasks in the pool as slots free up;
+- the fetcher long-polls `get-task` whenever the buffer is below concurrency + prefetch;
+- the reporter sends results in batches and owns the on-disk cache;
+- the heartbeat thread extends leases and abandons what the dispatcher says to.
+A network error costs a log line and a capped back-off; nothing a task does (raise,
+time out, crash its process) stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pebble import ProcessFuture
+
+from common.client import ApiError, Client, DispatcherUnreachable
+from common.config import Config
+
+from .cache import ResultCache
+from .pool import TaskPool, outcome
+from .prefetch import Prefetch
+
+log = logging.getLogger("worker")
+
+
+@dataclass
+class Running:
+    claim: dict
+    future: ProcessFuture
+    started: float = field(default_factory=time.monotonic)
+
+
+class Backoff:
+    """Capped exponential back-off for an unreachable dispatcher."""
+
+    def __init__(self, cap: float, first: float = 0.1):
+        self.cap, self.first, self.current = cap, first, first
+
+    def next(self) -> float:
+        delay, self.current = self.current, min(self.cap, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Worker:
+    def __init__(self, config: Config, worker_id: str, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.worker_id = worker_id
+        self.instance_id = uuid.uuid4().hex
+        self.clock = clock
+        self.stopping = threading.Event()
+        self.exit_code = 0
+        self.cv = threading.Condition()
+        self.buffer: deque[dict] = deque()  # claimed, not started (prefetch)
+        self.running: dict[str, Running] = {}
+        self.abandoned: set[str] = set()
+        self.prefetch = Prefetch(config.prefetch, config.worker_concurrency, config.max_batch)
+        self.pool = TaskPool(
+            config.worker_concurrency, config.worker_max_tasks_per_child, config.modules
+        )
+        from .reporter import Reporter
+
+        self.reporter = Reporter(
+            Client(config.dispatcher_url, config.api_token),
+            ResultCache(config.cache_dir() / worker_id),
+            worker_id,
+            max_batch=config.max_batch,
+            retry_interval=config.cache_retry_interval,
+            ttl=config.cache_ttl_seconds,
+            clock=clock,
+        )
+        self._fetcher = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
+        self._beater = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+
+    # -- the main loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        log.info(
+            "worker %s starting (instance %s) dispatcher=%s concurrency=%d queues=%s",
+            self.worker_id,
+            self.instance_id,
+            self.config.dispatcher_url,
+            self.config.worker_concurrency,
+            ",".join(self.config.queues),
+        )
+        self.reporter.start()
+        self._beater.start()
+        self._fetcher.start()
+        while True:
+            with self.cv:
+                self.cv.wait_for(
+                    lambda: (
+                        self.stopping.is_set()
+                        or (self.buffer and len(self.running) < self.config.worker_concurrency)
+                    )
+                )
+                if self.stopping.is_set():
+                    break
+                claim = self.buffer.popleft()
+                self._start(claim)
+        self._shutdown()
+        return self.exit_code
+
+    def stop(self, reason: str = "stop requested", exit_code: int = 0) -> None:
+        if not self.stopping.is_set():
+            log.info("worker %s stopping: %s", self.worker_id, reason)
+            self.exit_code = exit_code
+        self.stopping.set()
+        with self.cv:
+            self.cv.notify_all()
+
+    def _start(self, claim: dict) -> None:
+        """Hand a claimed task to a pool process (called with self.cv held)."""
+        task_id = claim["task_id"]
+        future = self.pool.start(claim["type"], claim["payload"], claim["timeout"])
+        self.running[task_id] = Running(claim, future)
+        future.add_done_callback(lambda f, task_id=task_id: self._done(task_id, f))
+        log.info(
+            "task %s started worker=%s type=%s attempt=%d",
+            task_id,
+            self.worker_id,
+            claim["type"],
+            claim["attempt"],
+        )
+
+    def _done(self, task_id: str, future: ProcessFuture) -> None:
+        """Pool callback: the task ended one way or another."""
+        with self.cv:
+            entry = self.running.pop(task_id, None)
+            abandoned = task_id in self.abandoned
+            self.abandoned.discard(task_id)
+            self.cv.notify_all()
+        if entry is None or abandoned:
+            return
+        self.prefetch.observe(time.monotonic() - entry.started)
+        body = outcome(future, entry.claim["timeout"])
+        if body is None:
+            return
+        log.info(
+            "task %s %s worker=%s in %.3f s",
+            task_id,
+            body["status"],
+            self.worker_id,
+            time.monotonic() - entry.started,
+        )
+        self.reporter.put(
+            {
+                "task_id": task_id,
+                "worker_id": self.worker_id,
+                "lease_token": entry.claim["lease_token"],
+                **body,
+            }
+        )
+
+    # -- claiming -----------------------------------------------------------------
+
+    def _wanted(self) -> int:
+        target = self.config.worker_concurrency + self.prefetch.size()
+        return target - len(self.running) - len(self.buffer)
+
+    def _fetch_loop(self) -> None:
+        client = Client(self.config.dispatcher_url, self.config.api_token)
+        backoff = Backoff(cap=self.config.worker_poll_interval)
+        while not self.stopping.is_set():
+            with self.cv:
+                self.cv.wait_for(lambda: self.stopping.is_set() or self._wanted() > 0)
+                want = self._wanted()
+            if self.stopping.is_set():
+                break
+            try:
+                claims = client.get_task(
+                    self.worker_id,
+                    self.instance_id,
+                    self.config.queues,
+                    wait=self.config.worker_poll_interval,
+                    max_tasks=min(want, self.config.max_batch),
+                )
+            except DispatcherUnreachable as exc:
+                delay = backoff.next()
+                log.warning("dispatcher unreachable, retrying in %.1f s: %s", delay, exc)
+                self.stopping.wait(delay)
+                continue
+            except ApiError as exc:
+                self._api_refused(exc)
+                continue
+            backoff.reset()
+            if claims and self.stopping.is_set():  # claimed while stopping: give them back
+                self._release(client, claims)
+                break
+            with self.cv:
+                self.buffer.extend(claims)
+                self.cv.notify_all()
+        client.close()
+
+    def _api_refused(self, exc: ApiError) -> None:
+        if exc.status == 409:  # the worker id was taken over by a newer instance
+            log.error("worker %s: %s", self.worker_id, exc.message)
+            self.stop("taken over by a newer instance", exit_code=1)
+        else:
+            log.error("dispatcher refused the worker's request: %s", exc)
+            self.stopping.wait(self.config.worker_poll_interval)
+
+    # -- heartbeats ---------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        client = Client(self.config.dispatcher_url, self.config.api_token)
+        while True:
+            with self.cv:
+                task_ids = [*self.running, *(c["task_id"] for c in self.buffer)]
+            try:
+                reply = client.heartbeat(self.worker_id, self.instance_id, task_ids)
+            except DispatcherUnreachable as exc:
+                log.warning("heartbeat failed worker=%s: %s", self.worker_id, exc)
+            except ApiError as exc:
+                self._api_refused(exc)
+            else:
+                for task_id in reply.get("abandon", ()):
+                    self._abandon(task_id)
+            if self.stopping.wait(self.config.worker_heartbeat_interval):
+                break
+        client.close()
+
+    def _abandon(self, task_id: str) -> None:
+        """Stop working on a task the dispatcher no longer holds for us."""
+        with self.cv:
+            for claim in list(self.buffer):
+                if claim["task_id"] == task_id:
+                    self.buffer.remove(claim)
+            entry = self.running.get(task_id)
+            if entry is not None:
+                self.abandoned.add(task_id)
+                entry.future.cancel()  # pebble kills the task's process
+            self.cv.notify_all()
+        log.warning(
+            "task %s abandoned worker=%s: cancelled or leased elsewhere", task_id, self.worker_id
+        )
+
+    # -- stopping -----------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        client = Client(self.config.dispatcher_url, self.config.api_token)
+        with self.cv:
+            unstarted = list(self.buffer)
+            self.buffer.clear()
+        self._release(client, unstarted)
+        grace = self.config.worker_shutdown_grace
+        with self.cv:
+            if self.running:
+                log.info(
+                    "waiting up to %g s for %d running task(s) worker=%s",
+                    grace,
+                    len(self.running),
+                    self.worker_id,
+                )
+            self.cv.wait_for(lambda: not self.running, timeout=grace)
+            unfinished = [entry.claim for entry in self.running.values()]
+            for entry in self.running.values():
+                self.abandoned.add(entry.claim["task_id"])
+                entry.future.cancel()
+        self._release(client, unfinished)
+        self._fetcher.join(timeout=self.config.worker_poll_interval + 10)
+        self.reporter.close(timeout=30)
+        self.pool.stop()
+        client.close()
+        log.info("worker %s stopped", self.worker_id)
+
+    def _release(self, client: Client, claims: list[dict]) -> None:
+        if not claims:
+            return
+        items = [(c["task_id"], c["lease_token"]) for c in claims]
+        try:
+            client.release(self.worker_id, items)
+            log.info("gave back %d task(s) worker=%s", len(items), self.worker_id)
+        except (DispatcherUnreachable, ApiError) as exc:
+            log.warning(
+                "could not give back %d task(s) worker=%s (their leases will expire): %s",
+                len(items),
+                self.worker_id,
+                exc,
+            )
