@@ -9,6 +9,7 @@ and exit with status 2 before doing anything else.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -165,3 +166,18 @@ def _parse(key: str, raw: str, kind: type):
     if value < 0 or value != value:  # negative or NaN
         raise ConfigError(f"{key} must not be negative, not {raw!r}")
     return value
+
+
+def main() -> int:
+    """`python -m common.config`: exit 0 when the configuration is valid, else print the
+    one line that names the bad key and exit 2 (start_cluster.sh checks before starting)."""
+    try:
+        Config.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Real processes on free ports: the dispatcher and workers started by the project's own
+scripts, each in its own process group so a test can `kill -9` the whole group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from common.client import Client, DispatcherUnreachable
+from common.config import PROJECT_ROOT, Config
+
+# Short timings so crash and outage tests finish in seconds; a test overrides what it needs.
+FAST = {
+    "LEASE_SECONDS": "3",
+    "WORKER_DEAD_AFTER": "2",
+    "WORKER_HEARTBEAT_INTERVAL": "0.3",
+    "WORKER_POLL_INTERVAL": "1",
+    "REAP_INTERVAL": "0.2",
+    "CACHE_RETRY_INTERVAL": "0.5",
+    "RETRY_BACKOFF_BASE": "0.1",
+    "RETRY_BACKOFF_CAP": "1",
+    "DISPATCHER_PROCESSES": "2",
+    "DISPATCHER_THREADS": "8",
+    "WORKER_SHUTDOWN_GRACE": "5",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float, describe: Callable[[], str], every=0.05
+):
+    """Poll `predicate` until it returns something truthy; fail with the state seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout} s: {describe()}")
+        time.sleep(every)  # polling interval, not synchronisation
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], env: dict, log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.popen = subprocess.Popen(
+            args,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        """kill -9 of the whole process group (gunicorn master and workers, or a
+        worker and its pool processes)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(timeout=10)
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def log(self, tail: int = 40) -> str:
+        self._log.flush()
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-tail:])
+
+    def close(self) -> None:
+        if self.alive():
+            self.kill9()
+        else:
+            try:  # pool processes or gunicorn workers may outlive their parent
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+class Cluster:
+    """One test's dispatcher(s), workers and database, all under tmp_path."""
+
+    def __init__(self, tmp_path: Path, **settings: str):
+        self.tmp = tmp_path
+        self.port = free_port()
+        self.db_path = tmp_path / "tasks.db"
+        self.settings = {
+            **FAST,
+            "DISPATCHER_PORT": str(self.port),
+            "DATABASE_URL": f"sqlite:///{self.db_path}",
+            "DISPATCHER_URL": f"http://127.0.0.1:{self.port}",
+            "WORKER_CACHE_DIR": str(tmp_path / "cache"),
+            **{k: str(v) for k, v in settings.items()},
+        }
+        self.procs: list[Proc] = []
+        self.client = Client(self.url)
+
+    @property
+    def url(self) -> str:
+        return self.settings["DISPATCHER_URL"]
+
+    def env(self, **extra: str) -> dict:
+        keys = {f.name.upper() for f in fields(Config)}
+        base = {k: v for k, v in os.environ.items() if k not in keys}
+        return {**base, **self.settings, **{k: str(v) for k, v in extra.items()}}
+
+    def _start(self, name: str, args: list[str], **extra: str) -> Proc:
+        proc = Proc(name, args, self.env(**extra), self.tmp / f"{name}.log")
+        self.procs.append(proc)
+        return proc
+
+    def start_dispatcher(self, name: str = "dispatcher", port: int | None = None) -> Proc:
+        port = port or self.port
+        proc = self._start(name, ["./start_dispatcher.sh"], DISPATCHER_PORT=str(port))
+        client = Client(f"http://127.0.0.1:{port}")
+
+        def healthy():
+            if not proc.alive():
+                pytest.fail(f"{name} exited with {proc.popen.returncode}:\n{proc.log()}")
+            try:
+                return client.call("GET", "/health")["status"] == "ok"
+            except DispatcherUnreachable:
+                return False
+
+        wait_for(healthy, 60, lambda: f"{name} never became healthy:\n{proc.log()}")
+        return proc
+
+    def start_worker(self, worker_id: str, *args: str, **extra: str) -> Proc:
+        return self._start(worker_id, ["./start_worker.sh", worker_id, *args], **extra)
+
+    def submit(self, type_: str, payload: dict, **options) -> str:
+        return self.client.submit_task({"type": type_, "payload": payload, **options})
+
+    def task(self, task_id: str) -> dict:
+        return self.client.task(task_id)
+
+    def wait_status(self, task_id: str, statuses, timeout: float = 30) -> dict:
+        statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+        seen: dict = {}
+
+        def reached():
+            nonlocal seen
+            try:
+                seen = self.client.task(task_id)
+            except DispatcherUnreachable as exc:
+                seen = {"unreachable": str(exc)}
+                return None
+            return seen if seen.get("status") in statuses else None
+
+        return wait_for(
+            reached, timeout, lambda: f"task {task_id} not {statuses}: {seen}\n{self.logs()}"
+        )
+
+    def wait_all_finished(self, task_ids: list[str], timeout: float = 60) -> list[dict]:
+        return [
+            self.wait_status(t, ("completed", "failed", "cancelled"), timeout) for t in task_ids
+        ]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.log()}" for p in self.procs)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.close()
+        self.client.close()
