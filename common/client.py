@@ -77,18 +77,21 @@ class Client:
     ) -> list[dict]:
         body = {
             "worker_id": worker_id,
-            "instance_id": instance_id,
             "queues": list(queues),
             "wait": wait,
             "max_tasks": max_tasks,
         }
+        if instance_id:
+            body["instance_id"] = instance_id
         return self.call("POST", "/get-task", body, read_timeout=wait + READ_TIMEOUT)["tasks"]
 
     def submit_results(self, results: list[dict]) -> list[dict]:
         return self.call("POST", "/submit-results", {"results": results})["results"]
 
     def heartbeat(self, worker_id: str, instance_id: str, task_ids: list[str]) -> dict:
-        body = {"worker_id": worker_id, "instance_id": instance_id, "task_ids": task_ids}
+        body = {"worker_id": worker_id, "task_ids": task_ids}
+        if instance_id:
+            body["instance_id"] = instance_id
         return self.call("POST", "/heartbeat", body)
 
     def release(self, worker_id: str, tasks: list[tuple[str, str]]) -> int:
