@@ -20,12 +20,21 @@ class TaskPool:
             initargs=(modules,),
         )
 
+    def warm(self) -> None:
+        """Start the pool processes now (before the worker's threads exist), so the
+        first task does not pay for them."""
+        self._pool.schedule(_noop).result(timeout=60)
+
     def start(self, type_: str, payload: dict, timeout: float) -> ProcessFuture:
         return self._pool.schedule(tasks.run_task, args=(type_, payload), timeout=timeout)
 
     def stop(self) -> None:
         self._pool.stop()
         self._pool.join(timeout=10)
+
+
+def _noop() -> None:
+    return None
 
 
 def outcome(future: ProcessFuture, timeout: float) -> dict[str, Any] | None:

@@ -41,6 +41,7 @@ class Reporter:
         self._closing = threading.Event()
         self._next_flush = 0.0  # flush the cache at start-up
         self._cached = len(cache)  # entries on disk, kept here so the hot path lists nothing
+        self._flush_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
 
     def start(self) -> None:
@@ -95,8 +96,17 @@ class Reporter:
             _log_answer(r, answer, self.worker_id)
         return True
 
-    def flush_cache(self) -> None:
-        """Re-send cached results; drop those older than CACHE_TTL_SECONDS."""
+    @property
+    def has_cached(self) -> bool:
+        return self._cached > 0
+
+    def flush_cache(self, client: Client | None = None) -> None:
+        """Re-send cached results; drop those older than CACHE_TTL_SECONDS. Other threads
+        pass their own client (the fetcher flushes before it claims after an outage)."""
+        with self._flush_lock:
+            self._flush(client or self.client)
+
+    def _flush(self, client: Client) -> None:
         self._next_flush = time.monotonic() + self.retry_interval
         entries = self.cache.entries()
         self._cached = len(entries)
@@ -118,7 +128,7 @@ class Reporter:
         for i in range(0, len(fresh), self.max_batch):
             chunk = fresh[i : i + self.max_batch]
             try:
-                answers = self.client.submit_results([_body(e) for _, e in chunk])
+                answers = client.submit_results([_body(e) for _, e in chunk])
             except (DispatcherUnreachable, ApiError) as exc:
                 log.info("cache re-send postponed worker=%s: %s", self.worker_id, exc)
                 return

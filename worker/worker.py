@@ -58,7 +58,8 @@ class Worker:
         self.worker_id = worker_id
         self.instance_id = uuid.uuid4().hex
         self.clock = clock
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # no more claims
+        self.stopped = threading.Event()  # shutdown complete: heartbeats end too
         self.exit_code = 0
         self.cv = threading.Condition()
         self.buffer: deque[dict] = deque()  # claimed, not started (prefetch)
@@ -93,6 +94,8 @@ class Worker:
             self.config.worker_concurrency,
             ",".join(self.config.queues),
         )
+        self.pool.warm()
+        self.reporter.flush_cache()  # results a previous run could not deliver
         self.reporter.start()
         self._beater.start()
         self._fetcher.start()
@@ -134,33 +137,33 @@ class Worker:
         )
 
     def _done(self, task_id: str, future: ProcessFuture) -> None:
-        """Pool callback: the task ended one way or another."""
+        """Pool callback: the task ended one way or another. Its result is queued for
+        the reporter before the task leaves `running`, so a stopping worker that sees
+        nothing running knows every result is in the reporter's hands."""
         with self.cv:
-            entry = self.running.pop(task_id, None)
+            entry = self.running.get(task_id)
             abandoned = task_id in self.abandoned
+        body = None
+        if entry is not None and not abandoned:
+            elapsed = time.monotonic() - entry.started
+            self.prefetch.observe(elapsed)
+            body = outcome(future, entry.claim["timeout"])
+        if body is not None:
+            log.info(
+                "task %s %s worker=%s in %.3f s", task_id, body["status"], self.worker_id, elapsed
+            )
+            self.reporter.put(
+                {
+                    "task_id": task_id,
+                    "worker_id": self.worker_id,
+                    "lease_token": entry.claim["lease_token"],
+                    **body,
+                }
+            )
+        with self.cv:
+            self.running.pop(task_id, None)
             self.abandoned.discard(task_id)
             self.cv.notify_all()
-        if entry is None or abandoned:
-            return
-        self.prefetch.observe(time.monotonic() - entry.started)
-        body = outcome(future, entry.claim["timeout"])
-        if body is None:
-            return
-        log.info(
-            "task %s %s worker=%s in %.3f s",
-            task_id,
-            body["status"],
-            self.worker_id,
-            time.monotonic() - entry.started,
-        )
-        self.reporter.put(
-            {
-                "task_id": task_id,
-                "worker_id": self.worker_id,
-                "lease_token": entry.claim["lease_token"],
-                **body,
-            }
-        )
 
     # -- claiming -----------------------------------------------------------------
 
@@ -171,12 +174,15 @@ class Worker:
     def _fetch_loop(self) -> None:
         client = Client(self.config.dispatcher_url, self.config.api_token)
         backoff = Backoff(cap=self.config.worker_poll_interval)
+        outage = False
         while not self.stopping.is_set():
             with self.cv:
                 self.cv.wait_for(lambda: self.stopping.is_set() or self._wanted() > 0)
                 want = self._wanted()
             if self.stopping.is_set():
                 break
+            if outage and self.reporter.has_cached:
+                self.reporter.flush_cache(client)  # deliver what was cached before claiming
             try:
                 claims = client.get_task(
                     self.worker_id,
@@ -186,6 +192,7 @@ class Worker:
                     max_tasks=min(want, self.config.max_batch),
                 )
             except DispatcherUnreachable as exc:
+                outage = True
                 delay = backoff.next()
                 log.warning("dispatcher unreachable, retrying in %.1f s: %s", delay, exc)
                 self.stopping.wait(delay)
@@ -194,6 +201,7 @@ class Worker:
                 self._api_refused(exc)
                 continue
             backoff.reset()
+            outage = False
             if claims and self.stopping.is_set():  # claimed while stopping: give them back
                 self._release(client, claims)
                 break
@@ -226,7 +234,7 @@ class Worker:
             else:
                 for task_id in reply.get("abandon", ()):
                     self._abandon(task_id)
-            if self.stopping.wait(self.config.worker_heartbeat_interval):
+            if self.stopped.wait(self.config.worker_heartbeat_interval):
                 break
         client.close()
 
@@ -270,6 +278,7 @@ class Worker:
         self._release(client, unfinished)
         self._fetcher.join(timeout=self.config.worker_poll_interval + 10)
         self.reporter.close(timeout=30)
+        self.stopped.set()
         self.pool.stop()
         client.close()
         log.info("worker %s stopped", self.worker_id)
