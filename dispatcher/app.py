@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask, request
+from flask.json.provider import DefaultJSONProvider
 
 import tasks
 from common.config import Config
@@ -43,6 +45,7 @@ def create_app(
     tasks.load_modules(config.modules)
     storage = open_storage(config)
     app = Flask(__name__)
+    app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False
     app.json.compact = True
@@ -55,6 +58,17 @@ def create_app(
     if background:
         threading.Thread(target=_reaper, args=(ctx,), name="reaper", daemon=True).start()
     return app
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """JSON as RFC 8259 has it: NaN and Infinity are refused on the way in."""
+
+    def loads(self, s, **kwargs):
+        return json.loads(s, parse_constant=_not_json, **kwargs)
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not valid JSON")
 
 
 def _require_token(token: str):

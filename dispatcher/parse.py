@@ -43,6 +43,15 @@ def string(data: dict, key: str, *, required: bool = True, max_len: int = MAX_ID
         raise BadRequest(f"'{key}' must be a non-empty string")
     if len(value) > max_len:
         raise BadRequest(f"'{key}' must be at most {max_len} characters")
+    return storable(value, key)
+
+
+def storable(value: str, key: str) -> str:
+    """Text UTF-8 can hold: JSON allows a lone surrogate escape, SQLite text does not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"'{key}' holds a lone surrogate, which is not valid text") from None
     return value
 
 
@@ -61,7 +70,13 @@ def number(data: dict, key: str, default: float, low: float, high: float) -> flo
     value = data.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"'{key}' must be a number")
+    try:
+        value = float(value)
+    except OverflowError:  # an int too big for any float
+        raise BadRequest(f"'{key}' must be between {low:g} and {high:g}") from None
+    if not math.isfinite(value):
         raise BadRequest(f"'{key}' must be a number")
     if not low <= value <= high:
         raise BadRequest(f"'{key}' must be between {low:g} and {high:g}")
@@ -120,6 +135,8 @@ def result(data: Any) -> Result:
     error = data.get("error")
     if error is not None and not isinstance(error, str):
         raise BadRequest("'error' must be a string")
+    if error:
+        storable(error, "error")
     if status == "failed" and not error:
         error = "failed (no error message)"
     return Result(

@@ -46,7 +46,11 @@ def with_iso(item: dict) -> dict:
 
 
 def json_body() -> dict:
-    return parse.body(request.get_json(silent=True))
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        raise parse.BadRequest("request body is nested too deeply") from None
+    return parse.body(data)
 
 
 # -- submission ---------------------------------------------------------------------

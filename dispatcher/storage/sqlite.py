@@ -166,9 +166,22 @@ UPDATE tasks
  WHERE id = :task_id AND status = 'in_progress' AND lease_token = :lease_token
 """
 
+# attempts still running when another lease's result finished the task
+CLOSE_SUPERSEDED = """
+UPDATE attempts SET finished_at = :now, outcome = 'superseded'
+ WHERE task_id = :task_id AND lease_token != :lease_token AND outcome IS NULL
+"""
+
 END_ATTEMPT = """
 UPDATE attempts SET finished_at = :now, outcome = :outcome, error = :error
  WHERE task_id = :task_id AND lease_token = :lease_token AND outcome IS NULL
+"""
+
+# the attempt whose (late) real result finished the task says so, even if the reaper
+# had already closed it as expired
+END_ATTEMPT_COMPLETED = """
+UPDATE attempts SET finished_at = :now, outcome = 'completed', error = NULL
+ WHERE task_id = :task_id AND lease_token = :lease_token
 """
 
 # in_progress -> pending, now: the lease expired or its worker died, retries left
@@ -476,6 +489,7 @@ class SqliteStorage:
         if item.status == "completed":
             if status in ("pending", "in_progress") and db.execute(COMPLETE, args).rowcount:
                 self._end_attempt(db, args, "completed", None, count="completed")
+                db.execute(CLOSE_SUPERSEDED, args)
                 return "completed"
             if db.execute(COMPLETE_AFTER_EXPIRY, args).rowcount:
                 self._end_attempt(db, args, "completed", None, count="completed")
@@ -509,7 +523,10 @@ class SqliteStorage:
         raise LeaseConflict(f"task {item.task_id} is already {status} under another lease")
 
     def _end_attempt(self, db, args: dict, outcome: str, error: str | None, count: str) -> None:
-        db.execute(END_ATTEMPT, {**args, "outcome": outcome, "error": error})
+        if outcome == "completed":
+            db.execute(END_ATTEMPT_COMPLETED, args)
+        else:
+            db.execute(END_ATTEMPT, {**args, "outcome": outcome, "error": error})
         db.execute(
             f"UPDATE workers SET {count} = {count} + 1 WHERE worker_id = ?", (args["worker_id"],)
         )
@@ -542,13 +559,18 @@ class SqliteStorage:
                     (until, *chunk, worker_id),
                 )
                 rows = db.execute(
-                    f"SELECT id, status, worker_id FROM tasks WHERE id IN ({marks})", chunk
+                    f"SELECT id, status, worker_id, expired_failure FROM tasks "
+                    f"WHERE id IN ({marks})",
+                    chunk,
                 ).fetchall()
-                state = {r["id"]: (r["status"], r["worker_id"]) for r in rows}
+                state = {r["id"]: (r["status"], r["worker_id"], r["expired_failure"]) for r in rows}
                 for task_id in chunk:
-                    status, holder = state.get(task_id, ("deleted", None))
+                    status, holder, by_expiry = state.get(task_id, ("deleted", None, 0))
                     mine = status == "in_progress" and holder == worker_id
-                    if not mine and status != "pending":
+                    # a late result still counts while the task is pending or failed
+                    # only by lease expiry: the worker keeps going
+                    still_counts = status == "pending" or (status == "failed" and by_expiry)
+                    if not mine and not still_counts:
                         abandon.append(task_id)
         return abandon
 
@@ -806,7 +828,7 @@ def _task_dict(r: sqlite3.Row) -> dict:
 
 
 def _dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"))  # ASCII: a lone surrogate stays escaped
 
 
 def _chunks(items: list) -> Iterator[list]:
