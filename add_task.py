@@ -1,0 +1,579 @@
+#!/usr/bin/env python3
+"""Submit tasks to the dispatcher, and optionally wait for their results.
+
+    python3 add_task.py COUNT LIMIT [ALGORITHM]      COUNT primes tasks up to LIMIT
+    python3 add_task.py --payload JSON               one task object, or a JSON list of them
+    python3 add_task.py --payload-file FILE          a JSON object, a JSON list or JSON lines
+    python3 add_task.py --random --count N [--seed S]
+
+Runs with any python3: the first call creates .venv (see common/bootstrap.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from common.bootstrap import ensure_venv
+
+if __name__ == "__main__":
+    ensure_venv()  # before any third-party import: re-runs this script inside .venv
+
+from rich import box  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table  # noqa: E402
+
+from common import cli  # noqa: E402
+from common.client import ApiError, Client, DispatcherUnreachable  # noqa: E402
+from common.config import Config  # noqa: E402
+from tasks import registry  # noqa: E402
+
+TASK_OPTIONS = ("queue", "max_retries", "timeout", "priority", "delay", "idempotency_key")
+FINISHED = ("completed", "failed", "cancelled")
+ALGORITHMS = ("sieve", "trial_division")
+WAIT_PER_REQUEST = 10.0  # seconds one GET /task/<id>?wait= may be held
+WAIT_THREADS = 4  # tasks waited on at once (each holds one dispatcher thread)
+RANDOM_DEFAULT_COUNT = 10
+
+
+class InputError(Exception):
+    """The tasks given on the command line or in a file are not usable (exit status 2)."""
+
+
+# -- building the task list (pure functions) ---------------------------------------------
+
+
+def seed_tasks(count: int, limit: int, algorithm: str | None = None) -> list[dict]:
+    """The seed form: COUNT primes tasks up to LIMIT."""
+    payload = {"limit": limit, "algorithm": algorithm or "sieve"}
+    return [{"type": "primes", "payload": dict(payload)} for _ in range(count)]
+
+
+def to_task(obj: Any, where: str) -> dict:
+    """One task object for POST /submit-tasks, from the nested or the flat form.
+
+    Nested: {"type": "compute", "payload": {"operation": "double", "value": 2}, "priority": 5}
+    Flat:   {"type": "compute", "operation": "double", "value": 2, "priority": 5}
+    In the flat form every key but `type` and the task options goes into the payload.
+    """
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: a task must be a JSON object, not {_json_kind(obj)}")
+    if "type" not in obj:
+        raise InputError(f"{where}: a task needs a 'type' (one of {', '.join(registry.names())})")
+    rest = {k: v for k, v in obj.items() if k not in ("type", "payload", *TASK_OPTIONS)}
+    if "payload" in obj and rest:
+        raise InputError(
+            f"{where}: put the payload fields either in 'payload' or next to 'type', "
+            f"not both (found {', '.join(sorted(rest))} outside 'payload')"
+        )
+    task = {"type": obj["type"], "payload": obj["payload"] if "payload" in obj else rest}
+    task.update((k, obj[k]) for k in TASK_OPTIONS if k in obj)
+    return task
+
+
+def parse_payload(text: str, source: str = "--payload") -> list[dict]:
+    """--payload: one task object, or a JSON list of task objects."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON in {source}: {_json_error(exc)}") from None
+    return _tasks_from_json(data, source)
+
+
+def parse_task_file(text: str, source: str) -> list[dict]:
+    """--payload-file: a JSON object, a JSON list, or JSON lines (blank lines ignored)."""
+    if not text.strip():
+        raise InputError(f"no tasks in {source}: it is empty")
+    try:
+        return _tasks_from_json(json.loads(text), source)
+    except json.JSONDecodeError as whole:
+        document_error = whole
+    tasks = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if not tasks:  # not JSON lines either: report the error of the whole document
+                raise InputError(
+                    f"invalid JSON in {source}: {_json_error(document_error)}"
+                ) from None
+            raise InputError(
+                f"invalid JSON in {source} line {lineno}: {_json_error(exc)}"
+            ) from None
+        tasks.append(to_task(obj, f"{source} line {lineno}"))
+    return tasks
+
+
+def random_tasks(count: int, seed: int | None = None) -> list[dict]:
+    """A random mix of the built-in types; the same seed gives the same list."""
+    rng = random.Random(seed)
+    makers: list[tuple[Callable[[random.Random, int], dict], int]] = [
+        (_random_primes, 30),
+        (_random_compute, 30),
+        (_random_sleep, 15),
+        (_random_http, 15),
+        (_random_fail, 10),
+    ]
+    kinds, weights = zip(*makers, strict=True)
+    return [rng.choices(kinds, weights)[0](rng, i) for i in range(count)]
+
+
+def _random_primes(rng: random.Random, i: int) -> dict:
+    if rng.random() < 0.2:
+        payload = {"limit": rng.randint(100, 20_000), "algorithm": "trial_division"}
+        return {"type": "primes", "payload": payload}
+    return {"type": "primes", "payload": {"limit": rng.randint(100, 200_000)}}
+
+
+def _random_compute(rng: random.Random, i: int) -> dict:
+    operation = rng.choice(("factorial", "fibonacci", "double"))
+    high = {"factorial": 300, "fibonacci": 2000, "double": 10**6}[operation]
+    value = rng.randint(-high if operation == "double" else 0, high)
+    return {"type": "compute", "payload": {"operation": operation, "value": value}}
+
+
+def _random_sleep(rng: random.Random, i: int) -> dict:
+    return {"type": "sleep", "payload": {"duration": round(rng.uniform(0.1, 1.0), 2)}}
+
+
+def _random_http(rng: random.Random, i: int) -> dict:
+    method = rng.choice(("GET", "GET", "POST", "PUT", "DELETE"))
+    url = f"https://example.com/items/{rng.randint(1, 10_000)}"
+    return {"type": "http_request", "payload": {"url": url, "method": method}}
+
+
+def _random_fail(rng: random.Random, i: int) -> dict:
+    return {"type": "fail", "payload": {"error_message": f"random failure (task {i + 1})"}}
+
+
+def apply_options(tasks: list[dict], options: dict[str, Any]) -> list[dict]:
+    """Set each given option (None: not given) on every task; the command line wins."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return [{**task, **given} for task in tasks]
+
+
+def chunks(items: list, size: int) -> Iterable[tuple[int, list]]:
+    """(offset, slice) pairs of at most `size` items."""
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def shift_index(message: str, offset: int) -> str:
+    """A batch error names `tasks[i]` within its chunk; name it within the whole list."""
+    if not offset:
+        return message
+    return re.sub(r"^tasks\[(\d+)\]", lambda m: f"tasks[{int(m[1]) + offset}]", message)
+
+
+def summarize(task: dict, width: int = 72) -> str:
+    """One short line: the result of a completed task, or the error of another."""
+    if task.get("status") == "completed":
+        result = task.get("result")
+        if isinstance(result, dict):
+            text = ", ".join(f"{k}={_short(v)}" for k, v in result.items() if k != "primes")
+        else:
+            text = _short(result)
+    else:
+        text = task.get("error") or ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[:10]}…({len(digits)} digits)"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _tasks_from_json(data: Any, source: str) -> list[dict]:
+    if isinstance(data, list):
+        if not data:
+            raise InputError(f"no tasks in {source}: the list is empty")
+        return [to_task(obj, f"{source} item {i + 1}") for i, obj in enumerate(data)]
+    return [to_task(data, source)]
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _json_error(exc: json.JSONDecodeError) -> str:
+    return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="add_task.py",
+        description="Submit tasks to the dispatcher at DISPATCHER_URL (one POST /submit-tasks\n"
+        "per MAX_BATCH tasks) and print their ids, one per line.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"""\
+task objects (--payload, --payload-file):
+  {{"type": "primes", "payload": {{"limit": 1000}}, "priority": 5}}
+  {{"type": "compute", "operation": "factorial", "value": 10}}
+      the second (flat) form puts every key that is not a task option (queue,
+      max_retries, timeout, priority, delay, idempotency_key) into the payload
+  built-in types: {", ".join(registry.names())}
+
+examples:
+  python3 add_task.py 10 1000000                 10 primes tasks, limit 10^6, sieve
+  python3 add_task.py 1 100000 trial_division --wait
+  python3 add_task.py --payload '{{"type": "sleep", "payload": {{"duration": 2}}}}'
+  python3 add_task.py --payload-file tasks.jsonl --priority 5 --json
+  python3 add_task.py --random --count 50 --seed 1 --wait
+
+exit status: 0 ok; 1 dispatcher unreachable or request refused, or (--wait) a task
+ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
+    )
+    parser.add_argument(
+        "count",
+        nargs="?",
+        type=_positive_int,
+        metavar="COUNT",
+        help="seed form: how many primes tasks",
+    )
+    parser.add_argument(
+        "limit",
+        nargs="?",
+        type=_positive_int,
+        metavar="LIMIT",
+        help="seed form: count the primes up to LIMIT",
+    )
+    parser.add_argument(
+        "algorithm",
+        nargs="?",
+        choices=ALGORITHMS,
+        metavar="ALGORITHM",
+        help="seed form: sieve (default) or trial_division",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--payload", metavar="JSON", help="a task object or a JSON list of them")
+    source.add_argument(
+        "--payload-file",
+        metavar="FILE",
+        help="a JSON object, a JSON list or JSON lines (one task per line); - reads stdin",
+    )
+    source.add_argument("--random", action="store_true", help="a random mix of task types")
+    parser.add_argument(
+        "--count",
+        dest="random_count",  # apart from the positional COUNT
+        type=_positive_int,
+        metavar="N",
+        help=f"with --random: how many tasks (default {RANDOM_DEFAULT_COUNT})",
+    )
+    parser.add_argument("--seed", type=int, help="with --random: make the mix reproducible")
+    every = parser.add_argument_group("options set on every task (they override the file's)")
+    every.add_argument(
+        "--max-retries",
+        type=_non_negative_int,
+        metavar="N",
+        help="retries after the first attempt (default DEFAULT_MAX_RETRIES)",
+    )
+    every.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="S",
+        help="seconds one attempt may run (default DEFAULT_TASK_TIMEOUT)",
+    )
+    every.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
+    every.add_argument(
+        "--delay",
+        type=_non_negative_float,
+        metavar="S",
+        help="seconds before the first attempt may start",
+    )
+    every.add_argument("--queue", metavar="NAME", help="queue name (default 'default')")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until every task finishes (progress on stderr), then print a summary; "
+        "exit status 1 if any task failed or was cancelled",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON on stdout: {"task_ids": [...]}, or with --wait '
+        '{"tasks": [GET /task objects], "failed": n}',
+    )
+    return parser
+
+
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.random and (args.random_count is not None or args.seed is not None):
+        parser.error("--count and --seed go with --random (the seed form is COUNT LIMIT)")
+    other = args.payload is not None or args.payload_file is not None or args.random
+    if args.count is not None and other:
+        parser.error("give either COUNT LIMIT or one of --payload, --payload-file, --random")
+    if args.count is not None and args.limit is None:
+        parser.error("the seed form needs LIMIT too: add_task.py COUNT LIMIT [ALGORITHM]")
+    if args.count is None and not other:
+        parser.error("nothing to submit: give COUNT LIMIT, --payload, --payload-file or --random")
+
+
+def build_tasks(args: argparse.Namespace, stdin=None) -> list[dict]:
+    """The task list the arguments describe (InputError if a JSON source is unusable)."""
+    if args.count is not None:
+        tasks = seed_tasks(args.count, args.limit, args.algorithm)
+    elif args.payload is not None:
+        tasks = parse_payload(args.payload)
+    elif args.payload_file is not None:
+        tasks = parse_task_file(*_read_source(args.payload_file, stdin or sys.stdin))
+    else:
+        tasks = random_tasks(args.random_count or RANDOM_DEFAULT_COUNT, args.seed)
+    options = {
+        "max_retries": args.max_retries,
+        "timeout": args.timeout,
+        "priority": args.priority,
+        "delay": args.delay,
+        "queue": args.queue,
+    }
+    return apply_options(tasks, options)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_usage(parser, args)
+    return args
+
+
+def _read_source(name: str, stdin) -> tuple[str, str]:
+    if name == "-":
+        return stdin.read(), "stdin"
+    try:
+        with open(name, encoding="utf-8") as f:
+            return f.read(), name
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    return value
+
+
+# -- talking to the dispatcher -----------------------------------------------------------
+
+
+def submit(config: Config, client: Client, tasks: list[dict], as_json: bool = False) -> list[str]:
+    """Submit in chunks of MAX_BATCH; each chunk is one POST /submit-tasks, all or nothing."""
+    ids: list[str] = []
+    for offset, chunk in chunks(tasks, config.max_batch):
+        try:
+            ids.extend(client.submit_tasks(chunk))
+        except (DispatcherUnreachable, ApiError) as exc:
+            if isinstance(exc, ApiError):
+                message = shift_index(exc.message, offset)
+            else:
+                message = cli.unreachable(config, exc)
+            if ids:  # earlier chunks are stored: say which, so nothing is submitted twice
+                print_ids(ids, as_json)
+                message += f" ({len(ids)} of {len(tasks)} tasks were submitted: ids on stdout)"
+            raise cli.CliError(message) from None
+    return ids
+
+
+def wait_all(
+    config: Config, task_ids: list[str], on_finished: Callable[[dict], None]
+) -> list[dict]:
+    """Each task as GET /task/<id> shows it once finished, in the order of `task_ids`.
+
+    A few threads (one Client each) hold GET /task/<id>?wait=S requests, so the
+    dispatcher answers the moment a task finishes: no polling.
+    """
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for task_id in task_ids:
+        todo.put(task_id)
+    done: queue.SimpleQueue[tuple[str, dict | Exception]] = queue.SimpleQueue()
+    wait = min(config.max_wait_seconds, WAIT_PER_REQUEST)
+
+    def waiter() -> None:
+        client = cli.connect(config)
+        try:
+            while True:
+                try:
+                    task_id = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((task_id, _wait_one(client, task_id, wait)))
+                except Exception as exc:  # handed to the main thread, which reports it
+                    done.put((task_id, exc))
+                    return
+        finally:
+            client.close()
+
+    for _ in range(min(WAIT_THREADS, len(task_ids))):
+        threading.Thread(target=waiter, daemon=True).start()
+    finished: dict[str, dict] = {}
+    while len(finished) < len(task_ids):
+        task_id, outcome = done.get()
+        if isinstance(outcome, Exception):
+            raise outcome
+        finished[task_id] = outcome
+        on_finished(outcome)
+    return [finished[task_id] for task_id in task_ids]
+
+
+def _wait_one(client: Client, task_id: str, wait: float) -> dict:
+    while True:
+        task = client.task(task_id, wait=wait)
+        if task["status"] in FINISHED:
+            return task
+        if wait <= 0:  # MAX_WAIT_SECONDS=0 forbids held requests: ask again shortly
+            time.sleep(0.5)
+
+
+def wait_with_progress(config: Config, task_ids: list[str], show: bool) -> list[dict]:
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]waiting[/] for tasks"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show,
+    )
+    failed = 0
+    with progress:
+        bar = progress.add_task("wait", total=len(task_ids), failed="")
+
+        def advance(task: dict) -> None:
+            nonlocal failed
+            failed += task["status"] != "completed"
+            note = f"[red]{failed} failed[/]" if failed else ""
+            progress.update(bar, advance=1, failed=note)
+
+        return wait_all(config, task_ids, advance)
+
+
+def summary_table(tasks: list[dict]) -> Table:
+    colours = {"completed": "green", "failed": "red", "cancelled": "yellow"}
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("task id", no_wrap=True, min_width=32)  # ids stay whole, to copy
+    table.add_column("type")
+    table.add_column("status")
+    table.add_column("attempts", justify="right")
+    table.add_column("result / error", overflow="fold", min_width=20)
+    for t in tasks:
+        status = f"[{colours.get(t['status'], 'white')}]{t['status']}[/]"
+        table.add_row(t["task_id"], t["type"], status, str(t["attempts"]), summarize(t))
+    return table
+
+
+def count_statuses(tasks: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return counts
+
+
+def print_ids(task_ids: list[str], as_json: bool) -> None:
+    print(json.dumps({"task_ids": task_ids}) if as_json else "\n".join(task_ids), flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        tasks = build_tasks(args)
+    except InputError as exc:
+        raise cli.CliError(str(exc), cli.EXIT_USAGE) from None
+    config = cli.load_config()
+    client = cli.connect(config)
+    task_ids = submit(config, client, tasks, args.json)
+    if not args.wait:
+        print_ids(task_ids, args.json)
+        return cli.EXIT_OK
+    if not args.json:
+        print(f"submitted {_plural(len(task_ids), 'task')}", file=sys.stderr)
+    try:
+        finished = wait_with_progress(config, task_ids, show=True)
+    except KeyboardInterrupt:  # the tasks keep running: print what the user needs to find them
+        print_ids(task_ids, args.json)
+        print(f"interrupted; {_plural(len(task_ids), 'task')} keep running", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+    except (DispatcherUnreachable, ApiError) as exc:
+        print_ids(task_ids, args.json)
+        what = cli.unreachable(config, exc) if isinstance(exc, DispatcherUnreachable) else exc
+        raise cli.CliError(
+            f"{what} while waiting; {_plural(len(task_ids), 'task')} submitted (ids on stdout)"
+        ) from None
+    failed = sum(t["status"] != "completed" for t in finished)
+    if args.json:
+        print(json.dumps({"tasks": finished, "failed": failed}))
+    else:
+        console = Console()
+        if not console.is_terminal:  # a file or a pipe: no need to fold at 80 columns
+            console = Console(width=max(console.width, 120))
+        console.print(summary_table(finished))
+        counts = ", ".join(f"{n} {status}" for status, n in count_statuses(finished).items())
+        console.print(counts, style="red" if failed else "green", highlight=False)
+    return cli.EXIT_FAILED if failed else cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # bad usage: argparse prints it and exits with status 2
+    return cli.run(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
