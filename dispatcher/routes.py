@@ -203,13 +203,13 @@ def get_task_status(task_id: str):
     c = ctx()
     wait = parse.query_number(request.args, "wait", 0.0, 0.0, c.config.max_wait_seconds)
     deadline = time.monotonic() + wait
-    while True:
-        seen = c.wakeup.generation()
-        task = c.storage.get(task_id)
+    seen = c.wakeup.generation()
+    while c.storage.status_of(task_id) not in FINISHED:  # a one-column read per wake-up
         left = deadline - time.monotonic()
-        if task["status"] in FINISHED or left <= 0:
+        if left <= 0:
             break
-        c.wakeup.wait(seen, left)
+        seen = c.wakeup.wait(seen, left)
+    task = c.storage.get(task_id)
     task.pop("timeout", None)
     task.pop("run_at", None)
     return with_iso(task)
