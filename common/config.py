@@ -80,7 +80,9 @@ class Config:
             "lease_seconds",
             "worker_dead_after",
             "worker_heartbeat_interval",
+            "worker_poll_interval",
             "worker_concurrency",
+            "cache_ttl_seconds",
             "cache_retry_interval",
             "primes_max_limit",
             "trial_division_max_limit",
@@ -95,6 +97,15 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
+        if self.default_task_timeout > 7 * 86_400:
+            raise ConfigError("DEFAULT_TASK_TIMEOUT must be at most 604800 (7 days)")
+        if self.default_max_retries > 100:
+            raise ConfigError("DEFAULT_MAX_RETRIES must be at most 100")
+        if self.worker_poll_interval > self.max_wait_seconds:
+            raise ConfigError(
+                "WORKER_POLL_INTERVAL must not exceed MAX_WAIT_SECONDS "
+                f"({self.max_wait_seconds:g}), the longest poll the dispatcher holds"
+            )
         if not 0 < self.dispatcher_port < 65536:
             raise ConfigError("DISPATCHER_PORT must be between 1 and 65535")
         if self.log_level.upper() not in LOG_LEVELS:

@@ -50,8 +50,14 @@ def main() -> int:
         from .storage import open_storage
 
         open_storage(config).close()  # create the schema once, before the fork
+        import tasks
+
+        tasks.load_modules(config.modules)  # a bad TASK_MODULES stops here, not in a fork
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"configuration error: TASK_MODULES: {exc}", file=sys.stderr)
         return 2
     host = config.dispatcher_host
     where = config.database_url

@@ -47,7 +47,7 @@ def with_iso(item: dict) -> dict:
 
 def json_body() -> dict:
     try:
-        data = request.get_json(silent=True)
+        data = request.get_json(force=True, silent=True)  # curl -d sends no JSON type
     except RecursionError:
         raise parse.BadRequest("request body is nested too deeply") from None
     return parse.body(data)

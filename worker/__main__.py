@@ -34,8 +34,14 @@ def main(argv: list[str] | None = None) -> int:
             config = Config.from_env(env)
         if not args.worker_id.strip() or len(args.worker_id) > 200:
             raise ConfigError("WORKER_ID must be 1 to 200 characters")
+        import tasks
+
+        tasks.load_modules(config.modules)  # the pool processes load them again
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"configuration error: TASK_MODULES: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
     from .worker import Worker

@@ -80,21 +80,57 @@ class Reporter:
     def _deliver(self, batch: list[dict]) -> bool:
         try:
             answers = self.client.submit_results([_body(r) for r in batch])
-        except (DispatcherUnreachable, ApiError) as exc:
-            now = self.clock()
-            for r in batch:
-                self.cache.put(r, now)
-                self._cached += 1
-                log.warning(
-                    "result of task %s cached worker=%s: dispatcher did not take it (%s)",
-                    r["task_id"],
-                    self.worker_id,
-                    exc,
-                )
+        except ApiError as exc:
+            if exc.status in (400, 413):  # one bad item refuses the whole call: go one by one
+                return all([self._deliver_alone(r) for r in batch])
+            self._cache(batch, exc)
+            return False
+        except DispatcherUnreachable as exc:
+            self._cache(batch, exc)
             return False
         for r, answer in zip(batch, answers, strict=True):
             _log_answer(r, answer, self.worker_id)
         return True
+
+    def _deliver_alone(self, result: dict) -> bool:
+        try:
+            [answer] = self.client.submit_results([_body(result)])
+        except DispatcherUnreachable as exc:
+            self._cache([result], exc)
+            return False
+        except ApiError as exc:
+            if exc.status not in (400, 413):
+                self._cache([result], exc)
+                return False
+            # this result can never be delivered (too large, not JSON the dispatcher takes):
+            # report the task failed instead of losing it
+            log.error(
+                "result of task %s refused worker=%s (%s); reporting the task failed",
+                result["task_id"],
+                self.worker_id,
+                exc,
+            )
+            failed = dict(result, status="failed", result=None)
+            failed["error"] = f"the worker's result was refused by the dispatcher: {exc.message}"
+            try:
+                [answer] = self.client.submit_results([_body(failed)])
+            except (DispatcherUnreachable, ApiError) as again:
+                self._cache([failed], again)
+                return False
+        _log_answer(result, answer, self.worker_id)
+        return True
+
+    def _cache(self, batch: list[dict], reason: Exception) -> None:
+        now = self.clock()
+        for r in batch:
+            self.cache.put(r, now)
+            self._cached += 1
+            log.warning(
+                "result of task %s cached worker=%s: dispatcher did not take it (%s)",
+                r["task_id"],
+                self.worker_id,
+                reason,
+            )
 
     @property
     def has_cached(self) -> bool:
@@ -129,7 +165,16 @@ class Reporter:
             chunk = fresh[i : i + self.max_batch]
             try:
                 answers = client.submit_results([_body(e) for _, e in chunk])
-            except (DispatcherUnreachable, ApiError) as exc:
+            except ApiError as exc:
+                if exc.status not in (400, 413):
+                    log.info("cache re-send postponed worker=%s: %s", self.worker_id, exc)
+                    return
+                for path, entry in chunk:  # one bad entry refuses the call: one by one
+                    if self._deliver_alone(entry):
+                        self.cache.remove(path)
+                self._cached = len(self.cache)
+                continue
+            except DispatcherUnreachable as exc:
                 log.info("cache re-send postponed worker=%s: %s", self.worker_id, exc)
                 return
             for (path, entry), answer in zip(chunk, answers, strict=True):

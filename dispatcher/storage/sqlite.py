@@ -523,13 +523,17 @@ class SqliteStorage:
         raise LeaseConflict(f"task {item.task_id} is already {status} under another lease")
 
     def _end_attempt(self, db, args: dict, outcome: str, error: str | None, count: str) -> None:
+        """Close the lease's attempt; the worker's counter moves only when the attempt
+        was open (a re-sent failure counts once)."""
         if outcome == "completed":
-            db.execute(END_ATTEMPT_COMPLETED, args)
+            closed = db.execute(END_ATTEMPT_COMPLETED, args).rowcount
         else:
-            db.execute(END_ATTEMPT, {**args, "outcome": outcome, "error": error})
-        db.execute(
-            f"UPDATE workers SET {count} = {count} + 1 WHERE worker_id = ?", (args["worker_id"],)
-        )
+            closed = db.execute(END_ATTEMPT, {**args, "outcome": outcome, "error": error}).rowcount
+        if closed:
+            db.execute(
+                f"UPDATE workers SET {count} = {count} + 1 WHERE worker_id = ?",
+                (args["worker_id"],),
+            )
 
     # -- leases -------------------------------------------------------------------
 
@@ -764,7 +768,9 @@ class SqliteStorage:
             "SELECT count(*) FROM tasks WHERE finished_at >= ? AND status = 'completed'",
             (now - 60,),
         )[0][0]
-        oldest = self._read("SELECT min(created_at) FROM tasks WHERE status = 'pending'")[0][0]
+        oldest = self._read(  # the longest a ready task has waited (delayed ones excluded)
+            "SELECT min(created_at) FROM tasks WHERE status = 'pending' AND run_at <= ?", (now,)
+        )[0][0]
         return {
             "tasks": tasks,
             "workers": {"alive": alive, "dead": total - alive},

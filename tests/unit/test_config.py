@@ -1,0 +1,73 @@
+"""Configuration: environment over .env over defaults, one clear line per bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import Config, ConfigError
+
+
+def test_defaults_match_the_spec_table():
+    c = Config.from_env({})
+    assert (c.dispatcher_host, c.dispatcher_port) == ("127.0.0.1", 5000)
+    assert c.database_url == "sqlite:///data/tasks.db"
+    assert (c.lease_seconds, c.worker_dead_after, c.worker_poll_interval) == (120, 60, 5)
+    assert (c.max_batch, c.max_wait_seconds, c.worker_prefetch) == (1000, 30, "auto")
+    assert c.queues == ("default",)
+
+
+def test_values_are_parsed_and_fractional_seconds_are_accepted():
+    c = Config.from_env(
+        {"LEASE_SECONDS": "0.5", "WORKER_QUEUES": "high, default", "MAX_BATCH": "7"}
+    )
+    assert c.lease_seconds == 0.5
+    assert c.queues == ("high", "default")
+    assert c.max_batch == 7
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("DISPATCHER_PORT", "abc"),
+        ("DISPATCHER_PORT", "70000"),
+        ("LEASE_SECONDS", "-1"),
+        ("LEASE_SECONDS", "nan"),
+        ("MAX_BATCH", "1.5"),
+        ("MAX_BATCH", "0"),
+        ("LOG_LEVEL", "LOUD"),
+        ("WORKER_PREFETCH", "-3"),
+        ("WORKER_PREFETCH", "lots"),
+        ("WORKER_QUEUES", " , "),
+        ("DISPATCHER_URL", "localhost:5000"),
+        ("DATABASE_URL", "mysql://x"),
+        ("WORKER_POLL_INTERVAL", "0"),
+        ("WORKER_POLL_INTERVAL", "60"),
+        ("CACHE_TTL_SECONDS", "0"),
+        ("DEFAULT_MAX_RETRIES", "101"),
+        ("DEFAULT_TASK_TIMEOUT", "9999999"),
+    ],
+)
+def test_a_bad_value_is_refused_with_a_message_naming_its_key(key, value):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({key: value})
+    assert key in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_environment_wins_over_the_dotenv_file(monkeypatch, tmp_path):
+    import os
+
+    import common.config as config_module
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # load_dotenv writes here
+    (tmp_path / ".env").write_text("LEASE_SECONDS=7\nREAP_INTERVAL=3\n")
+    monkeypatch.setattr(config_module, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setenv("LEASE_SECONDS", "9")
+    c = Config.from_env()
+    assert c.lease_seconds == 9  # from the environment
+    assert c.reap_interval == 3  # from .env
+
+
+def test_to_env_reproduces_the_configuration():
+    c = Config.from_env({"LEASE_SECONDS": "2.5", "WORKER_QUEUES": "a,b"})
+    assert Config.from_env(c.to_env()) == c
