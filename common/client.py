@@ -1,15 +1,23 @@
 """The dispatcher's HTTP API as Python calls; what workers and CLIs use.
 
-One Client per thread (a requests.Session keeps its connection alive). Errors come in
-two kinds: DispatcherUnreachable (no answer, or a 5xx: try again later) and ApiError
-(the dispatcher refused the request: 4xx with its message).
+A lean keep-alive client on the standard library's http.client: one connection per
+Client (use one Client per thread), headers and body in one packet, TCP_NODELAY, and a
+pooled connection checked for a server-side close before it is reused, so a request is
+never sent twice. (requests costs ~150 ms to import and ~0.3 ms a call more; the
+worker's start-up and every hop of a task's round trip pay for that.)
+
+Errors come in two kinds: DispatcherUnreachable (no answer, or a 5xx: try again later)
+and ApiError (the dispatcher refused the request: 4xx with its message).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import select
+import socket
 from typing import Any
-
-import requests
+from urllib.parse import quote, urlencode, urlsplit
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
@@ -29,9 +37,32 @@ class ApiError(Exception):
 class Client:
     def __init__(self, base_url: str, token: str = ""):
         self.base_url = base_url.rstrip("/")
-        self.session = requests.Session()
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path.rstrip("/")
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._conn: http.client.HTTPConnection | None = None
+
+    # -- transport ------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = self._conn
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            conn.close()
+            conn = None
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=CONNECT_TIMEOUT)
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conn = conn
+        return conn
 
     def call(
         self,
@@ -41,29 +72,45 @@ class Client:
         params: dict | None = None,
         read_timeout: float = READ_TIMEOUT,
     ) -> Any:
+        url = self._prefix + path + (f"?{urlencode(params)}" if params else "")
+        payload = None if body is None else json.dumps(body).encode()
         try:
-            r = self.session.request(
-                method,
-                self.base_url + path,
-                json=body,
-                params=params,
-                timeout=(CONNECT_TIMEOUT, read_timeout),
-            )
-        except requests.RequestException as exc:
-            raise DispatcherUnreachable(f"{self.base_url}: {exc.__class__.__name__}") from exc
+            conn = self._connection()
+            conn.sock.settimeout(read_timeout)
+            conn.request(method, url, body=payload, headers=self._headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise DispatcherUnreachable(
+                f"{self.base_url}: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        if response.will_close:
+            self.close()
         try:
-            data = r.json()
+            data = json.loads(raw)
         except ValueError:
             data = None
-        if r.status_code >= 500 or data is None:
-            message = data.get("error") if isinstance(data, dict) else r.text[:200]
-            raise DispatcherUnreachable(f"{self.base_url}{path}: HTTP {r.status_code} {message}")
-        if r.status_code >= 400:
-            raise ApiError(r.status_code, data.get("error", r.reason))
+        status = response.status
+        if status >= 500 or not isinstance(data, dict):
+            message = (
+                data.get("error") if isinstance(data, dict) else raw[:200].decode(errors="replace")
+            )
+            raise DispatcherUnreachable(f"{self.base_url}{path}: HTTP {status} {message}")
+        if status >= 400:
+            raise ApiError(status, data.get("error", response.reason))
         return data
 
     def close(self) -> None:
-        self.session.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- workers ------------------------------------------------------------------
 
@@ -108,10 +155,21 @@ class Client:
 
     def task(self, task_id: str, wait: float = 0.0) -> dict:
         params = {"wait": f"{wait:g}"} if wait else None
-        return self.call("GET", f"/task/{task_id}", params=params, read_timeout=wait + READ_TIMEOUT)
+        path = f"/task/{quote(task_id, safe='')}"
+        return self.call("GET", path, params=params, read_timeout=wait + READ_TIMEOUT)
 
     def stats(self) -> dict:
         return self.call("GET", "/stats")
 
     def workers(self) -> list[dict]:
         return self.call("GET", "/workers")["workers"]
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle keep-alive socket that is readable has been closed by the server (or holds
+    garbage): either way it must not carry the next request."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)

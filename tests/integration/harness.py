@@ -142,13 +142,13 @@ class Cluster:
     def start_dispatcher(self, name: str = "dispatcher", port: int | None = None) -> Proc:
         port = port or self.port
         proc = self._start(name, ["./start_dispatcher.sh"], DISPATCHER_PORT=str(port))
-        client = Client(f"http://127.0.0.1:{port}")
 
         def healthy():
             if not proc.alive():
                 pytest.fail(f"{name} exited with {proc.popen.returncode}:\n{proc.log()}")
             try:
-                return client.call("GET", "/health")["status"] == "ok"
+                with Client(f"http://127.0.0.1:{port}") as client:
+                    return client.call("GET", "/health")["status"] == "ok"
             except DispatcherUnreachable:
                 return False
 

@@ -126,12 +126,12 @@ def test_eight_clients_claiming_at_once_never_get_the_same_task(cluster):
     got: list[list[str]] = [[] for _ in range(8)]
 
     def claimer(n: int) -> None:
-        client = Client(cluster.url)
-        while True:
-            tasks = client.get_task(f"claimer-{n}", "", ("default",), wait=0, max_tasks=3)
-            if not tasks:
-                return
-            got[n].extend(t["task_id"] for t in tasks)
+        with Client(cluster.url) as client:
+            while True:
+                tasks = client.get_task(f"claimer-{n}", "", ("default",), wait=0, max_tasks=3)
+                if not tasks:
+                    return
+                got[n].extend(t["task_id"] for t in tasks)
 
     threads = [threading.Thread(target=claimer, args=(n,)) for n in range(8)]
     for t in threads:

@@ -99,7 +99,8 @@ def test_a_long_poll_wakes_when_the_task_reaches_another_dispatcher_process(make
     held: dict = {}
 
     def poll():  # held on dispatcher A for up to 20 s
-        held["tasks"] = Client(cluster.url).get_task("w1", "i1", ("default",), 20, 1)
+        with Client(cluster.url) as client:
+            held["tasks"] = client.get_task("w1", "i1", ("default",), 20, 1)
 
     thread = threading.Thread(target=poll)
     thread.start()
@@ -108,9 +109,10 @@ def test_a_long_poll_wakes_when_the_task_reaches_another_dispatcher_process(make
         10,
         lambda: "the long poll never reached dispatcher A",
     )
-    task_id = Client(f"http://127.0.0.1:{other_port}").submit_task(
-        {"type": "compute", "payload": {"operation": "double", "value": 21}}
-    )
+    with Client(f"http://127.0.0.1:{other_port}") as other:
+        task_id = other.submit_task(
+            {"type": "compute", "payload": {"operation": "double", "value": 21}}
+        )
     thread.join(timeout=30)
     assert [t["task_id"] for t in held["tasks"]] == [task_id]
 
