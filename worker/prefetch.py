@@ -2,8 +2,10 @@
 
 A fixed WORKER_PREFETCH is used as is. `auto` sizes the prefetch from the recent run
 time of this worker's tasks so that prefetched work lasts about TARGET_S: many quick
-tasks per claim, none ahead of long ones (so one worker never hoards slow work while
-others idle). Until a task has been timed, nothing is prefetched.
+tasks per claim, none ahead of long ones. Until a task has been timed, nothing is
+prefetched; while a running task has taken longer than TARGET_S, nothing is either,
+and the worker gives its buffered tasks back (worker.py) so that an idle worker can
+take them: one worker never sits on slow work while others idle.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ class Prefetch:
             else:
                 self.average += SMOOTHING * (seconds - self.average)
 
-    def size(self) -> int:
+    @property
+    def auto(self) -> bool:
+        return self.fixed is None
+
+    def size(self, longest_running: float = 0.0) -> int:
+        """Tasks to hold ahead of the running ones; `longest_running` is how long the
+        oldest running task has been at it (seconds)."""
         if self.fixed is not None:
             return self.fixed
         average = self.average
-        if average is None or average >= TARGET_S:
+        if average is None or average >= TARGET_S or longest_running > TARGET_S:
             return 0
         per_slot = int(TARGET_S / max(average, 1e-4))
         return min(self.max_batch, per_slot * self.concurrency)

@@ -30,6 +30,8 @@ from .prefetch import Prefetch
 
 log = logging.getLogger("worker")
 
+SHED_CHECK_S = 0.25  # how often a busy worker checks whether to give prefetched work back
+
 
 @dataclass
 class Running:
@@ -99,18 +101,30 @@ class Worker:
         self.reporter.start()
         self._beater.start()
         self._fetcher.start()
+        client = Client(self.config.dispatcher_url, self.config.api_token)
         while True:
             with self.cv:
-                self.cv.wait_for(
+                ready = self.cv.wait_for(
                     lambda: (
                         self.stopping.is_set()
                         or (self.buffer and len(self.running) < self.config.worker_concurrency)
-                    )
+                    ),
+                    timeout=SHED_CHECK_S,
                 )
                 if self.stopping.is_set():
                     break
-                claim = self.buffer.popleft()
-                self._start(claim)
+                if ready:
+                    self._start(self.buffer.popleft())
+                    continue
+                shed = self._to_shed()
+            if shed:
+                log.info(
+                    "giving back %d prefetched task(s) worker=%s: a running task is long",
+                    len(shed),
+                    self.worker_id,
+                )
+                self._release(client, shed)
+        client.close()
         self._shutdown()
         return self.exit_code
 
@@ -121,6 +135,21 @@ class Worker:
         self.stopping.set()
         with self.cv:
             self.cv.notify_all()
+
+    def _longest_running(self) -> float:
+        now = time.monotonic()
+        return max((now - r.started for r in self.running.values()), default=0.0)
+
+    def _to_shed(self) -> list[dict]:
+        """With `auto` prefetch, buffered tasks waiting behind long-running ones go back
+        to the queue (called with self.cv held)."""
+        if not (self.prefetch.auto and self.buffer):
+            return []
+        if self.prefetch.size(self._longest_running()) > 0:
+            return []
+        shed = list(self.buffer)
+        self.buffer.clear()
+        return shed
 
     def _start(self, claim: dict) -> None:
         """Hand a claimed task to a pool process (called with self.cv held)."""
@@ -168,8 +197,15 @@ class Worker:
     # -- claiming -----------------------------------------------------------------
 
     def _wanted(self) -> int:
-        target = self.config.worker_concurrency + self.prefetch.size()
-        return target - len(self.running) - len(self.buffer)
+        """How many tasks to claim now (called with self.cv held): enough to fill the
+        slots and the prefetch, but only once the buffer is down to half the prefetch,
+        so that claims stay large instead of one task per finished task."""
+        prefetch = self.prefetch.size(self._longest_running())
+        missing = self.config.worker_concurrency + prefetch - len(self.running) - len(self.buffer)
+        idle = len(self.running) + len(self.buffer) < self.config.worker_concurrency
+        if idle or len(self.buffer) <= prefetch // 2:
+            return missing
+        return 0
 
     def _fetch_loop(self) -> None:
         client = Client(self.config.dispatcher_url, self.config.api_token)

@@ -27,6 +27,7 @@ BUSY_TIMEOUT_S = 30.0  # a writer waits this long for the lock before the client
 CHUNK = 500  # ids per IN (...) list, under SQLite's parameter limit
 EXPIRED_ERROR = "lease expired"
 RETIRED_INSTANCE_KEEP_S = 86_400.0
+DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 
 SCHEMA = [
     """
@@ -106,6 +107,13 @@ INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_a
 VALUES (:id, :type, :queue, :payload, 'pending', :priority, :run_at, :now,
         :max_retries, :timeout, :idempotency_key)
 ON CONFLICT (idempotency_key) DO NOTHING
+"""
+
+# (nothing) -> pending, many at once: tasks without an idempotency key
+INSERT_TASKS = """
+INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
+                   max_retries, timeout)
+VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)
 """
 
 # pending -> in_progress: one more attempt, a fresh random lease token for each task
@@ -327,6 +335,24 @@ class SqliteStorage:
     def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
         """Store tasks in one transaction: (task_id, created) each; a known
         idempotency key gives the first task's id and creates nothing."""
+        if not any(task.idempotency_key for task in tasks):  # the bulk path: one statement
+            rows = [
+                (
+                    uuid.uuid4().hex,
+                    task.type,
+                    task.queue,
+                    _dumps(task.payload),
+                    task.priority,
+                    now + task.delay,
+                    now,
+                    task.max_retries,
+                    task.timeout,
+                )
+                for task in tasks
+            ]
+            with self._write() as db:
+                db.executemany(INSERT_TASKS, rows)
+            return [(row[0], True) for row in rows]
         out = []
         with self._write() as db:
             for task in tasks:
@@ -636,12 +662,15 @@ class SqliteStorage:
             for r in rows:
                 self._expire(db, r, now, "expired")
                 report.expired.append(r["id"])
-            if old:
-                report.deleted = self._delete_finished(db, cutoff)
             db.execute(
                 "DELETE FROM retired_instances WHERE retired_at < ?",
                 (now - RETIRED_INSTANCE_KEEP_S,),
             )
+        while old:  # retention, in short transactions until the backlog is gone
+            with self._write() as db:
+                deleted = self._delete_finished(db, cutoff)
+            report.deleted += deleted
+            old = deleted == DELETE_BATCH
         return report
 
     def _rescue_worker_tasks(self, db, worker_id: str, now: float, outcome: str) -> list[str]:
@@ -670,8 +699,8 @@ class SqliteStorage:
             r["id"]
             for r in db.execute(
                 "SELECT id FROM tasks WHERE finished_at < ? AND status IN "
-                "('completed', 'failed', 'cancelled') LIMIT 5000",
-                (cutoff,),
+                "('completed', 'failed', 'cancelled') LIMIT ?",
+                (cutoff, DELETE_BATCH),
             )
         ]
         for chunk in _chunks(ids):

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""The project's own benchmark: how cost grows with the queue, the workers and the claim
+size, and how fast a held long poll wakes up.
+
+    python bench/run.py [--quick] [--out DIR]
+
+Runs with any python3 (the first call installs requirements-bench.txt into .venv). Writes
+DIR (default bench/out/): results.json, RESULTS.md, throughput.png and the processes'
+logs; and rewrites bench/RESULTS.md and bench/throughput.png, the committed copies.
+Uses ports 5400-5499 and a temporary directory for the big databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from _bootstrap import ensure_bench_venv
+
+if __name__ == "__main__":
+    ensure_bench_venv()  # before any third-party import: re-runs this script inside .venv
+
+import cluster_bench  # noqa: E402
+import report  # noqa: E402
+import storage_bench  # noqa: E402
+from procs import Ports  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+
+# (sizes, tasks per throughput run, timeouts) by mode
+FULL = {"sizes": (1_000, 100_000, 1_000_000), "tasks": 2_000}
+QUICK = {"sizes": (1_000, 20_000, 100_000), "tasks": 1_000}
+WORKER_COUNTS = (1, 2, 4, 8)
+PREFETCHES = ("0", "9", "99", "auto")  # max_tasks 1, 10, 100 with concurrency 1; and auto
+HOARD_PREFETCHES = ("auto", "50")
+MEMORY_REQUESTS = 2_000
+WAKE_REPS = 50
+DRAIN_TIMEOUT_S = 1_800.0
+RUN_TIMEOUT_S = 300.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller sizes (about 4 min, not 10)")
+    p.add_argument("--out", type=Path, default=BENCH / "out", help="output directory")
+    return p.parse_args(argv)
+
+
+def storage_steps(sizes: tuple[int, ...], ports: Ports, work: Path) -> list[dict]:
+    """Sections 1 and 2 for each size, one temporary database at a time."""
+    results = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as tmp:
+            path = Path(tmp) / "tasks.db"
+            print(f"[storage] {n:,} tasks: load, claim, complete ...", flush=True)
+            size = storage_bench.load_and_measure(path, n, DRAIN_TIMEOUT_S)
+            print(
+                f"  load {size['load']['rows_per_s']:,.0f} rows/s, "
+                f"claim {size['claim']['tasks_per_s']:,.0f} tasks/s, "
+                f"complete {size['complete']['tasks_per_s']:,.0f} tasks/s",
+                flush=True,
+            )
+            print(f"[memory] dispatcher on {n:,} finished tasks ...", flush=True)
+            size["memory"] = cluster_bench.dispatcher_memory(
+                path, size.pop("sample_ids"), MEMORY_REQUESTS, ports, work / f"memory-{n}"
+            )
+            print(f"[retention] reap {n:,} finished tasks ...", flush=True)
+            size["retention"] = storage_bench.measure_retention(path, DRAIN_TIMEOUT_S)
+            results.append(size)
+    return results
+
+
+def run(quick: bool, out: Path, command: str) -> dict:
+    """Every section in turn; the results as one JSON-able dict."""
+    mode = QUICK if quick else FULL
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ports = Ports()
+    started = time.monotonic()
+    results: dict = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": report.machine(),
+        "command": command,
+        "mode": "quick" if quick else "full",
+        "throughput_tasks": mode["tasks"],
+        "hoarding_mix": {
+            "quick": cluster_bench.HOARD_QUICK,
+            "slow": cluster_bench.HOARD_SLOW,
+            "sleep_s": cluster_bench.HOARD_SLEEP_S,
+        },
+    }
+    timings: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        timings[name] = time.monotonic() - mark
+        mark = time.monotonic()
+
+    results["storage"] = storage_steps(mode["sizes"], ports, work)
+    lap("storage, memory and retention")
+    print("[throughput] workers x max_tasks ...", flush=True)
+    results["throughput"] = cluster_bench.throughput_grid(
+        WORKER_COUNTS, PREFETCHES, mode["tasks"], ports, work / "throughput", RUN_TIMEOUT_S
+    )
+    lap("throughput")
+    print("[hoarding] ...", flush=True)
+    results["hoarding"] = [
+        cluster_bench.hoarding_run(p, ports, work / f"hoarding-{p}", RUN_TIMEOUT_S)
+        for p in HOARD_PREFETCHES
+    ]
+    lap("hoarding")
+    print("[wake-up] two dispatchers, one database ...", flush=True)
+    results["wakeup"] = cluster_bench.wakeup_bench(WAKE_REPS, ports, work / "wakeup")
+    lap("wake-up")
+    results["section_s"] = timings
+    results["elapsed_s"] = time.monotonic() - started
+    return results
+
+
+def write(results: dict, out: Path) -> None:
+    """results.json, RESULTS.md and throughput.png in `out`; the last two copied to bench/."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "RESULTS.md").write_text(report.markdown(results) + "\n")
+    report.plot(results, out / "throughput.png")
+    if out.resolve() != BENCH:
+        shutil.copyfile(out / "RESULTS.md", BENCH / "RESULTS.md")
+        shutil.copyfile(out / "throughput.png", BENCH / "throughput.png")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    command = " ".join(["python bench/run.py", *argv])
+    out = args.out.resolve()
+    results = run(args.quick, out, command)
+    write(results, out)
+    print(f"done in {results['elapsed_s'] / 60:.1f} min: {BENCH / 'RESULTS.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
