@@ -53,7 +53,7 @@ def outcome(future: ProcessFuture, timeout: float) -> dict[str, Any] | None:
     except Exception as exc:  # whatever the task raised
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)  # what the dispatcher would refuse
     except (TypeError, ValueError) as exc:
         return {"status": "failed", "error": f"result is not JSON-serialisable: {exc}"}
     return {"status": "completed", "result": value}

@@ -308,7 +308,7 @@ class Worker:
                 )
             self.cv.wait_for(lambda: not self.running, timeout=grace)
             unfinished = [entry.claim for entry in self.running.values()]
-            for entry in self.running.values():
+            for entry in list(self.running.values()):  # cancel() runs _done, which pops
                 self.abandoned.add(entry.claim["task_id"])
                 entry.future.cancel()
         self._release(client, unfinished)
