@@ -25,12 +25,22 @@ from common.client import ApiError, Client, DispatcherUnreachable
 from common.config import Config
 
 from .cache import ResultCache
-from .pool import TaskPool, outcome
+from .pool import TaskPool, outcomes
 from .prefetch import Prefetch
 
 log = logging.getLogger("worker")
 
 SHED_CHECK_S = 0.25  # how often a busy worker checks whether to give prefetched work back
+# Chunks: tasks whose measured average is under CHUNK_TASK_MAX_S go to a pool process
+# several at a time, about CHUNK_TARGET_S of work per call. A chunk may run for
+# CHUNK_SLACK times its expected time (at least CHUNK_MIN_TIMEOUT_S, at most its
+# tightest task timeout); past that it is killed and its tasks run again one by one,
+# each with its own timeout.
+CHUNK_TASK_MAX_S = 0.01
+CHUNK_TARGET_S = 0.05
+CHUNK_MAX = 100
+CHUNK_SLACK = 20
+CHUNK_MIN_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -65,7 +75,8 @@ class Worker:
         self.exit_code = 0
         self.cv = threading.Condition()
         self.buffer: deque[dict] = deque()  # claimed, not started (prefetch)
-        self.running: dict[str, Running] = {}
+        self.running: dict[str, Running] = {}  # task id -> its chunk's call
+        self.inflight = 0  # pool calls running (each holds one slot)
         self.abandoned: set[str] = set()
         self.prefetch = Prefetch(config.prefetch, config.worker_concurrency, config.max_batch)
         self.pool = TaskPool(
@@ -107,14 +118,14 @@ class Worker:
                 ready = self.cv.wait_for(
                     lambda: (
                         self.stopping.is_set()
-                        or (self.buffer and len(self.running) < self.config.worker_concurrency)
+                        or (self.buffer and self.inflight < self.config.worker_concurrency)
                     ),
                     timeout=SHED_CHECK_S,
                 )
                 if self.stopping.is_set():
                     break
                 if ready:
-                    self._start(self.buffer.popleft())
+                    self._start(self._take_chunk())
                     continue
                 shed = self._to_shed()
             if shed:
@@ -151,48 +162,87 @@ class Worker:
         self.buffer.clear()
         return shed
 
-    def _start(self, claim: dict) -> None:
-        """Hand a claimed task to a pool process (called with self.cv held)."""
-        task_id = claim["task_id"]
-        future = self.pool.start(claim["type"], claim["payload"], claim["timeout"])
-        self.running[task_id] = Running(claim, future)
-        future.add_done_callback(lambda f, task_id=task_id: self._done(task_id, f))
-        log.info(
-            "task %s started worker=%s type=%s attempt=%d",
-            task_id,
-            self.worker_id,
-            claim["type"],
-            claim["attempt"],
-        )
+    def _take_chunk(self) -> list[dict]:
+        """The next tasks to run in one pool call (called with self.cv held): one, or
+        several when this worker's tasks are quick, spread over the free slots."""
+        chunk = [self.buffer.popleft()]
+        average = self.prefetch.average
+        if chunk[0].get("solo") or average is None or average > CHUNK_TASK_MAX_S:
+            return chunk
+        if self.config.worker_max_tasks_per_child:  # it counts pool calls: one task each
+            return chunk
+        free = self.config.worker_concurrency - self.inflight + 1  # this slot included
+        share = -(-(len(self.buffer) + 1) // free)  # ceil: leave work for the other slots
+        size = min(CHUNK_MAX, max(1, int(CHUNK_TARGET_S / max(average, 1e-5))), share)
+        while len(chunk) < size and self.buffer and not self.buffer[0].get("solo"):
+            chunk.append(self.buffer.popleft())
+        return chunk
 
-    def _done(self, task_id: str, future: ProcessFuture) -> None:
-        """Pool callback: the task ended one way or another. Its result is queued for
-        the reporter before the task leaves `running`, so a stopping worker that sees
+    def _start(self, chunk: list[dict]) -> None:
+        """Hand claimed tasks to a pool process (called with self.cv held)."""
+        timeout = min(c["timeout"] for c in chunk)
+        if len(chunk) > 1:
+            expected = (self.prefetch.average or 0.0) * len(chunk)
+            timeout = min(timeout, max(CHUNK_MIN_TIMEOUT_S, CHUNK_SLACK * expected))
+        future = self.pool.start([(c["type"], c["payload"]) for c in chunk], timeout)
+        started = time.monotonic()
+        for claim in chunk:
+            self.running[claim["task_id"]] = Running(claim, future, started)
+        self.inflight += 1
+        future.add_done_callback(lambda f: self._done(chunk, f, timeout))
+        if log.isEnabledFor(logging.INFO):
+            for claim in chunk:
+                log.info(
+                    "task %s started worker=%s type=%s attempt=%d",
+                    claim["task_id"],
+                    self.worker_id,
+                    claim["type"],
+                    claim["attempt"],
+                )
+
+    def _done(self, chunk: list[dict], future: ProcessFuture, timeout: float) -> None:
+        """Pool callback: the chunk ended one way or another. Results are queued for the
+        reporter before their tasks leave `running`, so a stopping worker that sees
         nothing running knows every result is in the reporter's hands."""
         with self.cv:
-            entry = self.running.get(task_id)
-            abandoned = task_id in self.abandoned
-        body = None
-        if entry is not None and not abandoned:
-            elapsed = time.monotonic() - entry.started
-            self.prefetch.observe(elapsed)
-            body = outcome(future, entry.claim["timeout"])
-        if body is not None:
-            log.info(
-                "task %s %s worker=%s in %.3f s", task_id, body["status"], self.worker_id, elapsed
+            abandoned = {c["task_id"] for c in chunk if c["task_id"] in self.abandoned}
+            started = self.running[chunk[0]["task_id"]].started
+        elapsed = time.monotonic() - started
+        bodies = outcomes(future, timeout)
+        again: list[dict] = []  # to run once more, alone
+        if bodies is not None:
+            self.prefetch.observe(elapsed / len(chunk))
+        if bodies is None:  # cancelled: tasks not abandoned themselves run again
+            again = [c for c in chunk if c["task_id"] not in abandoned]
+        elif isinstance(bodies, str) and len(chunk) > 1:
+            log.warning(
+                "chunk of %d tasks ended (%s) worker=%s; running them one by one",
+                len(chunk),
+                bodies,
+                self.worker_id,
             )
-            self.reporter.put(
-                {
-                    "task_id": task_id,
-                    "worker_id": self.worker_id,
-                    "lease_token": entry.claim["lease_token"],
-                    **body,
-                }
-            )
+            again = [c for c in chunk if c["task_id"] not in abandoned]
+        else:
+            if isinstance(bodies, str):
+                bodies = [{"status": "failed", "error": bodies}]
+            for claim, body in zip(chunk, bodies, strict=True):
+                if claim["task_id"] not in abandoned:
+                    self._report(claim, body, elapsed)
         with self.cv:
-            self.running.pop(task_id, None)
-            self.abandoned.discard(task_id)
+            for claim in chunk:
+                self.running.pop(claim["task_id"], None)
+                self.abandoned.discard(claim["task_id"])
+            self.inflight -= 1
+            self.buffer.extendleft(dict(c, solo=True) for c in reversed(again))
             self.cv.notify_all()
+
+    def _report(self, claim: dict, body: dict, elapsed: float) -> None:
+        task_id = claim["task_id"]
+        log.info("task %s %s worker=%s in %.3f s", task_id, body["status"], self.worker_id, elapsed)
+        result = {"task_id": task_id, "worker_id": self.worker_id}
+        result["lease_token"] = claim["lease_token"]
+        result.update(body)
+        self.reporter.put(result)
 
     # -- claiming -----------------------------------------------------------------
 
@@ -311,6 +361,9 @@ class Worker:
             for entry in list(self.running.values()):  # cancel() runs _done, which pops
                 self.abandoned.add(entry.claim["task_id"])
                 entry.future.cancel()
+        with self.cv:
+            unfinished += list(self.buffer)  # tasks of chunks that ended early, never rerun
+            self.buffer.clear()
         self._release(client, unfinished)
         self._fetcher.join(timeout=self.config.worker_poll_interval + 10)
         self.reporter.close(timeout=30)
