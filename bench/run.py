@@ -21,10 +21,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _bootstrap import ensure_bench_venv
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root
+
+from common.bootstrap import ensure_venv  # noqa: E402
 
 if __name__ == "__main__":
-    ensure_bench_venv()  # before any third-party import: re-runs this script inside .venv
+    ensure_venv("requirements-bench.txt")  # before third-party imports: re-runs in .venv
 
 import cluster_bench  # noqa: E402
 import report  # noqa: E402
