@@ -938,3 +938,10 @@ def test_a_big_integer_result_round_trips_exactly(client):
     raw = json.loads(response.get_data(as_text=True))
     assert raw["result"]["result"] == big
     assert str(big) in response.get_data(as_text=True)
+
+
+def test_a_json_body_without_a_content_type_is_accepted(client):
+    body = json.dumps(primes_task())
+    response = client.post("/submit-task", data=body)  # what plain `curl -d` sends
+    assert response.status_code == 201, response.get_json()
+    assert get_task(client, response.get_json()["task_id"])["payload"]["limit"] == 100

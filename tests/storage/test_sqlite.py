@@ -812,3 +812,27 @@ def test_stats_counts_add_up(storage):
         "compute": {**zero, "cancelled": 1},
     }
     assert stats["workers"] == {"alive": 1, "dead": 0}
+
+
+def test_queue_age_counts_only_tasks_that_are_ready(storage):
+    submit(storage, now=T0, delay=3600)  # delayed: not waiting yet
+    stats = storage.stats(now=T0 + 10, dead_after=FOREVER)
+    assert stats["oldest_pending_age_seconds"] is None
+    submit(storage, now=T0 + 4)
+    stats = storage.stats(now=T0 + 10, dead_after=FOREVER)
+    assert stats["oldest_pending_age_seconds"] == 6
+
+
+def test_retention_clears_a_backlog_larger_than_one_batch(storage):
+    from dispatcher.storage.sqlite import DELETE_BATCH
+
+    count = DELETE_BATCH * 2 + 7
+    storage.submit([new_task() for _ in range(count)], now=T0)
+    for claimed in claim(storage, max_tasks=count):
+        finish(storage, claimed["task_id"], claimed["lease_token"], now=T0 + 1)
+    keep = submit(storage, now=T0 + 2)
+
+    report = reap(storage, now=T0 + 100, retention_s=50)
+    assert report.deleted == count
+    assert total(storage) == 1
+    assert storage.get(keep)["status"] == "pending"
