@@ -95,9 +95,8 @@ def batch(data: dict, key: str, config: Config) -> list:
 def new_task(data: Any, config: Config, registry: Registry) -> NewTask:
     """A submission, validated by its task type."""
     data = body(data)
-    unknown = set(data) - TASK_FIELDS
-    if unknown:
-        raise BadRequest(f"unknown field '{sorted(unknown)[0]}' in task")
+    if not TASK_FIELDS.issuperset(data):
+        raise BadRequest(f"unknown field '{sorted(set(data) - TASK_FIELDS)[0]}' in task")
     type_ = string(data, "type")
     payload = data.get("payload", {})
     if not isinstance(payload, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ def ctx():
     return current_app.extensions["taskqueue"]
 
 
+@functools.lru_cache(maxsize=1024)  # the tasks of one claim share their lease_expires_at
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None

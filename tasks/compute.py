@@ -20,6 +20,7 @@ OPERATIONS = ("factorial", "fibonacci", "double")
 FACTORIAL_MAX = 1500
 FIBONACCI_MAX = 20000
 DOUBLE_MAX_EXPONENT = 100  # double accepts abs(value) <= 10**100
+DOUBLE_MAX = 10**DOUBLE_MAX_EXPONENT
 
 
 def validate(payload: dict[str, Any], config: Config) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def validate(payload: dict[str, Any], config: Config) -> dict[str, Any]:
         fields.in_range(NAME, "value", value, 0, FACTORIAL_MAX, note)
     elif operation == "fibonacci":
         fields.in_range(NAME, "value", value, 0, FIBONACCI_MAX, note)
-    elif abs(value) > 10**DOUBLE_MAX_EXPONENT:
+    elif abs(value) > DOUBLE_MAX:
         raise InvalidPayload(
             f"{NAME} field 'value' must be between -10**{DOUBLE_MAX_EXPONENT} and "
             f"10**{DOUBLE_MAX_EXPONENT} {note}, not {fields.show(value)}"
