@@ -23,12 +23,15 @@ from ..errors import Conflict, DatabaseUnavailable, LeaseConflict, TaskNotFound,
 from ..retry import retry_at
 from . import FINISHED, STATUSES, NewTask, ReapReport, Result
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for the lock before the client sees a 503
 CHUNK = 500  # ids per IN (...) list, under SQLite's parameter limit
 EXPIRED_ERROR = "lease expired"
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
+
+# the oldest ready task in one index lookup (/stats polls it often)
+PENDING_AGE_INDEX = "CREATE INDEX tasks_pending_age ON tasks (run_at) WHERE status = 'pending'"
 
 SCHEMA = [
     """
@@ -58,6 +61,7 @@ SCHEMA = [
     """,
     # the claim: ready tasks of a queue, highest priority first, then oldest
     "CREATE INDEX tasks_ready ON tasks (queue, priority DESC, run_at) WHERE status = 'pending'",
+    PENDING_AGE_INDEX,
     "CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE status = 'in_progress'",
     "CREATE INDEX tasks_by_worker ON tasks (worker_id) WHERE status = 'in_progress'",
     "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
@@ -98,7 +102,9 @@ SCHEMA = [
 ]
 
 # Migrations from version N to N + 1, applied in order to an existing file.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    1: [PENDING_AGE_INDEX],  # version 2: /stats reads the queue's age from an index
+}
 
 # -- statements, named by the transition they make ------------------------------------
 
@@ -834,9 +840,11 @@ class SqliteStorage:
             "SELECT count(*) FROM tasks WHERE finished_at >= ? AND status = 'completed'",
             (now - 60,),
         )[0][0]
-        oldest = self._read(  # the longest a ready task has waited (delayed ones excluded)
-            "SELECT min(created_at) FROM tasks WHERE status = 'pending' AND run_at <= ?", (now,)
-        )[0][0]
+        # the longest a ready task has waited since it became ready (submitted, or its
+        # delay or back-off over); None when no task is ready
+        oldest = self._read("SELECT min(run_at) FROM tasks WHERE status = 'pending'")[0][0]
+        if oldest is not None and oldest > now:
+            oldest = None
         return {
             "tasks": tasks,
             "workers": {"alive": alive, "dead": total - alive},

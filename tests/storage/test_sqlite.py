@@ -836,3 +836,27 @@ def test_retention_clears_a_backlog_larger_than_one_batch(storage):
     assert report.deleted == count
     assert total(storage) == 1
     assert storage.get(keep)["status"] == "pending"
+
+
+def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(config, tmp_path):
+    from dispatcher.storage.sqlite import SCHEMA_VERSION
+
+    old = open_storage(config)
+    task_id = submit(old)
+    old.close()
+    path = config.database_path()
+    with sqlite3.connect(path) as db:  # make the file what version 1 wrote
+        db.execute("DROP INDEX tasks_pending_age")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+
+    migrated = open_storage(config)
+    try:
+        assert migrated.get(task_id)["status"] == "pending"
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        db.close()
+        assert "tasks_pending_age" in names
+    finally:
+        migrated.close()
