@@ -293,6 +293,8 @@ class Worker:
                 break
             with self.cv:
                 self.buffer.extend(claims)
+                while self.buffer and self.inflight < self.config.worker_concurrency:
+                    self._start(self._take_chunk())  # here, not one thread hop later
                 self.cv.notify_all()
         client.close()
 
