@@ -74,7 +74,7 @@ class Wakeup:
                 log.warning("change watch failed: %s", exc)
                 self._stopped.wait(1.0)
                 continue
-            if last is not None and counter != last:
+            if counter != last:  # also the first read: a commit may precede it
                 self.notify()
             last = counter
             self._stopped.wait(self._poll_s)

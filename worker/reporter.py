@@ -41,6 +41,7 @@ class Reporter:
         self._closing = threading.Event()
         self._next_flush = 0.0  # flush the cache at start-up
         self._cached = len(cache)  # entries on disk, kept here so the hot path lists nothing
+        self._count_lock = threading.Lock()  # _cached moves in two threads
         self._flush_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
 
@@ -51,38 +52,54 @@ class Reporter:
         self.queue.put(result)
 
     def close(self, timeout: float) -> None:
-        """Deliver (or cache) everything queued, then stop."""
+        """Deliver (or cache) everything queued, then stop. What is still queued when
+        the thread has not finished in time goes to the cache."""
         self._closing.set()
         self.queue.put({})  # wake the thread
         self._thread.join(timeout)
+        left = []
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if item:
+                left.append(item)
+        if left:
+            self._cache(left, "the worker is stopping and the dispatcher is slow")
 
     def _run(self) -> None:
         while True:
-            wait = max(0.01, self._next_flush - time.monotonic()) if self._cached else None
             try:
-                first = self.queue.get(timeout=wait)
+                if self._step():
+                    return
+            except Exception:  # never die: a dead reporter would strand every result
+                log.exception("reporter error worker=%s; going on", self.worker_id)
+                time.sleep(0.5)
+
+    def _step(self) -> bool:
+        """Deliver what is queued (one call), flush the cache when due; True when done."""
+        wait = max(0.01, self._next_flush - time.monotonic()) if self._cached else None
+        try:
+            first = self.queue.get(timeout=wait)
+        except queue.Empty:
+            first = None
+        batch = [first] if first else []
+        while len(batch) < self.max_batch:
+            try:
+                item = self.queue.get_nowait()
             except queue.Empty:
-                first = None
-            batch = [first] if first else []
-            while len(batch) < self.max_batch:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item:
-                    batch.append(item)
-            delivered = self._deliver(batch) if batch else None
-            if self._cached and (delivered or time.monotonic() >= self._next_flush):
-                self.flush_cache()
-            if self._closing.is_set() and self.queue.empty():
-                return
+                break
+            if item:
+                batch.append(item)
+        delivered = self._deliver(batch) if batch else None
+        if self._cached and (delivered or time.monotonic() >= self._next_flush):
+            self.flush_cache()
+        return self._closing.is_set() and self.queue.empty()
 
     def _deliver(self, batch: list[dict]) -> bool:
         try:
             answers = self.client.submit_results([_body(r) for r in batch])
         except ApiError as exc:
             if exc.status in (400, 413):  # one bad item refuses the whole call: go one by one
-                return all([self._deliver_alone(r) for r in batch])
+                return all([self._deliver_alone(r, self.client) for r in batch])
             self._cache(batch, exc)
             return False
         except DispatcherUnreachable as exc:
@@ -92,9 +109,9 @@ class Reporter:
             _log_answer(r, answer, self.worker_id)
         return True
 
-    def _deliver_alone(self, result: dict) -> bool:
+    def _deliver_alone(self, result: dict, client: Client) -> bool:
         try:
-            [answer] = self.client.submit_results([_body(result)])
+            [answer] = client.submit_results([_body(result)])
         except DispatcherUnreachable as exc:
             self._cache([result], exc)
             return False
@@ -113,7 +130,7 @@ class Reporter:
             failed = dict(result, status="failed", result=None)
             failed["error"] = f"the worker's result was refused by the dispatcher: {exc.message}"
             try:
-                [answer] = self.client.submit_results([_body(failed)])
+                [answer] = client.submit_results([_body(failed)])
             except (DispatcherUnreachable, ApiError) as again:
                 self._cache([failed], again)
                 return False
@@ -123,8 +140,9 @@ class Reporter:
     def _cache(self, batch: list[dict], reason: Exception) -> None:
         now = self.clock()
         for r in batch:
-            self.cache.put(r, now)
-            self._cached += 1
+            with self._count_lock:
+                self.cache.put(r, now)
+                self._cached += 1
             log.warning(
                 "result of task %s cached worker=%s: dispatcher did not take it (%s)",
                 r["task_id"],
@@ -140,17 +158,17 @@ class Reporter:
         """Re-send cached results; drop those older than CACHE_TTL_SECONDS. Other threads
         pass their own client (the fetcher flushes before it claims after an outage)."""
         with self._flush_lock:
-            self._flush(client or self.client)
+            try:
+                self._flush(client or self.client)
+            finally:
+                with self._count_lock:  # recount: the reporter may have cached meanwhile
+                    self._cached = len(self.cache)
 
     def _flush(self, client: Client) -> None:
         self._next_flush = time.monotonic() + self.retry_interval
-        entries = self.cache.entries()
-        self._cached = len(entries)
-        if not entries:
-            return
         now = self.clock()
         fresh = []
-        for path, entry in entries:
+        for path, entry in self.cache.entries():
             if now - entry.get("cached_at", 0) > self.ttl:
                 log.warning(
                     "cached result of task %s dropped worker=%s: older than CACHE_TTL_SECONDS",
@@ -158,7 +176,6 @@ class Reporter:
                     self.worker_id,
                 )
                 self.cache.remove(path)
-                self._cached -= 1
             else:
                 fresh.append((path, entry))
         for i in range(0, len(fresh), self.max_batch):
@@ -170,9 +187,8 @@ class Reporter:
                     log.info("cache re-send postponed worker=%s: %s", self.worker_id, exc)
                     return
                 for path, entry in chunk:  # one bad entry refuses the call: one by one
-                    if self._deliver_alone(entry):
+                    if self._deliver_alone(entry, client):
                         self.cache.remove(path)
-                self._cached = len(self.cache)
                 continue
             except DispatcherUnreachable as exc:
                 log.info("cache re-send postponed worker=%s: %s", self.worker_id, exc)
@@ -180,7 +196,6 @@ class Reporter:
             for (path, entry), answer in zip(chunk, answers, strict=True):
                 _log_answer(entry, answer, self.worker_id, cached=True)
                 self.cache.remove(path)
-                self._cached -= 1
 
 
 def _body(result: dict) -> dict:

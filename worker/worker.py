@@ -125,7 +125,7 @@ class Worker:
                 if self.stopping.is_set():
                     break
                 if ready:
-                    self._start(self._take_chunk())
+                    self._start_or_stop(self._take_chunk())
                     continue
                 shed = self._to_shed()
             if shed:
@@ -162,6 +162,35 @@ class Worker:
         self.buffer.clear()
         return shed
 
+    def _new_claims(self, claims: list[dict]) -> list[dict]:
+        """Claims for tasks this worker does not hold yet (called with self.cv held). A
+        task it still runs or buffers can come back under a new lease after the
+        dispatcher gave it up (a missed heartbeat): it keeps running once, under the
+        new lease, which is the one the dispatcher expects a result for."""
+        fresh = []
+        for claim in claims:
+            entry = self.running.get(claim["task_id"])
+            if entry is not None:
+                entry.claim["lease_token"] = claim["lease_token"]
+                continue
+            for held in self.buffer:
+                if held["task_id"] == claim["task_id"]:
+                    held["lease_token"] = claim["lease_token"]
+                    break
+            else:
+                fresh.append(claim)
+        return fresh
+
+    def _start_or_stop(self, chunk: list[dict]) -> None:
+        """Start a chunk; if the pool refuses (it broke), give the chunk back and stop
+        the worker rather than hold tasks it can no longer run (called with cv held)."""
+        try:
+            self._start(chunk)
+        except Exception as exc:
+            log.error("pool refused work worker=%s: %s; stopping", self.worker_id, exc)
+            self.buffer.extendleft(reversed(chunk))
+            self.stop("the process pool failed", exit_code=1)
+
     def _take_chunk(self) -> list[dict]:
         """The next tasks to run in one pool call (called with self.cv held): one, or
         several when this worker's tasks are quick, spread over the free slots."""
@@ -189,7 +218,7 @@ class Worker:
         for claim in chunk:
             self.running[claim["task_id"]] = Running(claim, future, started)
         self.inflight += 1
-        future.add_done_callback(lambda f: self._done(chunk, f, timeout))
+        future.add_done_callback(lambda f: self._done(chunk, f, timeout, started))
         if log.isEnabledFor(logging.INFO):
             for claim in chunk:
                 log.info(
@@ -200,13 +229,14 @@ class Worker:
                     claim["attempt"],
                 )
 
-    def _done(self, chunk: list[dict], future: ProcessFuture, timeout: float) -> None:
+    def _done(
+        self, chunk: list[dict], future: ProcessFuture, timeout: float, started: float
+    ) -> None:
         """Pool callback: the chunk ended one way or another. Results are queued for the
         reporter before their tasks leave `running`, so a stopping worker that sees
         nothing running knows every result is in the reporter's hands."""
         with self.cv:
             abandoned = {c["task_id"] for c in chunk if c["task_id"] in self.abandoned}
-            started = self.running[chunk[0]["task_id"]].started
         elapsed = time.monotonic() - started
         bodies = outcomes(future, timeout)
         again: list[dict] = []  # to run once more, alone
@@ -230,7 +260,9 @@ class Worker:
                     self._report(claim, body, elapsed)
         with self.cv:
             for claim in chunk:
-                self.running.pop(claim["task_id"], None)
+                entry = self.running.get(claim["task_id"])
+                if entry is not None and entry.future is future:
+                    del self.running[claim["task_id"]]
                 self.abandoned.discard(claim["task_id"])
             self.inflight -= 1
             self.buffer.extendleft(dict(c, solo=True) for c in reversed(again))
@@ -258,6 +290,18 @@ class Worker:
         return 0
 
     def _fetch_loop(self) -> None:
+        self._guarded("fetcher", self._fetch)
+
+    def _guarded(self, name: str, body) -> None:
+        """Run a thread's loop; anything unexpected stops the worker (exit status 1)
+        instead of leaving it alive without that thread."""
+        try:
+            body()
+        except Exception:
+            log.exception("%s thread failed worker=%s; stopping", name, self.worker_id)
+            self.stop(f"the {name} thread failed", exit_code=1)
+
+    def _fetch(self) -> None:
         client = Client(self.config.dispatcher_url, self.config.api_token)
         backoff = Backoff(cap=self.config.worker_poll_interval)
         outage = False
@@ -292,10 +336,17 @@ class Worker:
                 self._release(client, claims)
                 break
             with self.cv:
-                self.buffer.extend(claims)
-                while self.buffer and self.inflight < self.config.worker_concurrency:
-                    self._start(self._take_chunk())  # here, not one thread hop later
+                if self.stopping.is_set():  # stopped while the poll was held: give back
+                    late = claims
+                else:
+                    late = []
+                    self.buffer.extend(self._new_claims(claims))
+                    while self.buffer and self.inflight < self.config.worker_concurrency:
+                        self._start_or_stop(self._take_chunk())  # not one thread hop later
                 self.cv.notify_all()
+            if late:
+                self._release(client, late)
+                break
         client.close()
 
     def _api_refused(self, exc: ApiError) -> None:
@@ -309,6 +360,9 @@ class Worker:
     # -- heartbeats ---------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
+        self._guarded("heartbeat", self._heartbeats)
+
+    def _heartbeats(self) -> None:
         client = Client(self.config.dispatcher_url, self.config.api_token)
         while True:
             with self.cv:
@@ -375,11 +429,12 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
 
     def _release(self, client: Client, claims: list[dict]) -> None:
-        if not claims:
+        items = list(dict.fromkeys((c["task_id"], c["lease_token"]) for c in claims))
+        if not items:
             return
-        items = [(c["task_id"], c["lease_token"]) for c in claims]
         try:
-            client.release(self.worker_id, items)
+            for i in range(0, len(items), self.config.max_batch):
+                client.release(self.worker_id, items[i : i + self.config.max_batch])
             log.info("gave back %d task(s) worker=%s", len(items), self.worker_id)
         except (DispatcherUnreachable, ApiError) as exc:
             log.warning(
