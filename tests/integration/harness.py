@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from common.bootstrap import REEXEC_MARK
 from common.client import Client, DispatcherUnreachable
 from common.config import PROJECT_ROOT, Config
+
+CONFIG_KEYS = {f.name.upper() for f in fields(Config)}
 
 # Short timings so crash and outage tests finish in seconds; a test overrides what it needs.
 FAST = {
@@ -130,9 +133,15 @@ class Cluster:
         return self.settings["DISPATCHER_URL"]
 
     def env(self, **extra: str) -> dict:
-        keys = {f.name.upper() for f in fields(Config)}
-        base = {k: v for k, v in os.environ.items() if k not in keys}
+        base = {k: v for k, v in os.environ.items() if k not in CONFIG_KEYS}
         return {**base, **self.settings, **{k: str(v) for k, v in extra.items()}}
+
+    def user_env(self) -> dict:
+        """What a user's shell gives a CLI: none of our settings but DISPATCHER_URL, and no
+        sign of a venv (so the system python3 re-runs itself inside .venv)."""
+        drop = CONFIG_KEYS | {REEXEC_MARK, "VIRTUAL_ENV"}
+        base = {k: v for k, v in os.environ.items() if k not in drop}
+        return {**base, "DISPATCHER_URL": self.url}
 
     def _start(self, name: str, args: list[str], **extra: str) -> Proc:
         proc = Proc(name, args, self.env(**extra), self.tmp / f"{name}.log")
@@ -157,6 +166,25 @@ class Cluster:
 
     def start_worker(self, worker_id: str, *args: str, **extra: str) -> Proc:
         return self._start(worker_id, ["./start_worker.sh", worker_id, *args], **extra)
+
+    def wait_worker_alive(self, worker: Proc, timeout: float = 60) -> dict:
+        """Until GET /workers lists `worker` alive (its first heartbeat registers it)."""
+        seen: list[dict] = []
+
+        def listed():
+            nonlocal seen
+            if not worker.alive():
+                code = worker.popen.returncode
+                pytest.fail(f"worker {worker.name} exited with {code}:\n{worker.log()}")
+            seen = self.client.workers()
+            mine = [w for w in seen if w["worker_id"] == worker.name and w["status"] == "alive"]
+            return mine[0] if mine else None
+
+        return wait_for(
+            listed,
+            timeout,
+            lambda: f"worker {worker.name} not alive (workers: {seen}):\n{worker.log()}",
+        )
 
     def submit(self, type_: str, payload: dict, **options) -> str:
         return self.client.submit_task({"type": type_, "payload": payload, **options})
