@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pebble import ProcessFuture
 
@@ -27,6 +27,7 @@ from common.config import Config
 from .cache import ResultCache
 from .pool import TaskPool, outcomes
 from .prefetch import Prefetch
+from .reporter import Reporter
 
 log = logging.getLogger("worker")
 
@@ -47,7 +48,7 @@ CHUNK_MIN_TIMEOUT_S = 2.0
 class Running:
     claim: dict
     future: ProcessFuture
-    started: float = field(default_factory=time.monotonic)
+    started: float
 
 
 class Backoff:
@@ -82,8 +83,6 @@ class Worker:
         self.pool = TaskPool(
             config.worker_concurrency, config.worker_max_tasks_per_child, config.modules
         )
-        from .reporter import Reporter
-
         self.reporter = Reporter(
             Client(config.dispatcher_url, config.api_token),
             ResultCache(config.cache_dir() / worker_id),
@@ -116,10 +115,7 @@ class Worker:
         while True:
             with self.cv:
                 ready = self.cv.wait_for(
-                    lambda: (
-                        self.stopping.is_set()
-                        or (self.buffer and self.inflight < self.config.worker_concurrency)
-                    ),
+                    lambda: self.stopping.is_set() or self._can_start(),
                     timeout=SHED_CHECK_S,
                 )
                 if self.stopping.is_set():
@@ -135,8 +131,8 @@ class Worker:
                     self.worker_id,
                 )
                 self._release(client, shed)
+        self._shutdown(client)
         client.close()
-        self._shutdown()
         return self.exit_code
 
     def stop(self, reason: str = "stop requested", exit_code: int = 0) -> None:
@@ -146,6 +142,10 @@ class Worker:
         self.stopping.set()
         with self.cv:
             self.cv.notify_all()
+
+    def _can_start(self) -> bool:
+        """A buffered task and a free slot (called with self.cv held)."""
+        return bool(self.buffer) and self.inflight < self.config.worker_concurrency
 
     def _longest_running(self) -> float:
         now = time.monotonic()
@@ -341,7 +341,7 @@ class Worker:
                 else:
                     late = []
                     self.buffer.extend(self._new_claims(claims))
-                    while self.buffer and self.inflight < self.config.worker_concurrency:
+                    while self._can_start():
                         self._start_or_stop(self._take_chunk())  # not one thread hop later
                 self.cv.notify_all()
             if late:
@@ -397,8 +397,7 @@ class Worker:
 
     # -- stopping -----------------------------------------------------------------
 
-    def _shutdown(self) -> None:
-        client = Client(self.config.dispatcher_url, self.config.api_token)
+    def _shutdown(self, client: Client) -> None:
         with self.cv:
             unstarted = list(self.buffer)
             self.buffer.clear()
@@ -425,7 +424,6 @@ class Worker:
         self.reporter.close(timeout=30)
         self.stopped.set()
         self.pool.stop()
-        client.close()
         log.info("worker %s stopped", self.worker_id)
 
     def _release(self, client: Client, claims: list[dict]) -> None:
