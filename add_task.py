@@ -252,6 +252,10 @@ examples:
   python3 add_task.py --payload-file tasks.jsonl --priority 5 --json
   python3 add_task.py --random --count 50 --seed 1 --wait
 
+DISPATCHER_URL may list several dispatchers, comma-separated: one that answers takes
+the tasks. A submission whose reply is lost is sent again elsewhere only when every
+task has an idempotency_key (see docs/LOAD_BALANCING.md).
+
 exit status: 0 ok; 1 dispatcher unreachable or request refused, or (--wait) a task
 ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
     )

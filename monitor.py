@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monitor.py",
         description="Watch the dispatcher at DISPATCHER_URL: task counts by status,\n"
-        "throughput, the oldest pending task, queues and workers.",
+        "throughput, the oldest pending task, queues and workers. With several\n"
+        "dispatchers in DISPATCHER_URL (comma-separated) it shows the one in use.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=CSV_HELP,
     )
@@ -246,6 +247,15 @@ def fetch(client: Client) -> tuple[dict, list[dict]]:
     return client.stats(), client.workers()
 
 
+def where(client: Client) -> str:
+    """The dispatcher the view comes from; with several in DISPATCHER_URL, the one in use
+    and how many there are (the client moves on when one does not answer)."""
+    urls = client.urls
+    if len(urls) == 1:
+        return urls[0]
+    return f"{client.base_url} (one of {len(urls)} dispatchers)"
+
+
 def once(config: Config, export: str | None) -> int:
     client = cli.connect(config)
     stats, workers = cli.api_call(config, lambda: fetch(client))
@@ -257,14 +267,13 @@ def once(config: Config, export: str | None) -> int:
         console = Console()
         if not console.is_terminal:  # a file or a pipe: no need to fold at 80 columns
             console = Console(width=max(console.width, 120))
-        console.print(render(stats, workers, time.time(), config.dispatcher_url))
+        console.print(render(stats, workers, time.time(), where(client)))
     return cli.EXIT_OK
 
 
 def live(config: Config, interval: float) -> int:
     """Refresh every `interval` seconds until Ctrl-C; an outage is shown, not fatal."""
     client = cli.connect(config)
-    url = config.dispatcher_url
     stats: dict | None = None
     workers: list[dict] | None = None
     updated: float | None = None
@@ -277,11 +286,10 @@ def live(config: Config, interval: float) -> int:
                     stats, workers = fetch(client)
                     updated = time.time()
                 except DispatcherUnreachable as exc:
-                    why = cli.unreachable_reason(config, exc)
-                    problem = f"dispatcher unreachable at {url} ({why}), retrying"
+                    problem = f"{cli.unreachable(config, exc)}, retrying"
                 except ApiError as exc:
                     problem = f"dispatcher refused the request: {exc.message}"
-                view.update(render(stats, workers, time.time(), url, problem, updated))
+                view.update(render(stats, workers, time.time(), where(client), problem, updated))
                 time.sleep(interval)  # the refresh period of the screen
     except KeyboardInterrupt:
         return cli.EXIT_OK

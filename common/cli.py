@@ -42,18 +42,30 @@ def connect(config: Config) -> Client:
 
 
 def unreachable(config: Config, exc: DispatcherUnreachable) -> str:
-    """`cannot reach the dispatcher at URL (why)`."""
-    url = config.dispatcher_url.rstrip("/")
+    """`cannot reach the dispatcher at URL (why)`; when several dispatchers of
+    DISPATCHER_URL were tried, `cannot reach the dispatchers (URL: why; URL: why)`."""
+    if len(exc.failures) > 1:
+        return f"cannot reach the dispatchers ({exc})"
+    url = _named_url(config, exc) or config.dispatcher_url.rstrip("/")
     return f"cannot reach the dispatcher at {url} ({unreachable_reason(config, exc)})"
 
 
 def unreachable_reason(config: Config, exc: DispatcherUnreachable) -> str:
-    """What went wrong, without repeating the dispatcher's URL."""
-    url = config.dispatcher_url.rstrip("/")
+    """What went wrong, without repeating the dispatcher's URL when one was tried."""
     why = str(exc)
-    if why.startswith(url):
+    url = _named_url(config, exc)
+    if url is not None and len(exc.failures) <= 1:
         why = why[len(url) :].lstrip(": ") or why
     return why
+
+
+def _named_url(config: Config, exc: DispatcherUnreachable) -> str | None:
+    """The URL of DISPATCHER_URL that the error message starts with, if any."""
+    why = str(exc)
+    for url in sorted(config.dispatcher_urls, key=len, reverse=True):
+        if why.startswith(url) and why[len(url) : len(url) + 1] in ("", ":", "/"):
+            return url
+    return None
 
 
 def run(main: Callable[[], int]) -> int:

@@ -8,23 +8,54 @@ worker's start-up and every hop of a task's round trip pay for that.)
 
 Errors come in two kinds: DispatcherUnreachable (no answer, or a 5xx: try again later)
 and ApiError (the dispatcher refused the request: 4xx with its message).
+
+Several dispatchers: DISPATCHER_URL may be a comma-separated list of base URLs (they
+share one database). The Clients of one process built on the same list share one
+position in it (`Dispatchers`), chosen at random, so workers spread over the list and a
+worker's threads all talk to the same dispatcher. A request that gets no answer there
+goes to the next URL, once per URL; DispatcherUnreachable only when none answers. The
+process moves on with it and logs one line saying so. What may be sent again:
+
+- a request that never reached the dispatcher (the connection was refused, reset or
+  timed out before the whole request was written) goes to the next URL, whatever it is;
+- a request that was sent but whose reply was lost goes to the next URL only when
+  repeating it is harmless: reads, get-task, heartbeat, release, submit-result(s), and
+  submit-task(s) when every task has an idempotency_key. Other submissions raise
+  DispatcherUnreachable, as with one URL: the task may or may not have been stored.
+- an HTTP answer, even a 5xx, is the dispatcher's word: it goes back to the caller.
+With one URL nothing is ever sent twice, exactly as before lists existed.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import logging
+import random
 import select
 import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 
+# Requests that may be sent again after their reply was lost (see the module docstring).
+REPEATABLE = frozenset({"/get-task", "/heartbeat", "/release", "/submit-result", "/submit-results"})
+
+log = logging.getLogger("client")
+log.addHandler(logging.NullHandler())  # silent in the CLIs; the worker's logging shows it
+
 
 class DispatcherUnreachable(Exception):
-    pass
+    """No answer (or a 5xx). `failures` lists (url, why) for each dispatcher tried."""
+
+    def __init__(self, message: str, failures: Sequence[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.failures = list(failures)
 
 
 class ApiError(Exception):
@@ -34,34 +65,132 @@ class ApiError(Exception):
         self.message = message
 
 
-class Client:
-    def __init__(self, base_url: str, token: str = ""):
-        self.base_url = base_url.rstrip("/")
-        parts = urlsplit(self.base_url)
+def split_urls(text: str) -> list[str]:
+    """The base URLs of a DISPATCHER_URL value (a comma-separated list); ValueError names
+    the first bad one."""
+    urls = [u.strip().rstrip("/") for u in text.split(",")]
+    if not any(urls):
+        raise ValueError("names no URL")
+    for url in urls:
+        if not url:
+            raise ValueError(f"{text!r} has an empty entry")
+        _Target.parse(url)
+    return urls
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str
+    https: bool
+    host: str
+    port: int
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> _Target:
+        parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._https else 80)
-        self._prefix = parts.path.rstrip("/")
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{url!r} has a bad port") from None
+        if parts.query or parts.fragment:
+            raise ValueError(f"{url!r} must not have a query or fragment")
+        https = parts.scheme == "https"
+        return cls(url, https, parts.hostname, port or (443 if https else 80), parts.path)
+
+
+class Dispatchers:
+    """A list of dispatchers and the one in use, shared by the Clients of a process."""
+
+    def __init__(self, urls: str | Sequence[str], start: int | None = None):
+        text = urls if isinstance(urls, str) else ",".join(urls)
+        self.targets = [_Target.parse(u) for u in split_urls(text)]
+        n = len(self.targets)
+        self.current = random.randrange(n) if start is None else start % n
+        self._lock = threading.Lock()
+
+    @property
+    def urls(self) -> list[str]:
+        return [t.url for t in self.targets]
+
+    def order(self) -> list[int]:
+        """Indices to try: the one in use, then the others in list order."""
+        first, n = self.current, len(self.targets)
+        return [(first + step) % n for step in range(n)]
+
+    def moved(self, was: int, now: int, failures: list[tuple[str, str]]) -> None:
+        """A request that started at `was` got its answer from `now`; the first Client
+        to see it moves everybody, with one log line."""
+        with self._lock:
+            if self.current != was:  # another thread already moved
+                return
+            self.current = now
+        if len(failures) == 1:
+            what, why = f"dispatcher {failures[0][0]}", failures[0][1]
+        else:
+            what = "dispatchers " + ", ".join(url for url, _ in failures)
+            why = "; ".join(f"{url}: {reason}" for url, reason in failures)
+        log.warning("%s did not answer (%s); using %s now", what, why, self.targets[now].url)
+
+
+_shared: dict[str, Dispatchers] = {}
+_shared_lock = threading.Lock()
+
+
+def _dispatchers_for(urls: str) -> Dispatchers:
+    """One Dispatchers per distinct list in this process, made on first use."""
+    key = ",".join(split_urls(urls))
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Dispatchers(key)
+        return _shared[key]
+
+
+class Client:
+    def __init__(self, base_url: str | Dispatchers, token: str = ""):
+        """`base_url`: one URL or a comma-separated list (DISPATCHER_URL), or a
+        Dispatchers of one's own (tests use that to choose the start)."""
+        if isinstance(base_url, Dispatchers):
+            self.dispatchers = base_url
+        else:
+            try:
+                self.dispatchers = _dispatchers_for(base_url)
+            except ValueError as exc:
+                raise ValueError(f"not a list of http(s) URLs: {base_url!r}: {exc}") from None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._conn: http.client.HTTPConnection | None = None
+        self._conn_index = -1  # which target self._conn talks to
+
+    @property
+    def base_url(self) -> str:
+        """The dispatcher in use (the first to try for the next request)."""
+        return self.dispatchers.targets[self.dispatchers.current].url
+
+    @property
+    def urls(self) -> list[str]:
+        return self.dispatchers.urls
 
     # -- transport ------------------------------------------------------------------
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self, index: int) -> http.client.HTTPConnection:
         conn = self._conn
+        if conn is not None and self._conn_index != index:
+            self.close()
+            conn = None
         if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
             conn.close()
             conn = None
         if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=CONNECT_TIMEOUT)
+            target = self.dispatchers.targets[index]
+            cls = http.client.HTTPSConnection if target.https else http.client.HTTPConnection
+            conn = cls(target.host, target.port, timeout=CONNECT_TIMEOUT)
             conn.connect()
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._conn = conn
+            self._conn, self._conn_index = conn, index
         return conn
 
     def call(
@@ -71,20 +200,42 @@ class Client:
         body: Any = None,
         params: dict | None = None,
         read_timeout: float = READ_TIMEOUT,
+        repeatable: bool | None = None,
     ) -> Any:
-        url = self._prefix + path + (f"?{urlencode(params)}" if params else "")
+        """One request, to the dispatcher in use or, when it does not answer, the next.
+        `repeatable`: may it be sent again after its reply was lost (default: reads and
+        the REPEATABLE paths)?"""
+        if repeatable is None:
+            repeatable = method in ("GET", "HEAD") or path in REPEATABLE
+        query = f"?{urlencode(params)}" if params else ""
         payload = None if body is None else json.dumps(body).encode()
-        try:
-            conn = self._connection()
-            conn.sock.settimeout(read_timeout)
-            conn.request(method, url, body=payload, headers=self._headers)
-            response = conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise DispatcherUnreachable(
-                f"{self.base_url}: {exc.__class__.__name__}: {exc}"
-            ) from exc
+        order = self.dispatchers.order()
+        several = len(order) > 1
+        failures: list[tuple[str, str]] = []
+        for index in order:
+            target = self.dispatchers.targets[index]
+            try:  # until the whole request is written, the dispatcher has not seen it
+                conn = self._connection(index)
+                conn.sock.settimeout(read_timeout)
+                conn.request(method, target.prefix + path + query, payload, self._headers)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                failures.append((target.url, _why(exc)))
+                continue
+            try:
+                response = conn.getresponse()
+                raw = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                failures.append((target.url, _why(exc)))
+                if several and repeatable:
+                    continue
+                raise _unreachable(failures) from exc
+            break
+        else:
+            raise _unreachable(failures)
+        if index != order[0]:
+            self.dispatchers.moved(order[0], index, failures)
         if response.will_close:
             self.close()
         try:
@@ -96,7 +247,7 @@ class Client:
             message = (
                 data.get("error") if isinstance(data, dict) else raw[:200].decode(errors="replace")
             )
-            raise DispatcherUnreachable(f"{self.base_url}{path}: HTTP {status} {message}")
+            raise DispatcherUnreachable(f"{target.url}{path}: HTTP {status} {message}")
         if status >= 400:
             raise ApiError(status, data.get("error", response.reason))
         return data
@@ -105,6 +256,7 @@ class Client:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+            self._conn_index = -1
 
     def __enter__(self) -> Client:
         return self
@@ -148,10 +300,12 @@ class Client:
     # -- clients ------------------------------------------------------------------
 
     def submit_task(self, task: dict) -> str:
-        return self.call("POST", "/submit-task", task)["task_id"]
+        keyed = bool(task.get("idempotency_key"))
+        return self.call("POST", "/submit-task", task, repeatable=keyed)["task_id"]
 
     def submit_tasks(self, tasks: list[dict]) -> list[str]:
-        return self.call("POST", "/submit-tasks", {"tasks": tasks})["task_ids"]
+        keyed = all(t.get("idempotency_key") for t in tasks)
+        return self.call("POST", "/submit-tasks", {"tasks": tasks}, repeatable=keyed)["task_ids"]
 
     def task(self, task_id: str, wait: float = 0.0) -> dict:
         params = {"wait": f"{wait:g}"} if wait else None
@@ -163,6 +317,15 @@ class Client:
 
     def workers(self) -> list[dict]:
         return self.call("GET", "/workers")["workers"]
+
+
+def _why(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def _unreachable(failures: list[tuple[str, str]]) -> DispatcherUnreachable:
+    """`url: why`, or `url: why; url: why` when several were tried."""
+    return DispatcherUnreachable("; ".join(f"{u}: {w}" for u, w in failures), failures)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

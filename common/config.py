@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from common.client import split_urls
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -121,8 +123,12 @@ class Config:
                 ) from None
         if not self.queues:
             raise ConfigError("WORKER_QUEUES must name at least one queue")
-        if not self.dispatcher_url.startswith(("http://", "https://")):
-            raise ConfigError("DISPATCHER_URL must start with http:// or https://")
+        try:
+            split_urls(self.dispatcher_url)
+        except ValueError as exc:
+            raise ConfigError(
+                f"DISPATCHER_URL: {exc} (one http(s) URL, or several separated by commas)"
+            ) from None
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(
                 "DATABASE_URL must be sqlite:///relative/path.db, "
@@ -134,6 +140,11 @@ class Config:
     @property
     def queues(self) -> tuple[str, ...]:
         return tuple(q.strip() for q in self.worker_queues.split(",") if q.strip())
+
+    @property
+    def dispatcher_urls(self) -> list[str]:
+        """DISPATCHER_URL as a list (it may name several dispatchers, comma-separated)."""
+        return split_urls(self.dispatcher_url)
 
     @property
     def modules(self) -> tuple[str, ...]:

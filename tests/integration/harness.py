@@ -4,11 +4,13 @@ scripts, each in its own process group so a test can `kill -9` the whole group."
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
@@ -221,3 +223,103 @@ class Cluster:
         for proc in reversed(self.procs):
             proc.close()
         self.client.close()
+
+
+# -- crash, multi-dispatcher and load tests -------------------------------------------
+
+
+class SeededRandom(random.Random):
+    """A test's randomness, repeatable: TEST_SEED=<n> replays a run; the seed is printed
+    (pytest shows it with a failure) and kept in `.seed` for failure messages."""
+
+    def __init__(self, label: str):
+        self.seed_value = int(os.environ.get("TEST_SEED") or random.SystemRandom().getrandbits(32))
+        super().__init__(self.seed_value)
+        print(f"{label}: random seed {self.seed_value} (TEST_SEED={self.seed_value} repeats it)")
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process of a process group (a Proc's group id is its pid)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def group_rss_kb(pgid: int) -> int:
+    """Resident memory of a whole process group (VmRSS summed), in kB."""
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def group_connections(pgid: int, port: int) -> int:
+    """Established TCP connections from a process group to 127.0.0.1:`port` (a worker
+    holding a long poll has one for its fetcher besides its heartbeat's)."""
+    inodes = set()
+    for pid in group_pids(pgid):
+        try:
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                target = os.readlink(fd.path)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            remote_port = int(cols[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and cols[3] == "01" and cols[9] in inodes:
+                count += 1
+    return count
+
+
+def pause(proc: Proc) -> None:
+    """SIGSTOP to a whole group: its sockets stay open, nothing answers (a frozen host)."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+
+
+def resume(proc: Proc) -> None:
+    os.killpg(proc.pid, signal.SIGCONT)
+
+
+def all_tasks(client: Client, page: int = 1000) -> list[dict]:
+    """Every stored task (GET /tasks, page by page; no history)."""
+    out: list[dict] = []
+    while True:
+        batch = client.call("GET", "/tasks", params={"limit": page, "offset": len(out)})
+        out.extend(batch["tasks"])
+        if len(batch["tasks"]) < page:
+            return out
+
+
+def fetch_tasks(url: str, task_ids: list[str], threads: int = 4) -> dict[str, dict]:
+    """GET /task/<id> for many ids (with history), over a few connections."""
+
+    def fetch(ids: list[str]) -> list[dict]:
+        with Client(url) as client:
+            return [client.task(t) for t in ids]
+
+    slices = [task_ids[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        return {t["task_id"]: t for part in pool.map(fetch, slices) for t in part}
