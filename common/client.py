@@ -135,28 +135,16 @@ class Dispatchers:
         log.warning("%s did not answer (%s); using %s now", what, why, self.targets[now].url)
 
 
-_shared: dict[str, Dispatchers] = {}
-_shared_lock = threading.Lock()
-
-
-def _dispatchers_for(urls: str) -> Dispatchers:
-    """One Dispatchers per distinct list in this process, made on first use."""
-    key = ",".join(split_urls(urls))
-    with _shared_lock:
-        if key not in _shared:
-            _shared[key] = Dispatchers(key)
-        return _shared[key]
-
-
 class Client:
     def __init__(self, base_url: str | Dispatchers, token: str = ""):
         """`base_url`: one URL or a comma-separated list (DISPATCHER_URL), or a
-        Dispatchers of one's own (tests use that to choose the start)."""
+        Dispatchers shared with other Clients (a worker's threads share one, so they
+        move together; tests use one to choose the start)."""
         if isinstance(base_url, Dispatchers):
             self.dispatchers = base_url
         else:
             try:
-                self.dispatchers = _dispatchers_for(base_url)
+                self.dispatchers = Dispatchers(base_url)
             except ValueError as exc:
                 raise ValueError(f"not a list of http(s) URLs: {base_url!r}: {exc}") from None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}

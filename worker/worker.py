@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pebble import ProcessFuture
 
-from common.client import ApiError, Client, DispatcherUnreachable
+from common.client import ApiError, Client, Dispatchers, DispatcherUnreachable
 from common.config import Config
 
 from .cache import ResultCache
@@ -79,12 +79,14 @@ class Worker:
         self.running: dict[str, Running] = {}  # task id -> its chunk's call
         self.inflight = 0  # pool calls running (each holds one slot)
         self.abandoned: set[str] = set()
+        # one list position for all of this worker's connections: they move together
+        self.dispatchers = Dispatchers(config.dispatcher_url)
         self.prefetch = Prefetch(config.prefetch, config.worker_concurrency, config.max_batch)
         self.pool = TaskPool(
             config.worker_concurrency, config.worker_max_tasks_per_child, config.modules
         )
         self.reporter = Reporter(
-            Client(config.dispatcher_url, config.api_token),
+            Client(self.dispatchers, config.api_token),
             ResultCache(config.cache_dir() / worker_id),
             worker_id,
             max_batch=config.max_batch,
@@ -111,7 +113,7 @@ class Worker:
         self.reporter.start()
         self._beater.start()
         self._fetcher.start()
-        client = Client(self.config.dispatcher_url, self.config.api_token)
+        client = Client(self.dispatchers, self.config.api_token)
         while True:
             with self.cv:
                 ready = self.cv.wait_for(
@@ -302,7 +304,7 @@ class Worker:
             self.stop(f"the {name} thread failed", exit_code=1)
 
     def _fetch(self) -> None:
-        client = Client(self.config.dispatcher_url, self.config.api_token)
+        client = Client(self.dispatchers, self.config.api_token)
         backoff = Backoff(cap=self.config.worker_poll_interval)
         outage = False
         while not self.stopping.is_set():
@@ -363,7 +365,7 @@ class Worker:
         self._guarded("heartbeat", self._heartbeats)
 
     def _heartbeats(self) -> None:
-        client = Client(self.config.dispatcher_url, self.config.api_token)
+        client = Client(self.dispatchers, self.config.api_token)
         while True:
             with self.cv:
                 task_ids = [*self.running, *(c["task_id"] for c in self.buffer)]

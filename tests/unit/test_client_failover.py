@@ -166,15 +166,6 @@ def test_clients_of_one_process_share_the_dispatcher_in_use(servers):
     assert up.paths() == ["/stats", "/workers"]
 
 
-def test_clients_built_from_the_same_setting_share_one_position(servers):
-    down, up = closed_port_url(), serve(servers)
-    setting = f"{down}, {up.url}/"  # spaces and a trailing slash: the same list
-    first, second = Client(setting), Client(f"{down},{up.url}")
-    assert first.dispatchers is second.dispatchers
-    first.close()
-    second.close()
-
-
 def test_start_positions_spread_over_the_list():
     urls = "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3"
     starts = {Dispatchers(urls).current for _ in range(200)}  # a miss has odds of 3 * (2/3)^200
