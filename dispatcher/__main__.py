@@ -5,12 +5,15 @@ naming the key, before any server process starts."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from gunicorn.app.base import BaseApplication
 
 from common.config import Config, ConfigError
 from common.logs import setup_logging
+
+from .errors import DatabaseUnavailable
 
 log = logging.getLogger("dispatcher")
 
@@ -43,6 +46,11 @@ class Server(BaseApplication):
         return create_app(self.queue_config)
 
 
+def redacted(url: str) -> str:
+    """DATABASE_URL without its password, for logs."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
 def main() -> int:
     try:
         config = Config.from_env()
@@ -59,8 +67,11 @@ def main() -> int:
     except ImportError as exc:
         print(f"configuration error: TASK_MODULES: {exc}", file=sys.stderr)
         return 2
+    except DatabaseUnavailable as exc:
+        print(f"cannot start: {exc} ({redacted(config.database_url)})", file=sys.stderr)
+        return 3
     host = config.dispatcher_host
-    where = config.database_url
+    where = redacted(config.database_url)
     log.info(
         "dispatcher starting on http://%s:%d (%d processes x %d threads), database %s",
         host,

@@ -49,13 +49,14 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False
     app.json.compact = True
-    ctx = Context(config, storage, tasks.registry, Wakeup(storage.change_counter), clock)
+    ctx = Context(config, storage, tasks.registry, Wakeup.for_storage(storage), clock)
     app.extensions["taskqueue"] = ctx
     if config.api_token:
         app.before_request(_require_token(config.api_token))
     app.register_blueprint(routes.bp)
     errors.register(app)
     if background:
+        ctx.wakeup.start()  # a LISTEN connection is ready before the first long poll
         threading.Thread(target=_reaper, args=(ctx,), name="reaper", daemon=True).start()
     return app
 

@@ -1,11 +1,22 @@
 """Wake held long polls the moment something changes.
 
-Inside one server process a commit calls `notify()`. Commits made by other processes
-(gunicorn's other workers, another dispatcher on the same file) are seen by a thread
-that reads the database's change counter (SQLite's `PRAGMA data_version`) every
-POLL_S, but only while some request is waiting. Waiters re-check their condition after
-every wake-up, so a spurious wake-up costs one cheap read, and a missed one costs at
-most the waiter's own timeout, never a task.
+Inside one server process a commit calls `notify()`. Commits made elsewhere (gunicorn's
+other workers, other dispatchers on the same database) reach us in the ways the
+storage offers (`Wakeup.for_storage`):
+
+- a push: `storage.listen(callback, stop)` (PostgreSQL LISTEN/NOTIFY) calls back at
+  once on every dispatcher. A thread keeps it running from the first wait on, and
+  listens again a second after it loses the database; each fresh listen calls back
+  once, for what it may have missed.
+- a change counter: `storage.change_counter()` (SQLite's `PRAGMA data_version`; on
+  PostgreSQL a sequence every notifying commit bumps) read every `change_poll_s` by a
+  thread, but only while some request is waiting. With a push as well it is only the
+  fallback for a lost notification, so it is read slowly; and since that counter moves
+  just before its commit becomes visible, the waiters are woken once more a poll later.
+
+Waiters re-check their condition after every wake-up, so a spurious wake-up costs one
+cheap read, and a missed one costs latency (at most a poll period, or the waiter's own
+timeout), never a task.
 """
 
 from __future__ import annotations
@@ -17,18 +28,36 @@ from collections.abc import Callable
 log = logging.getLogger("dispatcher")
 
 POLL_S = 0.001  # a PRAGMA data_version read costs microseconds
+LISTEN_RETRY_S = 1.0  # a lost listener connects again after this long
+
+Listen = Callable[[Callable[[], None], threading.Event], None]
 
 
 class Wakeup:
-    def __init__(self, change_counter: Callable[[], int], poll_s: float = POLL_S):
+    def __init__(
+        self,
+        change_counter: Callable[[], int],
+        poll_s: float = POLL_S,
+        listen: Listen | None = None,
+    ):
         self._change_counter = change_counter
         self._poll_s = poll_s
+        self._listen = listen
         self._cond = threading.Condition()
         self._generation = 0
         self._waiters = 0
         self._someone_waits = threading.Event()
         self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def for_storage(cls, storage) -> Wakeup:
+        """Use what the storage offers: its change counter, and its push if it has one."""
+        return cls(
+            storage.change_counter,
+            poll_s=getattr(storage, "change_poll_s", POLL_S),
+            listen=getattr(storage, "listen", None),
+        )
 
     def notify(self) -> None:
         with self._cond:
@@ -53,19 +82,36 @@ class Wakeup:
                 if not self._waiters:
                     self._someone_waits.clear()
 
+    def start(self) -> None:
+        """Start watching now rather than at the first wait (a listener then has its
+        connection ready before the first long poll arrives)."""
+        self._start()
+
     def stop(self) -> None:
         self._stopped.set()
         self._someone_waits.set()
 
+    def join(self, timeout: float | None = None) -> None:
+        """After stop(): wait for the watching threads to end (tests)."""
+        for thread in self._threads:
+            thread.join(timeout)
+
     def _start(self) -> None:
-        if self._thread is None:
+        if not self._threads:
             with self._cond:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._watch, name="wakeup", daemon=True)
-                    self._thread.start()
+                if not self._threads:
+                    targets = [("wakeup-poll", self._watch)]
+                    if self._listen is not None:
+                        targets.append(("wakeup-listen", self._listen_forever))
+                    for name, target in targets:
+                        thread = threading.Thread(target=target, name=name, daemon=True)
+                        thread.start()
+                        self._threads.append(thread)
 
     def _watch(self) -> None:
         last = None
+        moved = False  # the counter moved at the last read
+        again = self._listen is not None  # see the module docstring
         while not self._stopped.is_set():
             self._someone_waits.wait()
             try:
@@ -74,7 +120,30 @@ class Wakeup:
                 log.warning("change watch failed: %s", exc)
                 self._stopped.wait(1.0)
                 continue
-            if counter != last:  # also the first read: a commit may precede it
+            changed = counter != last  # also the first read: a commit may precede it
+            if changed or (again and moved):
                 self.notify()
+            moved = changed
             last = counter
             self._stopped.wait(self._poll_s)
+
+    def _listen_forever(self) -> None:
+        assert self._listen is not None
+        lost = False
+
+        def heard() -> None:
+            nonlocal lost
+            if lost:
+                log.info("change listener is listening again")
+                lost = False
+            self.notify()
+
+        while not self._stopped.is_set():
+            try:
+                self._listen(heard, self._stopped)
+            except Exception as exc:
+                if not lost:
+                    log.warning("change listener lost the database, listening again: %s", exc)
+                lost = True
+                self.notify()  # waiters re-check; the polling fallback covers the gap
+                self._stopped.wait(LISTEN_RETRY_S)

@@ -101,13 +101,26 @@ class Storage(Protocol):
 
     def ping(self) -> None: ...
 
-    def change_counter(self) -> int: ...
+    def change_counter(self) -> int:
+        """A number that moves whenever another connection or process commits a change
+        that may wake a held long poll; Wakeup polls it every `change_poll_s` seconds
+        (a storage may set that attribute; the default is wakeup.POLL_S) while a request
+        waits. A storage that can also push changes offers
+
+            listen(callback: Callable[[], None], stop: threading.Event) -> None
+
+        which blocks, calling callback() at each change (and once when it starts
+        listening), until `stop` is set; it raises DatabaseUnavailable when it loses the
+        database. PostgreSQL offers both (LISTEN/NOTIFY, the counter as a fallback);
+        SQLite only the counter."""
+        ...
 
     def close(self) -> None: ...
 
 
 def open_storage(config: Config) -> Storage:
-    """Open (and create or migrate) the database that DATABASE_URL names."""
+    """Open (and create or migrate) the database that DATABASE_URL names.
+    PostgreSQL that cannot be reached raises DatabaseUnavailable."""
     if config.database_url.startswith("sqlite:///"):
         from .sqlite import SqliteStorage
 
@@ -116,4 +129,19 @@ def open_storage(config: Config) -> Storage:
             backoff_base=config.retry_backoff_base,
             backoff_cap=config.retry_backoff_cap,
         )
-    raise ConfigError("DATABASE_URL: PostgreSQL is not supported yet; use sqlite:///path.db")
+    if config.database_url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStorage
+
+        try:
+            return PostgresStorage(
+                config.database_url,
+                pool_size=config.database_pool_size,
+                backoff_base=config.retry_backoff_base,
+                backoff_cap=config.retry_backoff_cap,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    raise ConfigError(
+        "DATABASE_URL must be sqlite:///relative/path.db, sqlite:////absolute/path.db "
+        "or postgresql://..."
+    )

@@ -1,4 +1,6 @@
-"""The storage contract against a real SQLite file.
+"""The storage contract, one suite for every backend: a real SQLite file, and a fresh
+schema of a real PostgreSQL server (TEST_DATABASE_URL; see tests/pg.py for what
+happens when it cannot be reached).
 
 Time never passes by itself here: every operation gets `now`, and tests move it by
 passing a bigger number. T0 is the moment each test starts.
@@ -6,6 +8,8 @@ passing a bigger number. T0 is the moment each test starts.
 
 from __future__ import annotations
 
+import importlib
+import math
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,21 +20,29 @@ from common.config import Config
 from dispatcher.errors import Conflict, LeaseConflict, TaskNotFound, WorkerTakenOver
 from dispatcher.storage import NewTask, Result, open_storage
 from dispatcher.storage.sqlite import SCHEMA_VERSION
+from tests.pg import fresh_schema_url
 
 T0 = 1_700_000_000.0
 LEASE = 30.0  # every claim and heartbeat below leases for this long unless it says otherwise
 FOREVER = 10.0**9  # a dead_after no worker reaches
 
 
-def database_url(kind: str, tmp_path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/tasks.db"  # an absolute path: four slashes in all
-    raise ValueError(f"no test database for {kind!r}")
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/tasks.db"  # an absolute path: four slashes in all
 
 
-@pytest.fixture(params=["sqlite"])  # the PostgreSQL issue adds "postgres"
-def config(request, tmp_path) -> Config:
-    return Config(database_url=database_url(request.param, tmp_path))
+@pytest.fixture(params=["sqlite", "postgres"])
+def config(request, tmp_path):
+    if request.param == "sqlite":
+        yield Config(database_url=sqlite_url(tmp_path))
+    else:
+        with fresh_schema_url() as url:  # dropped after the storage is closed
+            yield Config(database_url=url)
+
+
+@pytest.fixture
+def sqlite_config(tmp_path) -> Config:  # for what only SQLite has: the file, PRAGMAs
+    return Config(database_url=sqlite_url(tmp_path))
 
 
 @pytest.fixture
@@ -250,6 +262,16 @@ def test_completing_with_the_current_lease_stores_the_result(storage, claimed_ta
     assert task["attempts"] == 1
     assert task["started_at"] == T0
     assert task["finished_at"] == T0 + 5
+
+
+def test_a_big_integer_result_comes_back_exact(storage, claimed_task):
+    task_id, lease = claimed_task
+    big = math.factorial(1000)  # 2,568 digits: no 64-bit integer, no float
+    result = {"value": big, "negative": -big, "small": 1, "float": 0.1, "huge": 1e300}
+    assert finish(storage, task_id, lease, result=result) == "completed"
+    stored = storage.get(task_id)["result"]
+    assert stored == result
+    assert type(stored["value"]) is int and type(stored["huge"]) is float
 
 
 def test_the_same_result_sent_again_for_the_same_lease_is_harmless(storage, claimed_task):
@@ -754,9 +776,11 @@ def test_storages_sharing_one_file_never_get_the_same_task(storage, config):
 # -- the file -------------------------------------------------------------------------
 
 
-def test_the_database_runs_in_wal_mode_at_the_current_schema_version(storage, config):
+def test_the_database_runs_in_wal_mode_at_the_current_schema_version(sqlite_config):
+    storage = open_storage(sqlite_config)
     submit(storage)
-    db = sqlite3.connect(config.database_path())
+    storage.close()
+    db = sqlite3.connect(sqlite_config.database_path())
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -824,12 +848,15 @@ def test_queue_age_counts_only_tasks_that_are_ready(storage):
 
 
 def test_retention_clears_a_backlog_larger_than_one_batch(storage):
-    from dispatcher.storage.sqlite import DELETE_BATCH
+    DELETE_BATCH = importlib.import_module(type(storage).__module__).DELETE_BATCH
 
     count = DELETE_BATCH * 2 + 7
     storage.submit([new_task() for _ in range(count)], now=T0)
-    for claimed in claim(storage, max_tasks=count):
-        finish(storage, claimed["task_id"], claimed["lease_token"], now=T0 + 1)
+    results = [
+        Result(c["task_id"], c["lease_token"], "w1", "completed")
+        for c in claim(storage, max_tasks=count)
+    ]
+    assert storage.finish(results, now=T0 + 1) == ["completed"] * count
     keep = submit(storage, now=T0 + 2)
 
     report = reap(storage, now=T0 + 100, retention_s=50)
@@ -838,9 +865,8 @@ def test_retention_clears_a_backlog_larger_than_one_batch(storage):
     assert storage.get(keep)["status"] == "pending"
 
 
-def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(config, tmp_path):
-    from dispatcher.storage.sqlite import SCHEMA_VERSION
-
+def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config):
+    config = sqlite_config
     old = open_storage(config)
     task_id = submit(old)
     old.close()

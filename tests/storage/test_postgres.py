@@ -1,0 +1,242 @@
+"""What only the PostgreSQL storage has: several connections and dispatchers racing,
+a schema migrated under an advisory lock, LISTEN/NOTIFY wake-ups, and a database that
+goes away and comes back. The shared contract is in test_contract.py.
+
+No test here sleeps to synchronise or asserts a duration: it polls with a deadline and
+says what it saw last.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from common.config import Config
+from dispatcher.errors import DatabaseUnavailable
+from dispatcher.storage import NewTask, open_storage
+from dispatcher.storage.postgres import SCHEMA_VERSION, PostgresStorage
+from dispatcher.wakeup import Wakeup
+from tests.pg import connect, fresh_schema_url
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def url():
+    with fresh_schema_url() as url:
+        yield url
+
+
+@pytest.fixture
+def storage(url):
+    store = open_storage(Config(database_url=url))
+    yield store
+    store.close()
+
+
+def sleep_task() -> NewTask:
+    return NewTask(type="sleep", payload={"duration": 1})
+
+
+def wait_until(condition, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout} s waiting for {what}")
+        time.sleep(0.01)  # polling a condition, not synchronising on time
+
+
+def test_open_storage_picks_postgres_for_both_url_spellings(url):
+    for spelling in (url, url.replace("postgresql://", "postgres://", 1)):
+        store = open_storage(Config(database_url=spelling))
+        try:
+            assert isinstance(store, PostgresStorage)
+            store.ping()
+        finally:
+            store.close()
+
+
+def test_an_unreachable_server_is_database_unavailable():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DatabaseUnavailable) as raised:
+        open_storage(Config(database_url=f"postgresql://postgres@127.0.0.1:{port}/test"))
+    assert raised.value.http_status == 503
+    assert "database unavailable" in str(raised.value)
+
+
+def test_concurrent_claims_on_many_connections_never_lease_a_task_twice(storage, url):
+    submitted = {task_id for task_id, _ in storage.submit([sleep_task()] * 400, now=T0)}
+    stores = [open_storage(Config(database_url=url, database_pool_size=3)) for _ in range(3)]
+    start = threading.Barrier(9)
+
+    def drain(store, worker: str) -> list[str]:
+        start.wait()
+        got = []
+        while claimed := store.claim(worker, "", ("default",), 2, now=T0, lease_s=600):
+            got += [c["task_id"] for c in claimed]
+        return got
+
+    try:
+        with ThreadPoolExecutor(9) as pool:
+            runs = [
+                pool.submit(drain, stores[i % 3], f"w{i}")  # three threads per dispatcher
+                for i in range(9)
+            ]
+            handed_out = [task_id for run in runs for task_id in run.result(timeout=300)]
+    finally:
+        for s in stores:
+            s.close()
+    assert len(handed_out) == len(set(handed_out)) == len(submitted)
+    assert set(handed_out) == submitted
+    for task_id in list(submitted)[:50]:
+        task = storage.get(task_id)
+        assert task["attempts"] == 1
+        assert len(task["history"]) == 1, task["history"]
+
+
+def test_the_schema_is_created_once_when_many_dispatchers_start_together(url):
+    n = 6
+    start = threading.Barrier(n)
+
+    def opened() -> PostgresStorage:
+        start.wait()
+        return open_storage(Config(database_url=url, database_pool_size=1))
+
+    with ThreadPoolExecutor(n) as pool:
+        stores = [run.result(timeout=120) for run in [pool.submit(opened) for _ in range(n)]]
+    try:
+        assert sum(s.created_schema for s in stores) == 1
+        [(task_id, _)] = stores[0].submit([sleep_task()], now=T0)
+        assert all(s.get(task_id)["status"] == "pending" for s in stores)
+    finally:
+        for s in stores:
+            s.close()
+    with connect(url) as db:
+        assert db.execute("SELECT schema_version FROM meta").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_schema_newer_than_the_code_is_refused(storage, url):
+    with connect(url) as db:
+        db.execute("UPDATE meta SET schema_version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        open_storage(Config(database_url=url))
+
+
+def test_a_notification_wakes_a_waiter_on_another_dispatcher(url):
+    a = open_storage(Config(database_url=url))
+    b = open_storage(Config(database_url=url))
+    # the polling fallback reads once at start, then not for an hour: only LISTEN wakes
+    wakeup = Wakeup(a.change_counter, poll_s=3600, listen=a.listen)
+    try:
+        wakeup.start()
+
+        def primed() -> bool:  # a waiter makes the poller read once; the listener says hello
+            wakeup.wait(wakeup.generation(), 0.05)
+            return wakeup.generation() >= 2
+
+        wait_until(primed, "the poller's first read and the listener's hello")
+        seen = wakeup.generation()
+        b.submit([sleep_task()], now=T0)
+        deadline = time.monotonic() + 10  # generous on a busy machine; it takes ms
+        while wakeup.generation() == seen and time.monotonic() < deadline:
+            wakeup.wait(seen, deadline - time.monotonic())
+        assert wakeup.generation() != seen, "no wake-up from b's submission"
+    finally:
+        wakeup.stop()
+        a.close()
+        b.close()
+        wakeup.join(5)
+
+
+def test_a_notification_for_another_schema_is_ignored(url):
+    with fresh_schema_url() as other_url:
+        a = open_storage(Config(database_url=url))
+        other = open_storage(Config(database_url=other_url))
+        heard = []
+        stop = threading.Event()
+        listener = threading.Thread(target=a.listen, args=(lambda: heard.append(1), stop))
+        try:
+            listener.start()
+            wait_until(lambda: heard, "the listener's hello")
+            other.submit([sleep_task()], now=T0)  # notifies the other schema only
+            a.submit([sleep_task()], now=T0)  # then ours: delivered after the other's
+            wait_until(lambda: len(heard) >= 2, "our own schema's notification")
+            assert len(heard) == 2
+        finally:
+            stop.set()
+            listener.join(10)
+            a.close()
+            other.close()
+
+
+def test_the_polling_fallback_sees_another_dispatchers_commit(url):
+    a = open_storage(Config(database_url=url))
+    b = open_storage(Config(database_url=url))
+    wakeup = Wakeup(a.change_counter, poll_s=0.05)  # no listener: the counter alone
+    try:
+        before = a.change_counter()
+        b.submit([sleep_task()], now=T0)
+        assert a.change_counter() != before
+        seen = wakeup.generation()
+        deadline = time.monotonic() + 10
+        while wakeup.generation() == seen and time.monotonic() < deadline:
+            wakeup.wait(seen, deadline - time.monotonic())
+        assert wakeup.generation() != seen
+    finally:
+        wakeup.stop()
+        wakeup.join(5)
+        a.close()
+        b.close()
+
+
+def test_cut_connections_cost_one_error_then_the_storage_recovers(url):
+    name = f"tq_cut_{time.monotonic_ns()}"
+    store = open_storage(Config(database_url=f"{url}&application_name={name}"))
+    wakeup = Wakeup.for_storage(store)
+    try:
+        wakeup.start()
+        [(task_id, _)] = store.submit([sleep_task()], now=T0)
+        wait_until(lambda: _backends(name) >= 2, "a pooled and a listening connection")
+        with connect() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (name,),
+            )
+        errors = []
+
+        def answers() -> bool:
+            try:
+                return store.get(task_id)["status"] == "pending"
+            except DatabaseUnavailable as exc:  # the dead connection's one 503
+                errors.append(str(exc))
+                return False
+
+        wait_until(answers, "the storage to answer again")
+        assert len(errors) <= 3, errors
+        # the listener is back too: a commit wakes the waiter
+        wait_until(lambda: _backends(name) >= 2, "the listener to connect again")
+        seen = wakeup.generation()
+        store.submit([sleep_task()], now=T0)
+        deadline = time.monotonic() + 10
+        while wakeup.generation() == seen and time.monotonic() < deadline:
+            wakeup.wait(seen, deadline - time.monotonic())
+        assert wakeup.generation() != seen
+    finally:
+        wakeup.stop()
+        store.close()
+        wakeup.join(5)
+
+
+def _backends(application_name: str) -> int:
+    with connect() as admin:
+        return admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        ).fetchone()[0]
