@@ -19,6 +19,7 @@ from common.client import split_urls
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_QUEUES = 100  # queue names one worker takes tasks from (and one claim names)
 
 
 class ConfigError(Exception):
@@ -123,6 +124,8 @@ class Config:
                 ) from None
         if not self.queues:
             raise ConfigError("WORKER_QUEUES must name at least one queue")
+        if len(self.queues) > MAX_QUEUES:
+            raise ConfigError(f"WORKER_QUEUES must name at most {MAX_QUEUES} queues")
         try:
             split_urls(self.dispatcher_url)
         except ValueError as exc:

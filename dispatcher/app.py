@@ -44,7 +44,7 @@ def create_app(
     setup_logging(config.log_level)
     tasks.load_modules(config.modules)
     storage = open_storage(config)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no files to serve: no /static route
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False

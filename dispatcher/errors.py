@@ -73,7 +73,9 @@ def register(app: Flask) -> None:
             413: f"request body too large (limit {app.config['MAX_CONTENT_LENGTH']} bytes)",
         }
         message = messages.get(exc.code or 500, exc.description or exc.name)
-        return {"error": message}, exc.code or 500
+        # keep what the exception says besides its HTML type, e.g. 405's Allow header
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return {"error": message}, exc.code or 500, headers
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from common.config import Config
+from common.config import MAX_QUEUES, Config
 from tasks import Registry
 
 from .errors import BadRequest
@@ -15,6 +15,12 @@ MAX_ID_LENGTH = 200
 MAX_KEY_LENGTH = 200
 MAX_ERROR_LENGTH = 10_000
 MAX_PRIORITY = 1_000_000
+MAX_RETRIES = 100
+MAX_DELAY = 365 * 86_400.0  # a year
+MIN_TIMEOUT = 0.001
+MAX_TIMEOUT = 7 * 86_400.0  # a week
+MAX_OFFSET = 10**12  # GET /tasks paging
+MAX_DEPTH = 100  # nesting of a stored payload or result: JSON must hold it on the way out
 TASK_FIELDS = {
     "type",
     "payload",
@@ -59,6 +65,8 @@ def integer(data: dict, key: str, default: int, low: int, high: int) -> int:
     value = data.get(key, default)
     if value is None:
         return default
+    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 3.0 is 3
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"'{key}' must be a whole number")
     if not low <= value <= high:
@@ -83,6 +91,28 @@ def number(data: dict, key: str, default: float, low: float, high: float) -> flo
     return float(value)
 
 
+def shallow(value: Any, key: str) -> Any:
+    """A JSON value nested at most MAX_DEPTH levels. Deeper ones are refused before they
+    are stored: the responses that carry them back (a claim, GET /tasks) nest them further,
+    and an encoder that hits its recursion limit there would fail every later read."""
+
+    def walk(item: Any, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"'{key}' is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, dict):
+            for inner in item.values():
+                if isinstance(inner, (dict, list)):
+                    walk(inner, depth + 1)
+        elif isinstance(item, list):
+            for inner in item:
+                if isinstance(inner, (dict, list)):
+                    walk(inner, depth + 1)
+
+    if isinstance(value, (dict, list)):
+        walk(value, 1)
+    return value
+
+
 def batch(data: dict, key: str, config: Config) -> list:
     items = data.get(key)
     if not isinstance(items, list) or not items:
@@ -103,12 +133,12 @@ def new_task(data: Any, config: Config, registry: Registry) -> NewTask:
         raise BadRequest("'payload' must be a JSON object")
     return NewTask(
         type=type_,
-        payload=registry.validate(type_, payload, config),
+        payload=shallow(registry.validate(type_, payload, config), "payload"),
         queue=string(data, "queue", required=False) or "default",
         priority=integer(data, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY),
-        delay=number(data, "delay", 0.0, 0.0, 365 * 86_400.0),
-        max_retries=integer(data, "max_retries", config.default_max_retries, 0, 100),
-        timeout=number(data, "timeout", config.default_task_timeout, 0.001, 7 * 86_400.0),
+        delay=number(data, "delay", 0.0, 0.0, MAX_DELAY),
+        max_retries=integer(data, "max_retries", config.default_max_retries, 0, MAX_RETRIES),
+        timeout=number(data, "timeout", config.default_task_timeout, MIN_TIMEOUT, MAX_TIMEOUT),
         idempotency_key=string(data, "idempotency_key", required=False, max_len=MAX_KEY_LENGTH),
     )
 
@@ -123,6 +153,10 @@ def queues(data: dict) -> tuple[str, ...]:
         or not all(isinstance(q, str) and q and len(q) <= MAX_ID_LENGTH for q in value)
     ):
         raise BadRequest("'queues' must be a non-empty list of queue names")
+    if len(value) > MAX_QUEUES:
+        raise BadRequest(f"'queues' names {len(value)} queues; at most {MAX_QUEUES}")
+    for name in value:
+        storable(name, "queues")
     return tuple(dict.fromkeys(value))
 
 
@@ -143,7 +177,7 @@ def result(data: Any) -> Result:
         lease_token=string(data, "lease_token"),
         worker_id=string(data, "worker_id"),
         status=status,
-        result=data.get("result"),
+        result=shallow(data.get("result"), "result"),
         error=error[:MAX_ERROR_LENGTH] if error else None,
     )
 
@@ -156,6 +190,8 @@ def task_ids(data: dict) -> list[str] | None:
         isinstance(t, str) and len(t) <= MAX_ID_LENGTH for t in value
     ):
         raise BadRequest("'task_ids' must be a list of task ids")
+    for task_id in value:
+        storable(task_id, "task_ids")
     return value
 
 
@@ -183,3 +219,14 @@ def query_number(args, key: str, default: float, low: float, high: float) -> flo
     except ValueError:
         raise BadRequest(f"'{key}' must be a number") from None
     return number({key: value}, key, default, low, high)
+
+
+def query_integer(args, key: str, default: int, low: int, high: int) -> int:
+    raw = args.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"'{key}' must be a whole number") from None
+    return integer({key: value}, key, default, low, high)

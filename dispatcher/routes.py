@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, request
 
-from . import parse
+from . import openapi, parse
 from .errors import QueueError
 from .storage import FINISHED
 
@@ -148,6 +148,8 @@ def submit_results():
             positions.append(i)
         except QueueError as exc:
             task_id = data.get("task_id") if isinstance(data, dict) else None
+            if not isinstance(task_id, str):  # echo an id, never an arbitrary JSON value
+                task_id = None
             answers[i] = {"task_id": task_id, "error": str(exc), "code": exc.http_status}
     outcomes = c.storage.finish(good, now=c.clock()) if good else []
     c.wakeup.notify()
@@ -222,8 +224,8 @@ def list_tasks():
     c = ctx()
     status = parse.status_filter(request.args.get("status"))
     type_ = request.args.get("type") or None
-    limit = int(parse.query_number(request.args, "limit", 100, 1, c.config.max_batch))
-    offset = int(parse.query_number(request.args, "offset", 0, 0, 1e12))
+    limit = parse.query_integer(request.args, "limit", 100, 1, c.config.max_batch)
+    offset = parse.query_integer(request.args, "offset", 0, 0, parse.MAX_OFFSET)
     tasks = c.storage.list_tasks(status, type_, limit, offset)
     for t in tasks:
         t.pop("timeout", None)
@@ -268,3 +270,9 @@ def health():
     c = ctx()
     c.storage.ping()
     return {"status": "ok"}
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    c = ctx()
+    return openapi.document(c.config, c.registry.names())

@@ -945,3 +945,142 @@ def test_a_json_body_without_a_content_type_is_accepted(client):
     response = client.post("/submit-task", data=body)  # what plain `curl -d` sends
     assert response.status_code == 201, response.get_json()
     assert get_task(client, response.get_json()["task_id"])["payload"]["limit"] == 100
+
+
+# -- found by schemathesis and the OpenAPI document (tests/integration/test_schemathesis.py)
+
+
+def test_a_405_names_the_allowed_methods_in_an_allow_header(client):
+    response = client.delete("/task/abc")
+    assert_error(response, 405)
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "HEAD"}
+    assert "POST" in client.get("/submit-task").headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param('"queues": ["a\\ud800"]', id="queue"),
+        pytest.param('"queues": ["default", "\\udc00"], "wait": 0.1', id="queue-with-wait"),
+    ],
+)
+def test_a_lone_surrogate_in_a_queue_name_is_400_not_500(client, fields):
+    task_id = submit(client)
+    body = '{"worker_id": "w1", ' + fields + "}"
+    message = assert_error(
+        client.post("/get-task", data=body, content_type="application/json"), 400
+    )
+    assert "'queues'" in message
+    assert get_task(client, task_id)["status"] == "pending"
+
+
+def test_a_lone_surrogate_in_heartbeat_task_ids_is_400_not_500(client):
+    task_id = submit(client)
+    claim_one(client, task_id)
+    body = '{"worker_id": "w1", "task_ids": ["' + task_id + '", "x\\ud800"]}'
+    message = assert_error(
+        client.post("/heartbeat", data=body, content_type="application/json"), 400
+    )
+    assert "'task_ids'" in message
+    assert get_task(client, task_id)["status"] == "in_progress"
+
+
+def test_more_queues_than_allowed_is_400(client):
+    from dispatcher.parse import MAX_QUEUES
+
+    queues = [f"q{i}" for i in range(MAX_QUEUES + 1)]
+    assert_error(client.post("/get-task", json={"worker_id": "w1", "queues": queues}), 400)
+    assert client.get("/workers").get_json()["workers"] == []
+    assert claim(client, queues=queues[:MAX_QUEUES]) == []
+
+
+def test_a_whole_number_written_with_a_fraction_is_a_whole_number(client):
+    # JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees)
+    task_id = submit(client, primes_task(priority=3.0, max_retries=2.0))
+    task = get_task(client, task_id)
+    assert (task["priority"], task["max_retries"]) == (3, 2)
+    assert isinstance(task["priority"], int)
+    [claimed] = claim(client, max_tasks=2.0)
+    assert claimed["task_id"] == task_id
+    assert client.get("/tasks?limit=1.0&offset=0.0").get_json()["limit"] == 1
+
+
+@pytest.mark.parametrize("query", ["offset=0.5", "limit=2.5", "offset=abc", "limit=inf"])
+def test_a_fractional_or_non_numeric_limit_or_offset_is_400(client, query):
+    submit(client)
+    message = assert_error(client.get(f"/tasks?{query}"), 400)
+    assert "whole number" in message
+
+
+def nested(depth: int):
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_result_nested_too_deep_is_400_and_the_task_stays_readable(client):
+    from dispatcher.parse import MAX_DEPTH
+
+    task_id = submit(client)
+    lease = claim_one(client, task_id)
+    message = assert_error(send_result(client, task_id, lease, result=nested(MAX_DEPTH + 1)), 400)
+    assert "'result'" in message
+    assert get_task(client, task_id)["status"] == "in_progress"
+    assert send_result(client, task_id, lease, result=nested(MAX_DEPTH)).status_code == 200
+    assert client.get("/tasks").status_code == 200
+    assert get_task(client, task_id)["result"] == nested(MAX_DEPTH)
+
+
+def test_the_deepest_result_the_parser_takes_is_refused_and_listing_still_works(client):
+    # Was: a result nested as deep as the JSON parser allows (~980 levels) was stored, and
+    # then every GET /tasks, which nests it 3 levels further, failed to encode it: a 500.
+    task_id = submit(client)
+    lease = claim_one(client, task_id)
+    head = json.dumps(
+        {"task_id": task_id, "worker_id": "w1", "lease_token": lease, "status": "completed"}
+    )[:-1]
+    for depth in range(1000, 800, -1):  # the deepest body the parser reads
+        body = f'{head}, "result": {"[" * depth}{"]" * depth}}}'
+        response = client.post("/submit-result", data=body, content_type="application/json")
+        if "nested too deeply" not in response.get_data(as_text=True):
+            break
+    assert "'result' is nested more than" in assert_error(response, 400)
+    assert client.get("/tasks").status_code == 200
+    assert get_task(client, task_id)["status"] == "in_progress"
+
+
+def test_a_payload_nested_too_deep_is_400_for_a_type_that_accepts_any_object(client, monkeypatch):
+    from dispatcher.parse import MAX_DEPTH
+    from tasks import TaskType, accept_object, registry
+
+    monkeypatch.setitem(registry._types, "anything", TaskType("anything", accept_object, print))
+    body = {"type": "anything", "payload": {"x": nested(MAX_DEPTH)}}
+    assert_error(client.post("/submit-task", json=body), 400)
+    assert stored(client) == 0
+    body = {"type": "anything", "payload": {"x": nested(MAX_DEPTH - 1)}}
+    task_id = submit(client, body)
+    [claimed] = claim(client)
+    assert claimed["payload"] == {"x": nested(MAX_DEPTH - 1)}
+    assert get_task(client, task_id)["status"] == "in_progress"
+
+
+@pytest.mark.parametrize("bad_id", [{"a": 1}, [1, 2], 7, None])
+def test_submit_results_echoes_a_task_id_only_when_it_is_a_string(client, bad_id):
+    item = {"task_id": bad_id, "worker_id": "w1", "lease_token": "x", "status": "completed"}
+    response = client.post("/submit-results", json={"results": [item]})
+    assert response.status_code == 200
+    [answer] = response.get_json()["results"]
+    assert answer["task_id"] is None
+    assert answer["code"] == 400
+
+
+@pytest.mark.parametrize("key", ["worker_id", "lease_token", "task_id"])
+def test_an_id_of_python_white_space_only_is_400(client, key):
+    # "\x1d" is white space to Python's str.strip(); the document's pattern says the same
+    task_id = submit(client)
+    lease = claim_one(client, task_id)
+    body = {"task_id": task_id, "worker_id": "w1", "lease_token": lease, "status": "completed"}
+    body[key] = "\x1d\u3000"
+    assert_error(client.post("/submit-result", json=body), 400)
+    assert get_task(client, task_id)["status"] == "in_progress"

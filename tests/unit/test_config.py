@@ -38,6 +38,7 @@ def test_values_are_parsed_and_fractional_seconds_are_accepted():
         ("WORKER_PREFETCH", "-3"),
         ("WORKER_PREFETCH", "lots"),
         ("WORKER_QUEUES", " , "),
+        ("WORKER_QUEUES", ",".join(f"q{i}" for i in range(101))),
         ("DISPATCHER_URL", "localhost:5000"),
         ("DATABASE_URL", "mysql://x"),
         ("WORKER_POLL_INTERVAL", "0"),
