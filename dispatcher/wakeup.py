@@ -4,10 +4,11 @@ Inside one server process a commit calls `notify()`. Commits made elsewhere (gun
 other workers, other dispatchers on the same database) reach us in the ways the
 storage offers (`Wakeup.for_storage`):
 
-- a push: `storage.listen(callback, stop)` (PostgreSQL LISTEN/NOTIFY) calls back at
-  once on every dispatcher. A thread keeps it running from the first wait on, and
-  listens again a second after it loses the database; each fresh listen calls back
-  once, for what it may have missed.
+- a push: `storage.listen(callback, stop)` (PostgreSQL LISTEN/NOTIFY; on SQLite a Unix
+  datagram that `storage.announce()` sends after our own commits, see localwake.py)
+  calls back at once in every dispatcher process. A thread keeps it running from the
+  first wait on, and listens again a second after it fails; each fresh listen calls
+  back once, for what it may have missed.
 - a change counter: `storage.change_counter()` (SQLite's `PRAGMA data_version`; on
   PostgreSQL a sequence every notifying commit bumps) read every `change_poll_s` by a
   thread, but only while some request is waiting. With a push as well it is only the
@@ -39,10 +40,12 @@ class Wakeup:
         change_counter: Callable[[], int],
         poll_s: float = POLL_S,
         listen: Listen | None = None,
+        announce: Callable[[], None] | None = None,
     ):
         self._change_counter = change_counter
         self._poll_s = poll_s
         self._listen = listen
+        self._announce = announce
         self._cond = threading.Condition()
         self._generation = 0
         self._waiters = 0
@@ -57,9 +60,18 @@ class Wakeup:
             storage.change_counter,
             poll_s=getattr(storage, "change_poll_s", POLL_S),
             listen=getattr(storage, "listen", None),
+            announce=getattr(storage, "announce", None),
         )
 
     def notify(self) -> None:
+        """Something changed here: wake this process's waiters, and the other processes'
+        when the storage announces changes itself (SQLite; PostgreSQL's NOTIFY rides on
+        the commit)."""
+        self._wake()
+        if self._announce is not None:
+            self._announce()
+
+    def _wake(self) -> None:
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
@@ -122,7 +134,7 @@ class Wakeup:
                 continue
             changed = counter != last  # also the first read: a commit may precede it
             if changed or (again and moved):
-                self.notify()
+                self._wake()
             moved = changed
             last = counter
             self._stopped.wait(self._poll_s)
@@ -136,7 +148,7 @@ class Wakeup:
             if lost:
                 log.info("change listener is listening again")
                 lost = False
-            self.notify()
+            self._wake()
 
         while not self._stopped.is_set():
             try:
@@ -145,5 +157,5 @@ class Wakeup:
                 if not lost:
                     log.warning("change listener lost the database, listening again: %s", exc)
                 lost = True
-                self.notify()  # waiters re-check; the polling fallback covers the gap
+                self._wake()  # waiters re-check; the polling fallback covers the gap
                 self._stopped.wait(LISTEN_RETRY_S)

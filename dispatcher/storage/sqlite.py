@@ -15,11 +15,12 @@ import os
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import Conflict, DatabaseUnavailable, LeaseConflict, TaskNotFound, WorkerTakenOver
+from ..localwake import LocalWake
 from ..retry import retry_at
 from . import FINISHED, STATUSES, NewTask, ReapReport, Result
 
@@ -265,8 +266,13 @@ TASK_COLUMNS = """id, type, queue, payload, status, result, error, attempts, max
 
 
 class SqliteStorage:
+    # Other processes' commits arrive as LocalWake datagrams; the change counter is only
+    # the fallback for a lost one, so it is read slowly.
+    change_poll_s = 0.05
+
     def __init__(self, path: Path, backoff_base: float = 1.0, backoff_cap: float = 300.0):
         self.path = Path(path)
+        self._wake = LocalWake(self.path)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._local = threading.local()
@@ -334,6 +340,7 @@ class SqliteStorage:
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
     def close(self) -> None:
+        self._wake.close()
         with self._lock:
             for db in self._connections:
                 try:
@@ -887,6 +894,14 @@ class SqliteStorage:
         """PRAGMA data_version of this thread's connection: it changes whenever another
         connection (in any process) commits. Cheap enough to poll every few ms."""
         return self._read("PRAGMA data_version")[0][0]
+
+    def listen(self, callback: Callable[[], None], stop: threading.Event) -> None:
+        """Call back when another process announces a commit (see localwake.py)."""
+        self._wake.listen(callback, stop)
+
+    def announce(self) -> None:
+        """Tell the other processes on this file that we committed a change."""
+        self._wake.announce()
 
 
 def _task_dict(r: sqlite3.Row) -> dict:
