@@ -52,12 +52,17 @@ def string(data: dict, key: str, *, required: bool = True, max_len: int = MAX_ID
     return storable(value, key)
 
 
-def storable(value: str, key: str) -> str:
-    """Text UTF-8 can hold: JSON allows a lone surrogate escape, SQLite text does not."""
+def storable(value: str, key: str, nul: bool = False) -> str:
+    """Text both databases can hold as a column: JSON allows a lone surrogate escape,
+    which is not UTF-8, and a NUL character, which PostgreSQL text cannot hold (ids,
+    names and keys refuse it; an error message may keep it: PostgreSQL stores U+FFFD
+    instead). Inside payloads and results both are fine: those are JSON text, escaped."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest(f"'{key}' holds a lone surrogate, which is not valid text") from None
+    if not nul and "\x00" in value:
+        raise BadRequest(f"'{key}' holds a NUL character, which is not valid text")
     return value
 
 
@@ -169,7 +174,7 @@ def result(data: Any) -> Result:
     if error is not None and not isinstance(error, str):
         raise BadRequest("'error' must be a string")
     if error:
-        storable(error, "error")
+        storable(error, "error", nul=True)
     if status == "failed" and not error:
         error = "failed (no error message)"
     return Result(

@@ -1084,3 +1084,28 @@ def test_an_id_of_python_white_space_only_is_400(client, key):
     body[key] = "\x1d\u3000"
     assert_error(client.post("/submit-result", json=body), 400)
     assert get_task(client, task_id)["status"] == "in_progress"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "key"),
+    [
+        ("/get-task", {"worker_id": "w\u00001"}, "'worker_id'"),
+        ("/get-task", {"worker_id": "w1", "queues": ["de\u0000fault"]}, "'queues'"),
+        (
+            "/submit-task",
+            {"type": "sleep", "payload": {"duration": 1}, "idempotency_key": "k\u0000"},
+            "'idempotency_key'",
+        ),
+        (
+            "/submit-task",
+            {"type": "sleep", "payload": {"duration": 1}, "queue": "q\u0000"},
+            "'queue'",
+        ),
+    ],
+)
+def test_a_nul_character_in_an_id_name_or_key_is_400_on_every_backend(client, path, body, key):
+    task_id = submit(client)
+    message = assert_error(client.post(path, json=body), 400)
+    assert key in message and "NUL" in message
+    assert get_task(client, task_id)["status"] == "pending"
+    assert client.get("/stats").get_json()["tasks"]["pending"] == 1
