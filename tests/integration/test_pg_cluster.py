@@ -25,7 +25,7 @@ WORKERS = 6
 
 
 @pytest.fixture
-def pg_url():
+def pg_url():  # tests ask for it before make_cluster: the schema outlives the processes
     with fresh_schema_url() as url:
         yield url
 
@@ -77,7 +77,7 @@ def wait_completed(cluster, url: str, count: int, timeout: float = 180) -> None:
     wait_for(done, timeout, lambda: f"tasks: {seen}\n{cluster.logs()[-4000:]}", every=0.2)
 
 
-def test_the_seed_walk_through_on_postgresql(make_cluster, pg_url):
+def test_the_seed_walk_through_on_postgresql(pg_url, make_cluster):
     cluster = make_cluster(DATABASE_URL=pg_url)
     cluster.start_dispatcher()
     cluster.start_worker("worker-1")
@@ -112,8 +112,8 @@ def test_the_seed_walk_through_on_postgresql(make_cluster, pg_url):
     assert "worker-1" in monitor.stdout and "worker-2" in monitor.stdout
 
 
-def test_two_dispatchers_on_one_database_run_every_task_once(make_cluster, pg_url):
-    cluster, url_a, url_b = two_dispatchers(make_cluster, pg_url)
+def test_two_dispatchers_on_one_database_run_every_task_once(pg_url, make_cluster):
+    cluster, url_a, url_b = two_dispatchers(pg_url, make_cluster)
     start_workers(cluster, url_a, url_b)
     ids = submit_half_each(url_a, url_b)
     assert len(set(ids)) == TASKS
@@ -129,8 +129,8 @@ def test_two_dispatchers_on_one_database_run_every_task_once(make_cluster, pg_ur
     assert "database is locked" not in cluster.logs()
 
 
-def test_a_dispatcher_killed_halfway_loses_nothing(make_cluster, pg_url):
-    cluster, url_a, url_b = two_dispatchers(make_cluster, pg_url)
+def test_a_dispatcher_killed_halfway_loses_nothing(pg_url, make_cluster):
+    cluster, url_a, url_b = two_dispatchers(pg_url, make_cluster)
     start_workers(cluster, url_a, url_b)
     ids = submit_half_each(url_a, url_b)
     seen: dict = {}
@@ -156,8 +156,8 @@ def test_a_dispatcher_killed_halfway_loses_nothing(make_cluster, pg_url):
     assert not wrong, wrong[:3]
 
 
-def test_a_long_poll_on_one_dispatcher_wakes_when_another_takes_a_task(make_cluster, pg_url):
-    cluster, url_a, url_b = two_dispatchers(make_cluster, pg_url)
+def test_a_long_poll_on_one_dispatcher_wakes_when_another_takes_a_task(pg_url, make_cluster):
+    cluster, url_a, url_b = two_dispatchers(pg_url, make_cluster)
     got: dict = {}
 
     def hold_a_poll():

@@ -21,6 +21,8 @@ import sys
 
 import pytest
 
+from tests.pg import fresh_schema_url
+
 pytestmark = pytest.mark.integration
 
 TOKEN = "schemathesis-token"
@@ -48,8 +50,19 @@ expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429,
 """
 
 
-def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(make_cluster, tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    """DATABASE_URL for the dispatcher: a file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/tasks.db"
+    else:
+        with fresh_schema_url() as url:
+            yield url
+
+
+def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(make_cluster, tmp_path, database):
     cluster = make_cluster(
+        DATABASE_URL=database,
         API_TOKEN=TOKEN,
         MAX_WAIT_SECONDS="0.5",
         WORKER_POLL_INTERVAL="0.5",
