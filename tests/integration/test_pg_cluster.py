@@ -34,7 +34,7 @@ def double(i: int) -> dict:
     return {"type": "compute", "payload": {"operation": "double", "value": i}}
 
 
-def two_dispatchers(make_cluster, url: str):
+def two_dispatchers(url: str, make_cluster):
     """A cluster on `url` with dispatchers A and B on two ports; returns it and the URLs."""
     cluster = make_cluster(DATABASE_URL=url)
     port_b = free_port()
