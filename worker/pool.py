@@ -9,6 +9,7 @@ Only the death of the process (a timeout, a crash) ends a chunk as a whole.
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -16,15 +17,18 @@ from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 import tasks
 
+log = logging.getLogger("worker")
+
 
 class TaskPool:
     def __init__(self, concurrency: int, max_tasks_per_child: int, modules: tuple[str, ...]):
-        self._pool = ProcessPool(
-            max_workers=concurrency,
-            max_tasks=max_tasks_per_child,
-            initializer=tasks.load_modules,
-            initargs=(modules,),
-        )
+        self._settings = {
+            "max_workers": concurrency,
+            "max_tasks": max_tasks_per_child,
+            "initializer": tasks.load_modules,
+            "initargs": (modules,),
+        }
+        self._pool = ProcessPool(**self._settings)
 
     def warm(self) -> None:
         """Start the pool processes now (before the worker's threads exist), so the
@@ -33,7 +37,23 @@ class TaskPool:
 
     def start(self, items: list[tuple[str, dict]], timeout: float) -> ProcessFuture:
         """Run (type, payload) items in one pool process, in order; killed at `timeout`."""
-        return self._pool.schedule(run_chunk, args=(items,), timeout=timeout)
+        try:
+            return self._pool.schedule(run_chunk, args=(items,), timeout=timeout)
+        except RuntimeError as exc:
+            if "Unexpected error" not in str(exc):  # stopped, not broken: refuse
+                raise
+            # pebble gives up on the whole pool when a process dies before the pool has
+            # seen it take its task ("All workers expired": a task that kills its
+            # process at once can do that); its calls end with BrokenProcessPool, and
+            # every later call is refused. A new pool lets the worker go on.
+            log.warning("process pool broke (%s); starting a new one", exc)
+            self._renew()
+            return self._pool.schedule(run_chunk, args=(items,), timeout=timeout)
+
+    def _renew(self) -> None:
+        broken, self._pool = self._pool, ProcessPool(**self._settings)
+        broken.stop()
+        broken.join(timeout=1)
 
     def stop(self) -> None:
         self._pool.stop()
