@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import RequestEntityTooLarge
 
 import tasks
 from common.config import Config
@@ -23,6 +24,9 @@ from .storage import Storage, open_storage
 from .wakeup import Wakeup
 
 log = logging.getLogger("dispatcher")
+
+# body bytes a 413 still reads, so the client gets the answer rather than a reset
+DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 @dataclass
@@ -53,6 +57,7 @@ def create_app(
     app.extensions["taskqueue"] = ctx
     if config.api_token:
         app.before_request(_require_token(config.api_token))
+    app.before_request(_refuse_large_bodies(config.max_request_bytes))
     app.register_blueprint(routes.bp)
     errors.register(app)
     if background:
@@ -82,6 +87,26 @@ def _require_token(token: str):
         if not hmac.compare_digest(given, expected):
             raise Unauthorized("missing or wrong API token (Authorization: Bearer <token>)")
         return None
+
+    return check
+
+
+def _refuse_large_bodies(limit: int):
+    """413 for a body over MAX_REQUEST_BYTES, after reading it (up to DRAIN_LIMIT).
+    Answered unread, gunicorn closes a socket still holding the body, the kernel resets
+    the connection, and a client sending a few MB sees a broken pipe instead of the 413
+    (a worker would take it for an outage and re-send that result until
+    CACHE_TTL_SECONDS)."""
+
+    def check():
+        length = request.content_length
+        if length is None or length <= limit:
+            return None
+        stream = request.environ["wsgi.input"]
+        left = min(length, DRAIN_LIMIT)
+        while left > 0 and (chunk := stream.read(min(left, 65536))):
+            left -= len(chunk)
+        raise RequestEntityTooLarge()
 
     return check
 

@@ -1,0 +1,32 @@
+"""Task types for tests/integration/test_injection.py (TASK_MODULES=tests.integration.echo_tasks).
+
+- `testing_echo` {any JSON object}: returns its payload unchanged, so a test can check
+  that a payload makes the whole trip (client, dispatcher, database, worker, pool process
+  and back) byte for byte.
+- `testing_big_result` {"size": int}: returns a string of `size` characters, a result
+  larger than the dispatcher takes in one request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.config import Config
+from tasks import InvalidPayload, registry
+
+
+@registry.task("testing_echo")  # the default validation: any JSON object, as is
+def echo(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
+def validate_size(payload: dict[str, Any], config: Config) -> dict[str, Any]:
+    size = payload.get("size")
+    if set(payload) != {"size"} or not isinstance(size, int) or not 0 <= size <= 10_000_000:
+        raise InvalidPayload("testing_big_result takes one field, 'size' (0 to 10,000,000)")
+    return {"size": size}
+
+
+@registry.task("testing_big_result", validate=validate_size)
+def big_result(payload: dict[str, Any]) -> str:
+    return "x" * payload["size"]

@@ -1,0 +1,765 @@
+"""A state-machine property test of the storage layer (hypothesis RuleBasedStateMachine).
+
+Random sequences of submit (single and batch, priorities, delays, retries, idempotency
+keys), claim (several workers and instances, max_tasks, queues), heartbeat (with and
+without task_ids), results (by the live lease, a stale one, another task's, a forged
+one, several in one batch), release, cancel, retry, worker takeover by a new instance,
+and reap (expired leases, dead workers, retention), while the test moves the clock.
+
+The test keeps a model of every task and worker and predicts each operation's answer
+and each row it changes from the SPEC's rules; after every step it compares the model
+with what storage says. On top of that it checks the SPEC's invariants directly:
+
+- a task has at most one live lease: only `pending` tasks are claimed; an in-progress
+  task has exactly one open attempt; once a result finished a task, a result under any
+  other lease is refused (LeaseConflict), so storage accepts a finish from one token;
+- a completed task's result never changes;
+- the status counts of stats() add up to the tasks submitted minus those deleted by
+  retention;
+- attempts never exceed max_retries + 1;
+- payloads and results come back exactly as they went in (key order, int vs float,
+  quotes, NUL bytes, lone surrogates).
+
+Every example gets a fresh database. `KINDS` lists the backends it runs against.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from common.config import Config
+from dispatcher.errors import Conflict, LeaseConflict, TaskNotFound, WorkerTakenOver
+from dispatcher.storage import FINISHED, STATUSES, NewTask, Result, Storage, open_storage
+from tests.pg import fresh_schema_url
+
+KINDS = ["sqlite", "postgres"]
+
+T0 = 1_700_000_000.0
+BACKOFF_BASE = 4.0
+BACKOFF_CAP = 20.0
+FOREVER = 10.0**9  # a dead_after no worker reaches
+EXPIRED_ERROR = "lease expired"  # the SPEC: "a worker crash reads 'lease expired'"
+RETIRED_KEEP_S = 86_400.0  # a retired instance id is refused for a day
+MAX_TASKS = 14  # submissions stop here, so each step's full comparison stays cheap
+
+SETTINGS = settings(
+    max_examples=150,
+    stateful_step_count=30,
+    deadline=None,
+    database=None,  # no .hypothesis/ directory in the project; a failure prints its steps
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+# a round trip to a server costs ~10x a SQLite read: fewer examples keep it as short
+EXAMPLES = {"sqlite": 150, "postgres": 60}
+
+# -- values full of what breaks hand-built SQL and lossy codecs ------------------------
+
+NASTY = [
+    "'",
+    '"',
+    ";",
+    "'; DROP TABLE tasks; --",
+    '"); DELETE FROM tasks; --',
+    "\x00",
+    "a\x00b",
+    "\\",
+    "%_",
+    "e\u0301",  # combining accent
+    "\u202eRTL\u202c",
+    "שלום",
+    "🙂👍🏽",
+    "",
+]
+# ids, names and keys hold no NUL (the API refuses it: PostgreSQL text cannot hold one)
+WORKERS = ("w1", "w2", "w'; DROP TABLE workers; --🙂")
+QUEUES = ("default", "q'\"; --", "\\q\u202e")
+KEYS = ("k1", "k2", "k'; DROP TABLE tasks; --", "k\\🙂")
+LEASES = (10.0, 30.0)
+
+# text that SQL text columns can hold (no lone surrogates: the HTTP layer refuses them);
+# error messages, which may hold NUL characters
+text = st.one_of(
+    st.sampled_from(NASTY),
+    st.lists(st.sampled_from(NASTY) | st.text(max_size=3), max_size=3).map("".join),
+)
+# text inside JSON may also hold lone surrogates: JSON escapes them
+json_text = text | st.text(st.characters(categories=["Cs", "Lu", "Nd"]), max_size=3)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)  # past 64 bits: stays exact
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | json_text
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(json_text, inner, max_size=3),
+    max_leaves=6,
+)
+payloads = st.dictionaries(json_text, json_values, max_size=4)
+new_tasks = st.builds(
+    NewTask,
+    type=st.sampled_from(["echo", "t'; DROP TABLE tasks; --", "🙂\\"]),
+    payload=payloads,
+    queue=st.sampled_from(QUEUES[:2]) | st.sampled_from(QUEUES),
+    priority=st.integers(-2, 2),
+    delay=st.sampled_from([0.0, 0.0, 0.0, 5.0, 50.0]),
+    max_retries=st.integers(0, 2),
+    timeout=st.sampled_from([1.0, 300.0]),
+    idempotency_key=st.none() | st.none() | st.sampled_from(KEYS),
+)
+
+
+def canon(value) -> str:
+    """JSON text that tells apart what == does not: 1 / 1.0 / True, key order."""
+    return json.dumps(value)
+
+
+@contextmanager
+def database_url(kind: str, tmp: Path) -> Iterator[str]:
+    """A fresh, empty database of `kind`: a file under `tmp`, or a PostgreSQL schema of
+    its own (tests/pg.py: skipped when no server is reachable, failed on CI)."""
+    if kind == "sqlite":
+        tmp.mkdir(parents=True, exist_ok=True)
+        yield f"sqlite:///{tmp}/tasks.db"
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif kind == "postgres":
+        with fresh_schema_url() as url:
+            yield url
+    else:
+        raise ValueError(f"no test database for {kind!r}")
+
+
+def make_storage(kind: str, tmp: Path) -> tuple[Storage, Callable[[], None]]:
+    """Storage on a fresh database, and the function that closes it and drops the database."""
+    stack = ExitStack()
+    url = stack.enter_context(database_url(kind, tmp))
+    config = Config(
+        database_url=url, retry_backoff_base=BACKOFF_BASE, retry_backoff_cap=BACKOFF_CAP
+    )
+    try:
+        storage = open_storage(config)
+    except BaseException:
+        stack.close()
+        raise
+    stack.callback(storage.close)  # runs first: a schema is dropped after its connections
+    return storage, stack.close
+
+
+def stored_error(kind: str, error: str) -> str:
+    """An error message as the backend keeps it: PostgreSQL text holds no NUL, so it
+    stores U+FFFD there (dispatcher/storage/postgres.py)."""
+    return error.replace("\x00", "\ufffd") if kind == "postgres" else error
+
+
+# -- the model ------------------------------------------------------------------------
+
+# what the model predicts of each task, field by field, after every step
+MODEL_FIELDS = (
+    "status",
+    "attempts",
+    "worker_id",
+    "error",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "type",
+    "queue",
+    "priority",
+    "max_retries",
+    "created_at",
+)
+
+
+@dataclass
+class Task:
+    type: str
+    queue: str
+    payload: str  # canon() of the payload
+    priority: int
+    max_retries: int
+    timeout: float
+    created_at: float
+    run_at: float
+    status: str = "pending"
+    attempts: int = 0
+    lease: str | None = None  # the live lease token, while in progress
+    expires: float | None = None
+    worker_id: str | None = None
+    result: str | None = None  # canon() of the stored result
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    finished_lease: str | None = None  # the lease whose result finished it
+    by_expiry: bool = False  # failed only because a lease expired
+    tokens: list[str] = field(default_factory=list)  # every lease it was issued
+
+
+@dataclass
+class Worker:
+    instance: str
+    alive: bool
+    last_heartbeat: float
+    retired: dict[str, float] = field(default_factory=dict)  # instance -> retired at
+
+
+class StorageMachine(RuleBasedStateMachine):
+    def __init__(self, kind: str, storage: Storage, cleanup: Callable[[], None]):
+        super().__init__()
+        self.kind = kind
+        self.storage = storage
+        self.cleanup = cleanup
+        self.now = T0
+        # Draws pick from lists in an order that never depends on the random ids and
+        # tokens storage makes, so hypothesis can replay and shrink an example.
+        self.tasks: dict[str, Task] = {}  # in order of submission
+        self.deleted: dict[str, None] = {}  # in order of deletion
+        self.keys: dict[str, str] = {}  # idempotency key -> task id
+        self.tokens: dict[str, str] = {}  # every lease token issued -> its task, in order
+        self.workers: dict[str, Worker] = {}
+        self.completed: dict[str, str] = {}  # task id -> the result it completed with
+        self.instance_numbers = itertools.count(1)
+        self.checked: dict[str, tuple] = {}  # task id -> the model state last compared
+        self.history: dict[str, list[dict]] = {}  # task id -> its history then
+
+    def teardown(self) -> None:
+        self.cleanup()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def all_ids(self) -> list[str]:
+        return [*self.tasks, *self.deleted, "no-such-task", "'; DROP TABLE tasks; --"]
+
+    def draw_task_id(self, data) -> str:
+        live = list(self.tasks)
+        if live:
+            return data.draw(st.sampled_from(live) | st.sampled_from(self.all_ids()))
+        return data.draw(st.sampled_from(self.all_ids()))
+
+    def draw_instance(self, data, worker_id: str) -> str:
+        w = self.workers.get(worker_id)
+        choices = ["", f"{worker_id}#0"] if w is None else [w.instance, w.instance, ""]
+        if w is not None and w.retired:
+            choices.append(data.draw(st.sampled_from(sorted(w.retired))))
+        return data.draw(st.sampled_from(choices))
+
+    def retired_instance(self, instance: str) -> bool:
+        return bool(instance) and any(instance in w.retired for w in self.workers.values())
+
+    def touch(self, worker_id: str, instance: str) -> None:
+        """The model of registering or refreshing a worker (a new instance takes over)."""
+        w = self.workers.get(worker_id)
+        if w is None:
+            self.workers[worker_id] = Worker(instance, True, self.now)
+            return
+        if instance and w.instance != instance:
+            if w.instance:
+                w.retired[w.instance] = self.now
+            for task in self.tasks.values():
+                if task.status == "in_progress" and task.worker_id == worker_id:
+                    self.expire(task)
+            w.instance = instance
+        w.alive = True
+        w.last_heartbeat = self.now
+
+    def expire(self, task: Task) -> None:
+        """A lease ends without a result: back to pending, or failed on the last attempt."""
+        task.error = EXPIRED_ERROR
+        task.lease = task.expires = None
+        if task.attempts > task.max_retries:
+            task.status = "failed"
+            task.finished_at = self.now
+            task.by_expiry = True
+        else:
+            task.status = "pending"
+            task.run_at = self.now
+            task.worker_id = None
+
+    def finish_task(self, task: Task, status: str, token: str, worker_id: str) -> None:
+        task.status = status
+        task.finished_at = self.now
+        task.finished_lease = token
+        task.lease = task.expires = None
+        task.by_expiry = False
+        task.worker_id = worker_id
+
+    # -- rules ----------------------------------------------------------------------
+
+    @rule(dt=st.sampled_from([0.0, 1.0, 2.0, 5.0, 9.0, 10.0, 11.0, 25.0, 31.0, 100.0, 90_000.0]))
+    def tick(self, dt):
+        self.now += dt
+
+    @precondition(lambda self: any(t.status == "in_progress" for t in self.tasks.values()))
+    @rule(data=st.data(), past=st.sampled_from([0.0, 0.5, 1.0]))
+    def move_to_lease_end(self, data, past):
+        """Time goes exactly to (or just past) the end of a live lease."""
+        leased = [t for t in self.tasks.values() if t.status == "in_progress"]
+        task = data.draw(st.sampled_from(leased))
+        self.now = max(self.now, task.expires + past)
+
+    @initialize(items=st.lists(new_tasks, min_size=1, max_size=6))
+    def first_tasks(self, items):
+        self.submit(items)
+
+    @precondition(lambda self: len(self.tasks) < MAX_TASKS)
+    @rule(items=st.lists(new_tasks, min_size=1, max_size=4))
+    def submit(self, items):
+        answers = self.storage.submit(items, now=self.now)
+        assert len(answers) == len(items)
+        for item, (task_id, created) in zip(items, answers, strict=True):
+            known = self.keys.get(item.idempotency_key) if item.idempotency_key else None
+            if known is not None:
+                assert (task_id, created) == (known, False), "an idempotency key made a task"
+                continue
+            assert created, f"task {item} not created"
+            assert isinstance(task_id, str) and task_id
+            assert task_id not in self.tasks and task_id not in self.deleted, "id reused"
+            self.tasks[task_id] = Task(
+                type=item.type,
+                queue=item.queue,
+                payload=canon(item.payload),
+                priority=item.priority,
+                max_retries=item.max_retries,
+                timeout=item.timeout,
+                created_at=self.now,
+                run_at=self.now + item.delay,
+            )
+            if item.idempotency_key:
+                self.keys[item.idempotency_key] = task_id
+
+    @rule(
+        data=st.data(),
+        worker_id=st.sampled_from(WORKERS),
+        queues=st.permutations(QUEUES).flatmap(
+            lambda qs: st.integers(1, len(qs)).map(lambda n: tuple(qs[:n]))
+        ),
+        max_tasks=st.integers(1, 4),
+        lease_s=st.sampled_from(LEASES),
+    )
+    def claim(self, data, worker_id, queues, max_tasks, lease_s):
+        self.do_claim(self.draw_instance(data, worker_id), worker_id, queues, max_tasks, lease_s)
+
+    def do_claim(self, instance, worker_id, queues, max_tasks, lease_s):
+        if self.retired_instance(instance):
+            with pytest.raises(WorkerTakenOver):
+                self.storage.claim(worker_id, instance, queues, max_tasks, self.now, lease_s)
+            return
+        claimed = self.storage.claim(worker_id, instance, queues, max_tasks, self.now, lease_s)
+        self.touch(worker_id, instance)
+        ids = [c["task_id"] for c in claimed]
+        assert len(set(ids)) == len(ids), f"a task claimed twice in one claim: {ids}"
+        rank = {}
+        position = 0
+        for queue in queues:
+            ready = {
+                task_id
+                for task_id, t in self.tasks.items()
+                if t.status == "pending" and t.queue == queue and t.run_at <= self.now
+            }
+            want = min(max_tasks - position, len(ready))
+            mine = ids[position : position + want]
+            position += want
+            assert set(mine) <= ready, f"claimed tasks not ready in {queue!r}: {set(mine) - ready}"
+            for task_id in ready:
+                t = self.tasks[task_id]
+                rank[task_id] = (-t.priority, t.run_at)
+            order = [rank[task_id] for task_id in mine]
+            assert order == sorted(order), "a claim's tasks are not in priority order"
+            passed_over = [rank[task_id] for task_id in ready - set(mine)]
+            if mine and passed_over:
+                assert max(order) <= min(passed_over), "a better ready task was passed over"
+        assert position == len(ids), f"claim returned {len(ids)} tasks, expected {position}"
+        order_of = {task_id: n for n, task_id in enumerate(self.tasks)}
+        for item in sorted(claimed, key=lambda c: order_of[c["task_id"]]):
+            task = self.tasks[item["task_id"]]
+            token = item["lease_token"]
+            assert isinstance(token, str) and token and token not in self.tokens, "token reused"
+            task.status = "in_progress"
+            task.attempts += 1
+            task.lease = token
+            task.expires = self.now + lease_s
+            task.worker_id = worker_id
+            task.started_at = self.now
+            task.by_expiry = False
+            task.tokens.append(token)
+            self.tokens[token] = item["task_id"]
+            assert item["attempt"] == task.attempts
+            assert item["type"] == task.type
+            assert canon(item["payload"]) == task.payload, "payload changed on its way out"
+            assert item["timeout"] == task.timeout
+            assert item["lease_expires_at"] == task.expires
+
+    @rule(worker_id=st.sampled_from(WORKERS), op=st.sampled_from(["claim", "heartbeat"]))
+    def takeover(self, worker_id, op):
+        """A worker restarts under the same id: a new instance."""
+        instance = f"{worker_id}#{next(self.instance_numbers)}"
+        if op == "claim":
+            self.do_claim(instance, worker_id, QUEUES, 2, LEASES[0])
+        else:
+            self.do_heartbeat(instance, worker_id, None, LEASES[0])
+
+    @rule(
+        data=st.data(),
+        worker_id=st.sampled_from(WORKERS),
+        listed=st.booleans(),
+        lease_s=st.sampled_from(LEASES),
+    )
+    def heartbeat(self, data, worker_id, listed, lease_s):
+        task_ids = None
+        if listed:
+            mine = [t for t, m in self.tasks.items() if m.worker_id == worker_id]
+            ids = st.sampled_from(self.all_ids())
+            if mine:
+                ids = st.sampled_from(mine) | ids
+            task_ids = data.draw(st.lists(ids, max_size=4))
+            if mine and data.draw(st.booleans()):
+                task_ids = mine  # the usual heartbeat: everything it holds
+        self.do_heartbeat(self.draw_instance(data, worker_id), worker_id, task_ids, lease_s)
+
+    def do_heartbeat(self, instance, worker_id, task_ids, lease_s):
+        if self.retired_instance(instance):
+            with pytest.raises(WorkerTakenOver):
+                self.storage.heartbeat(worker_id, instance, task_ids, self.now, lease_s)
+            return
+        abandon = self.storage.heartbeat(worker_id, instance, task_ids, self.now, lease_s)
+        self.touch(worker_id, instance)
+        if task_ids is None:
+            targets = [t for t in self.tasks.values() if t.worker_id == worker_id]
+        else:
+            targets = [self.tasks[t] for t in set(task_ids) if t in self.tasks]
+        for task in targets:
+            if task.status == "in_progress" and task.worker_id == worker_id:
+                task.expires = self.now + lease_s
+        expected = []
+        for task_id in task_ids or ():
+            task = self.tasks.get(task_id)
+            mine = task is not None and task.status == "in_progress" and task.worker_id == worker_id
+            counts = task is not None and (
+                task.status == "pending" or (task.status == "failed" and task.by_expiry)
+            )
+            if not mine and not counts:
+                expected.append(task_id)
+        assert abandon == expected, f"abandon {abandon}, expected {expected}"
+
+    def draw_result(self, data, task_id: str, token: str, worker_id: str) -> Result:
+        if data.draw(st.booleans()):
+            return Result(task_id, token, worker_id, "completed", data.draw(json_values))
+        return Result(task_id, token, worker_id, "failed", error=data.draw(text.filter(bool)))
+
+    def send_results(self, items: list[Result]) -> None:
+        outcomes = self.storage.finish(items, now=self.now)
+        assert len(outcomes) == len(items)
+        for item, outcome in zip(items, outcomes, strict=True):
+            self.judge_result(item, outcome)
+
+    @precondition(lambda self: any(t.lease for t in self.tasks.values()))
+    @rule(data=st.data())
+    def finish(self, data):
+        """The usual case: results (one, or a batch) from the workers holding the leases."""
+        leased = [t for t, m in self.tasks.items() if m.lease]
+        chosen = data.draw(st.lists(st.sampled_from(leased), min_size=1, max_size=3))
+        items = []
+        for task_id in chosen:  # a task twice in one batch: the second is a re-send
+            task = self.tasks[task_id]
+            items.append(self.draw_result(data, task_id, task.lease, task.worker_id))
+        self.send_results(items)
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data(), size=st.integers(1, 3))
+    def finish_under_other_leases(self, data, size):
+        """Results under an earlier lease of the same task, another task's lease, a forged
+        one; from the lease's worker or another; for live, deleted and unknown tasks."""
+        items = []
+        for _ in range(size):
+            task_id = self.draw_task_id(data)
+            task = self.tasks.get(task_id)
+            choices = [data.draw(st.sampled_from(list(self.tokens))), "f" * 32]
+            if task is not None and task.tokens:
+                choices += [data.draw(st.sampled_from(task.tokens))] * 3
+            if task is not None and task.lease:
+                choices.append(task.lease)
+            token = data.draw(st.sampled_from(choices))
+            worker_id = data.draw(st.sampled_from(WORKERS))
+            if task is not None and task.worker_id and data.draw(st.booleans()):
+                worker_id = task.worker_id
+            items.append(self.draw_result(data, task_id, token, worker_id))
+        self.send_results(items)
+
+    def judge_result(self, item: Result, outcome) -> None:
+        """The SPEC's rules for one result, applied to the model and held against what
+        storage answered."""
+        task = self.tasks.get(item.task_id)
+        if task is None:
+            assert isinstance(outcome, TaskNotFound), f"{item}: {outcome!r}, not TaskNotFound"
+            return
+        if item.lease_token not in task.tokens:
+            assert isinstance(outcome, LeaseConflict), f"forged lease accepted: {outcome!r}"
+            return
+        status = task.status
+        expect: str | None = None  # None: refused with LeaseConflict
+        if item.status == "completed":
+            if status in ("pending", "in_progress") or (status == "failed" and task.by_expiry):
+                # the first finished result wins, and a real result replaces an expiry
+                expect = "completed"
+                self.finish_task(task, "completed", item.lease_token, item.worker_id)
+                task.result = canon(item.result)
+                task.error = None
+                assert item.task_id not in self.completed, "a completed task finished again"
+                self.completed[item.task_id] = task.result
+        elif status == "in_progress" and task.lease == item.lease_token:
+            if task.attempts > task.max_retries:
+                expect = "failed"
+                self.finish_task(task, "failed", item.lease_token, task.worker_id)
+            else:
+                expect = "pending"
+                task.status = "pending"
+                task.lease = task.expires = task.worker_id = None
+                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (task.attempts - 1))
+                run_at = self.storage.get(item.task_id)["run_at"]
+                assert self.now + delay / 2 - 1e-6 <= run_at <= self.now + delay + 1e-6, (
+                    f"retry at +{run_at - self.now}, expected within [{delay / 2}, {delay}]"
+                )
+                task.run_at = run_at
+            task.error = stored_error(self.kind, item.error)
+        elif status in ("pending", "in_progress"):
+            expect = status  # a failure under an earlier lease: history only
+        elif status == "failed" and task.by_expiry:
+            expect = "failed"  # the worker's real error replaces "lease expired"
+            self.finish_task(task, "failed", item.lease_token, item.worker_id)
+            task.finished_at = self.now
+            task.error = stored_error(self.kind, item.error)
+        if expect is None and status in FINISHED and task.finished_lease == item.lease_token:
+            expect = status  # the same lease again: harmless
+        if expect is None:
+            assert isinstance(outcome, LeaseConflict), (
+                f"{item.status} under lease {item.lease_token} accepted for a {status} task "
+                f"finished by {task.finished_lease}: {outcome!r}"
+            )
+        else:
+            assert outcome == expect, f"{item}: {outcome!r}, expected {expect!r} (was {status})"
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data(), worker_id=st.sampled_from(WORKERS))
+    def release(self, data, worker_id):
+        items = []
+        for _ in range(data.draw(st.integers(1, 3))):
+            task_id = self.draw_task_id(data)
+            task = self.tasks.get(task_id)
+            tokens = list(self.tokens) + ([task.lease] * 3 if task and task.lease else [])
+            items.append((task_id, data.draw(st.sampled_from(tokens))))
+        released = self.storage.release(worker_id, items, now=self.now)
+        expected = 0
+        for task_id, token in items:
+            task = self.tasks.get(task_id)
+            if (
+                task is not None
+                and task.status == "in_progress"
+                and task.lease == token
+                and task.worker_id == worker_id
+            ):
+                expected += 1
+                task.status = "pending"
+                task.attempts -= 1  # a released attempt does not count
+                task.lease = task.expires = task.worker_id = None
+        assert released == expected
+
+    @rule(
+        dead_after=st.sampled_from([5.0, 30.0, FOREVER]),
+        retention_s=st.sampled_from([0.0, 0.0, 20.0, 200.0]),
+    )
+    def reap(self, dead_after, retention_s):
+        report = self.storage.reap(now=self.now, dead_after=dead_after, retention_s=retention_s)
+        dead = []
+        rescued = []
+        for worker_id, w in self.workers.items():
+            if w.alive and w.last_heartbeat < self.now - dead_after:
+                w.alive = False
+                dead.append(worker_id)
+                for task_id, t in self.tasks.items():
+                    if t.status == "in_progress" and t.worker_id == worker_id:
+                        self.expire(t)
+                        rescued.append(task_id)
+        expired = []
+        for task_id, t in self.tasks.items():
+            if t.status == "in_progress" and t.expires < self.now:
+                self.expire(t)
+                expired.append(task_id)
+        gone = []
+        if retention_s > 0:
+            cutoff = self.now - retention_s
+            gone = [
+                task_id
+                for task_id, t in self.tasks.items()
+                if t.status in FINISHED and t.finished_at < cutoff
+            ]
+        if dead or expired or gone:  # an idle sweep writes nothing
+            for w in self.workers.values():
+                w.retired = {
+                    i: at for i, at in w.retired.items() if at >= self.now - RETIRED_KEEP_S
+                }
+        for task_id in gone:
+            with pytest.raises(TaskNotFound):
+                self.storage.get(task_id)
+            del self.tasks[task_id]
+            self.deleted[task_id] = None
+            self.completed.pop(task_id, None)
+        self.keys = {k: t for k, t in self.keys.items() if t in self.tasks}
+        assert sorted(report.dead_workers) == sorted(dead)
+        assert sorted(report.rescued) == sorted(rescued)
+        assert sorted(report.expired) == sorted(expired)
+        assert report.deleted == len(gone)
+
+    @rule(data=st.data(), op=st.sampled_from(["cancel", "retry"]))
+    def operator(self, data, op):
+        """An operator cancels or retries a task (live, deleted or unknown; a URL may carry
+        a NUL character)."""
+        task_id = self.draw_task_id(data) if data.draw(st.integers(0, 9)) else "a\x00b"
+        task = self.tasks.get(task_id)
+        call = self.storage.cancel if op == "cancel" else self.storage.retry
+        allowed = ("pending", "in_progress") if op == "cancel" else ("failed", "cancelled")
+        if task is None:
+            with pytest.raises(TaskNotFound):
+                call(task_id, now=self.now)
+        elif task.status not in allowed:
+            with pytest.raises(Conflict):
+                call(task_id, now=self.now)
+        elif op == "cancel":
+            assert call(task_id, now=self.now) == "cancelled"
+            task.status = "cancelled"
+            task.finished_at = self.now
+            task.lease = task.expires = None
+        else:
+            assert call(task_id, now=self.now) == "pending"
+            task.status = "pending"
+            task.attempts = 0
+            task.run_at = self.now
+            task.result = task.error = task.finished_at = task.started_at = None
+            task.finished_lease = task.worker_id = None
+            task.by_expiry = False
+
+    # -- invariants -----------------------------------------------------------------
+
+    @invariant()
+    def invariants_hold(self):
+        """After every step. One list_tasks() reads every task; get() reads the history
+        of those whose model changed since their last check."""
+        stored = {t["task_id"]: t for t in self.storage.list_tasks(None, None, 1000, 0)}
+        assert set(stored) == set(self.tasks), "tasks appeared or vanished"
+        for task_id, m in self.tasks.items():
+            version = (m.status, m.attempts, len(m.tokens), m.lease, m.finished_at)
+            if self.checked.get(task_id) != version:
+                got = self.storage.get(task_id)
+                assert {k: v for k, v in got.items() if k != "history"} == stored[task_id]
+                self.history[task_id] = got["history"]
+                self.checked[task_id] = version
+            stored[task_id]["history"] = self.history[task_id]
+        self.storage_matches_the_model(stored)
+        self.a_completed_result_never_changes(stored)
+        self.one_live_lease_at_most(stored)
+        self.status_counts_add_up()
+        self.attempts_within_max_retries(stored)
+        self.workers_match_the_model()
+
+    def storage_matches_the_model(self, stored: dict[str, dict]) -> None:
+        for task_id, m in self.tasks.items():
+            got = stored[task_id]
+            seen = {key: got[key] for key in MODEL_FIELDS}
+            want = {key: getattr(m, key) for key in MODEL_FIELDS}
+            assert seen == want, f"task {task_id}: storage {seen}, model {want}"
+            assert canon(got["payload"]) == m.payload, f"task {task_id}: payload changed"
+            result = None if m.result is None else json.loads(m.result)
+            assert canon(got["result"]) == canon(result), f"task {task_id}: result differs"
+            assert len(got["history"]) == len(m.tokens), f"task {task_id}: {got['history']}"
+
+    def a_completed_result_never_changes(self, stored: dict[str, dict]) -> None:
+        for task_id, result in self.completed.items():  # those not deleted by retention
+            got = stored[task_id]
+            assert got["status"] == "completed", f"completed task {task_id} is {got['status']}"
+            assert canon(got["result"]) == result, f"the result of {task_id} changed"
+
+    def one_live_lease_at_most(self, stored: dict[str, dict]) -> None:
+        """An in-progress task has exactly one open attempt (one lease a heartbeat keeps
+        and a failure moves); any other task has none. That storage accepts a finished
+        result from one lease only is checked by judge_result on every result."""
+        for task_id, m in self.tasks.items():
+            got = stored[task_id]
+            open_attempts = [h for h in got["history"] if h["outcome"] is None]
+            in_progress = got["status"] == "in_progress"
+            assert len(open_attempts) == in_progress, (
+                f"task {task_id} is {got['status']} with open attempts {open_attempts}"
+            )
+            assert (m.lease is not None) == in_progress
+
+    def status_counts_add_up(self) -> None:
+        stats = self.storage.stats(now=self.now, dead_after=FOREVER)
+        want = dict.fromkeys(STATUSES, 0)
+        for m in self.tasks.values():
+            want[m.status] += 1
+        assert stats["tasks"] == want
+        assert sum(stats["tasks"].values()) == len(self.tasks)  # submitted - deleted
+        alive = sum(w.alive for w in self.workers.values())
+        assert stats["workers"] == {"alive": alive, "dead": len(self.workers) - alive}
+
+    def attempts_within_max_retries(self, stored: dict[str, dict]) -> None:
+        for task_id, got in stored.items():
+            assert 0 <= got["attempts"] <= got["max_retries"] + 1, f"task {task_id}: {got}"
+
+    def workers_match_the_model(self) -> None:
+        found = {w["worker_id"]: w for w in self.storage.workers(now=self.now, dead_after=FOREVER)}
+        assert set(found) == set(self.workers)
+        for worker_id, m in self.workers.items():
+            w = found[worker_id]
+            holds = sorted(
+                t
+                for t, task in self.tasks.items()
+                if task.status == "in_progress" and task.worker_id == worker_id
+            )
+            assert w["instance_id"] == m.instance
+            assert w["last_heartbeat"] == m.last_heartbeat
+            assert w["status"] == ("alive" if m.alive else "dead")
+            assert sorted(w["current_tasks"]) == holds
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A directory for the examples' databases: in memory (/dev/shm) where there is one,
+    since each example makes a new database and fsyncs every commit."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="taskqueue-state-machine-", dir=shm))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_keeps_the_lifecycle_rules(kind, scratch):
+    examples = itertools.count()
+
+    def fresh_machine() -> StorageMachine:
+        storage, cleanup = make_storage(kind, scratch / f"example-{next(examples)}")
+        return StorageMachine(kind, storage, cleanup)
+
+    run_state_machine_as_test(
+        fresh_machine, settings=settings(SETTINGS, max_examples=EXAMPLES.get(kind, 100))
+    )
