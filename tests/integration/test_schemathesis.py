@@ -60,7 +60,8 @@ def database(request, tmp_path):
             yield url
 
 
-def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(make_cluster, tmp_path, database):
+def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(database, make_cluster, tmp_path):
+    # `database` comes first: its schema is dropped after the dispatcher has stopped
     cluster = make_cluster(
         DATABASE_URL=database,
         API_TOKEN=TOKEN,
