@@ -7,15 +7,35 @@ directory), so a crash leaves either the whole entry or none of it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger("worker")
 
 
 class ResultCache:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> int:
+        """A crash between a temp file's write and its rename leaves the temp file, never
+        read again (its task runs again: at-least-once). Opened at start-up by the only
+        process of this worker id, the cache removes them rather than keep them forever."""
+        removed = 0
+        for path in self.directory.glob(".tmp-*.json"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.warning(
+                "removed %d unfinished cache write(s) in %s left by a crash; their tasks run again",
+                removed,
+                self.directory,
+            )
+        return removed
 
     def put(self, result: dict, now: float) -> Path:
         entry = dict(result, cached_at=now)
