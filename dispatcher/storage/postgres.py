@@ -87,6 +87,10 @@ CHANGE_POLL_S = 0.5  # the polling fallback's period (Wakeup reads it from the s
 TX_ATTEMPTS = 3  # a transaction PostgreSQL rolled back (deadlock) runs again this often
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
+# finish() takes the set-based FINISH_CURRENT from this many tasks in one batch; below
+# it, one statement per result is cheaper (FINISH_CURRENT costs ~0.5 ms to plan; the
+# two cost about the same at 4 results, measured 2026-11-23)
+FINISH_CURRENT_MIN = 5
 
 SCHEMA = [
     """
@@ -239,6 +243,49 @@ UPDATE attempts SET finished_at = %(now)s, outcome = 'completed', error = NULL
 RETURNING 1
 """
 
+# The same transitions for a whole batch in one statement: in_progress -> completed,
+# and in_progress -> failed when no retries are left, for each result under its task's
+# current lease (the common case), with the attempts closed and the workers' counters
+# moved. One row of `r` per task (the batch's first result for it). `locked` takes the
+# rows in id order, as the per-result path does, so two batches sharing tasks cannot
+# deadlock: the UPDATE touches only rows `locked` has already handed it. A task not
+# returned (stale lease, finished, retries left, unknown) is judged by the per-result
+# statements below, in the same transaction.
+FINISH_CURRENT = """
+WITH r AS (
+    SELECT * FROM unnest(%(task_id)s::text[], %(lease_token)s::text[], %(worker_id)s::text[],
+                         %(status)s::text[], %(result)s::text[], %(error)s::text[])
+           AS r (task_id, lease_token, worker_id, status, result, error)
+), locked AS MATERIALIZED (
+    SELECT r.* FROM (SELECT * FROM r ORDER BY task_id COLLATE "C") r,
+           LATERAL (SELECT FROM tasks WHERE tasks.id = r.task_id FOR UPDATE) l
+), done AS (
+    UPDATE tasks t
+       SET status = r.status,
+           result = CASE WHEN r.status = 'completed' THEN r.result ELSE t.result END,
+           error = r.error, finished_at = %(now)s, finished_lease = r.lease_token,
+           lease_token = NULL, lease_expires_at = NULL,
+           worker_id = CASE WHEN r.status = 'completed' THEN r.worker_id ELSE t.worker_id END
+      FROM locked r
+     WHERE t.id = r.task_id AND t.status = 'in_progress' AND t.lease_token = r.lease_token
+       AND (r.status = 'completed' OR t.attempts > t.max_retries)
+    RETURNING t.id, t.status, t.error, r.lease_token, r.worker_id
+), closed AS (
+    UPDATE attempts a SET finished_at = %(now)s, outcome = done.status, error = done.error
+      FROM done
+     WHERE a.task_id = done.id AND a.lease_token = done.lease_token
+       AND (done.status = 'completed' OR a.outcome IS NULL)
+    RETURNING done.worker_id, done.status
+), counted AS (
+    UPDATE workers w SET completed = w.completed + n.completed, failed = w.failed + n.failed
+      FROM (SELECT worker_id, count(*) FILTER (WHERE status = 'completed') AS completed,
+                   count(*) FILTER (WHERE status = 'failed') AS failed
+              FROM closed GROUP BY worker_id) n
+     WHERE w.worker_id = n.worker_id
+)
+SELECT id FROM done
+"""
+
 # pending | in_progress -> completed, by any lease this task issued (first result wins)
 COMPLETE = """
 UPDATE tasks
@@ -376,6 +423,17 @@ SELECT count(*) AS n FROM gone
 
 # the dispatchers' wake-up: delivered to every LISTENer when the transaction commits
 NOTIFY = "SELECT pg_notify(%(channel)s, %(schema)s), nextval('changes')"
+
+STATS_GROUPS = "SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, type"
+
+STATS_OTHERS = """
+SELECT (SELECT count(*) FROM workers
+         WHERE status = 'alive' AND last_heartbeat >= %(alive_after)s) AS alive,
+       (SELECT count(*) FROM workers) AS total,
+       (SELECT count(*) FROM tasks
+         WHERE finished_at >= %(minute_ago)s AND status = 'completed') AS recent,
+       (SELECT min(run_at) FROM tasks WHERE status = 'pending') AS oldest
+"""
 
 TASK_COLUMNS = """id, type, queue, payload, status, result, error, attempts, max_retries,
     priority, worker_id, created_at, started_at, finished_at, timeout, run_at"""
@@ -709,11 +767,26 @@ class PostgresStorage:
 
     def finish(self, results: list[Result], now: float) -> list[str | Exception]:
         """Judge each result alone, in order, in one transaction: the task's new status,
-        or the error (TaskNotFound, LeaseConflict) that item alone would get."""
+        or the error (TaskNotFound, LeaseConflict) that item alone would get.
+
+        The first result of each task goes to FINISH_CURRENT, one statement for all of
+        them (from FINISH_CURRENT_MIN tasks on); what it did not finish is judged result
+        by result, each task's results in their order, exactly as if all had been."""
         # tasks in id order (a stable sort: one task's items keep their order), so two
         # batches that share tasks lock them in the same order
         order = sorted(range(len(results)), key=lambda i: results[i].task_id)
         worker_ids = sorted({item.worker_id for item in results})
+        fast: list[int] = []  # the first result of each task, if the fast path can take it
+        seen: set[str] = set()
+        for i in order:
+            item = results[i]
+            if item.task_id in seen:
+                continue
+            seen.add(item.task_id)
+            if item.status in ("completed", "failed") and not any(
+                "\x00" in text for text in (item.task_id, item.lease_token, item.worker_id)
+            ):
+                fast.append(i)
 
         def finish_all(tx: _Tx) -> list[str | Exception]:
             out: list[str | Exception] = [""] * len(results)
@@ -724,9 +797,19 @@ class PostgresStorage:
                 'ORDER BY worker_id COLLATE "C" FOR UPDATE',
                 (worker_ids,),
             )
+            tried: set[int] = set()
+            if len(fast) >= FINISH_CURRENT_MIN:
+                done = self._finish_current(tx, [results[i] for i in fast], now)
+                for i in fast:
+                    if results[i].task_id in done:
+                        out[i] = results[i].status
+                    else:
+                        tried.add(i)
             for i in order:
+                if out[i]:
+                    continue
                 try:
-                    out[i] = self._finish_one(tx, results[i], now, counts)
+                    out[i] = self._finish_one(tx, results[i], now, counts, i in tried)
                 except (TaskNotFound, Conflict) as exc:
                     out[i] = exc
             for (worker_id, column), n in sorted(counts.items()):  # once per worker and batch
@@ -739,7 +822,30 @@ class PostgresStorage:
 
         return self._transact(finish_all)
 
-    def _finish_one(self, tx: _Tx, item: Result, now: float, counts: Counter) -> str:
+    def _finish_current(self, tx: _Tx, items: list[Result], now: float) -> set[str]:
+        """FINISH_CURRENT for these results (one per task): the ids it finished."""
+        completed = [item.status == "completed" for item in items]
+        args = {
+            "now": now,
+            "task_id": [item.task_id for item in items],
+            "lease_token": [item.lease_token for item in items],
+            "worker_id": [item.worker_id for item in items],
+            "status": [item.status for item in items],
+            "result": [
+                _dumps(item.result) if c else None for item, c in zip(items, completed, strict=True)
+            ],
+            "error": [
+                None if c else _text(item.error) for item, c in zip(items, completed, strict=True)
+            ],
+        }
+        return {row["id"] for row in tx.all(FINISH_CURRENT, args)}
+
+    def _finish_one(
+        self, tx: _Tx, item: Result, now: float, counts: Counter, tried_current: bool = False
+    ) -> str:
+        """One result; `tried_current`: FINISH_CURRENT already found it is not for the
+        task's current lease (or a failure with retries left), so COMPLETE_CURRENT
+        would find the same."""
         _known_id(item.task_id)
         args = {
             "task_id": item.task_id,
@@ -749,7 +855,7 @@ class PostgresStorage:
             "result": _dumps(item.result),
             "error": _text(item.error),
         }
-        if item.status == "completed" and tx.one(COMPLETE_CURRENT, args):
+        if item.status == "completed" and not tried_current and tx.one(COMPLETE_CURRENT, args):
             counts[item.worker_id, "completed"] += 1
             return "completed"
         row = tx.one(
@@ -1037,24 +1143,21 @@ class PostgresStorage:
         tasks = dict.fromkeys(STATUSES, 0)
         queues: dict[str, dict[str, int]] = {}
         types: dict[str, dict[str, int]] = {}
-        for r in self._read(
-            "SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, type"
-        ):
+        # Exact counts read every row (an index-only scan of tasks_counts once vacuum
+        # has marked the pages all-visible). Counted by this backend alone: from about
+        # 10^4 tasks PostgreSQL would plan the scan in parallel, which gives the same
+        # counts for twice the CPU or more (docs/SCALING.md, "What to watch").
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            groups = conn.execute(STATS_GROUPS).fetchall()
+            row = conn.execute(
+                STATS_OTHERS, {"alive_after": now - dead_after, "minute_ago": now - 60}
+            ).fetchone()
+        for r in groups:
             tasks[r["status"]] = tasks.get(r["status"], 0) + r["n"]
             for table, key in ((queues, r["queue"]), (types, r["type"])):
                 counts = table.setdefault(key, dict.fromkeys(STATUSES, 0))
                 counts[r["status"]] += r["n"]
-        [row] = self._read(
-            """
-            SELECT (SELECT count(*) FROM workers
-                     WHERE status = 'alive' AND last_heartbeat >= %(alive_after)s) AS alive,
-                   (SELECT count(*) FROM workers) AS total,
-                   (SELECT count(*) FROM tasks
-                     WHERE finished_at >= %(minute_ago)s AND status = 'completed') AS recent,
-                   (SELECT min(run_at) FROM tasks WHERE status = 'pending') AS oldest
-            """,
-            {"alive_after": now - dead_after, "minute_ago": now - 60},
-        )
         # the longest a ready task has waited since it became ready (submitted, or its
         # delay or back-off over); None when no task is ready
         oldest = row["oldest"]

@@ -886,3 +886,116 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         assert "tasks_pending_age" in names
     finally:
         migrated.close()
+
+
+# -- one batch mixing every kind of result ---------------------------------------------
+
+
+def test_a_batch_mixing_current_stale_repeated_and_unknown_results(storage):
+    # Every kind of result in one finish() call, out of task-id order, with several
+    # results for one task: each is judged as if it came alone, in the batch's order.
+    # (On PostgreSQL the first result of each task goes through the set-based path and
+    # the rest result by result; the outcomes must not show it.)
+    stale_done, stale_failed = submit(storage, max_retries=3), submit(storage, max_retries=3)
+    old = {c["task_id"]: c["lease_token"] for c in claim(storage, "w1", T0, max_tasks=2)}
+    assert sorted(reap(storage, now=T0 + 31).expired) == sorted(old)
+    new = {c["task_id"]: c["lease_token"] for c in claim(storage, "w2", T0 + 32, max_tasks=2)}
+    assert set(new) == set(old)
+
+    done, repeated = submit(storage, now=T0 + 33), submit(storage, now=T0 + 33)
+    last, fail_then_done = (
+        submit(storage, now=T0 + 33, max_retries=0),
+        submit(storage, now=T0 + 33, max_retries=0),
+    )
+    retried = submit(storage, now=T0 + 33, max_retries=3)
+    lease = {c["task_id"]: c["lease_token"] for c in claim(storage, "w1", T0 + 34, max_tasks=5)}
+    assert len(lease) == 5
+    other = submit(storage, now=T0 + 34)
+    lease[other] = claim_one(storage, other, "w2", now=T0 + 34)
+
+    def result(task_id, token, worker="w1", status="completed", **fields):
+        return Result(task_id, token, worker, status, **fields)
+
+    batch = [
+        result(repeated, lease[repeated], result="first"),
+        result(stale_done, old[stale_done], result="late"),
+        result("no-such-task", "x" * 32),
+        result(done, lease[done], result="done"),
+        result(stale_failed, old[stale_failed], status="failed", error="stale boom"),
+        result(repeated, lease[repeated], result="second"),
+        result(stale_done, new[stale_done], "w2", result="current"),
+        result(last, lease[last], status="failed", error="final"),
+        result(stale_failed, new[stale_failed], "w2", status="failed", error="boom"),
+        result(repeated, "f" * 32, result="forged"),
+        result(fail_then_done, lease[fail_then_done], status="failed", error="f boom"),
+        result(fail_then_done, lease[fail_then_done], result="too late"),
+        result(last, lease[last], status="failed", error="final"),
+        result(retried, lease[retried], status="failed", error="retry me"),
+        result(retried, lease[retried], result="after all"),
+        result(other, lease[other], "w2", result="other"),
+    ]
+    outcomes = storage.finish(batch, now=T0 + 35)
+    kinds = [o if isinstance(o, str) else type(o).__name__ for o in outcomes]
+    assert kinds == [
+        "completed",
+        "completed",  # a late result from an expired lease wins while the task runs again
+        "TaskNotFound",
+        "completed",
+        "in_progress",  # a failure under an earlier lease: history only
+        "completed",  # the same result again: harmless
+        "LeaseConflict",  # the current lease, but the late result finished the task
+        "failed",
+        "pending",
+        "LeaseConflict",  # a lease never issued
+        "failed",
+        "failed",  # a result after the failure that ended the task changes nothing
+        "failed",
+        "pending",
+        "completed",  # the failure put it back to pending; a result of its lease still counts
+        "completed",
+    ]
+
+    def state(task_id):
+        task = storage.get(task_id)
+        history = [
+            (a["attempt"], a["worker_id"], a["outcome"], a["error"]) for a in task["history"]
+        ]
+        return task["status"], task["result"], task["error"], task["worker_id"], history
+
+    assert state(done) == ("completed", "done", None, "w1", [(1, "w1", "completed", None)])
+    assert state(repeated) == ("completed", "first", None, "w1", [(1, "w1", "completed", None)])
+    assert state(stale_done) == (
+        "completed",
+        "late",
+        None,
+        "w1",
+        [(1, "w1", "completed", None), (2, "w2", "superseded", None)],
+    )
+    assert state(stale_failed)[0] == "pending"
+    assert state(stale_failed)[2:] == (
+        "boom",
+        None,
+        [(1, "w1", "expired", "lease expired"), (2, "w2", "failed", "boom")],
+    )
+    assert state(last) == ("failed", None, "final", "w1", [(1, "w1", "failed", "final")])
+    assert state(fail_then_done) == (
+        "failed",
+        None,
+        "f boom",
+        "w1",
+        [(1, "w1", "failed", "f boom")],
+    )
+    assert state(retried) == (
+        "completed",
+        "after all",
+        None,
+        "w1",
+        [(1, "w1", "completed", None)],
+    )
+    assert state(other) == ("completed", "other", None, "w2", [(1, "w2", "completed", None)])
+    for task_id in (done, repeated, stale_done, last, fail_then_done, retried, other):
+        assert storage.get(task_id)["finished_at"] == T0 + 35
+    counters = {w["worker_id"]: (w["completed"], w["failed"]) for w in storage.workers(T0, FOREVER)}
+    # w1: done, repeated, stale_done (late), retried; failed: last, fail_then_done, retried
+    # w2: other; failed: stale_failed
+    assert counters == {"w1": (4, 3), "w2": (1, 1)}

@@ -8,16 +8,18 @@ says what it saw last.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from common.config import Config
-from dispatcher.errors import DatabaseUnavailable
-from dispatcher.storage import NewTask, open_storage
+from dispatcher.errors import DatabaseUnavailable, LeaseConflict
+from dispatcher.storage import NewTask, Result, open_storage
 from dispatcher.storage.postgres import SCHEMA_VERSION, PostgresStorage
 from dispatcher.wakeup import Wakeup
 from tests.pg import connect, fresh_schema_url
@@ -98,6 +100,66 @@ def test_concurrent_claims_on_many_connections_never_lease_a_task_twice(storage,
         task = storage.get(task_id)
         assert task["attempts"] == 1
         assert len(task["history"]) == 1, task["history"]
+
+
+def test_two_dispatchers_finishing_the_same_tasks_at_once_neither_deadlock_nor_both_win(
+    storage, url, caplog
+):
+    # Every task holds two leases: w1's expired one and w2's current one. Two
+    # dispatchers finish all of them at the same moment, one batch per lease, in opposite
+    # orders: w2's batch goes through the set-based path, w1's (stale) through the
+    # per-result one. Both lock tasks in id order, so neither waits on the other in a
+    # cycle (PostgreSQL would report a deadlock, and the transaction would run again),
+    # and each task is completed exactly once.
+    caplog.set_level(logging.INFO, logger="dispatcher")
+    stores = [open_storage(Config(database_url=url, database_pool_size=1)) for _ in range(2)]
+    try:
+        for round_ in range(3):
+            t = T0 + 100 * round_
+            ids = [task_id for task_id, _ in storage.submit([sleep_task()] * 200, now=t)]
+            old = {
+                c["task_id"]: c["lease_token"]
+                for c in storage.claim("w1", "", ("default",), 200, t, 30)
+            }
+            assert len(storage.reap(now=t + 31, dead_after=10**9, retention_s=0).expired) == 200
+            new = {
+                c["task_id"]: c["lease_token"]
+                for c in storage.claim("w2", "", ("default",), 200, t + 32, 30)
+            }
+            assert set(old) == set(new) == set(ids)
+            batches = [
+                [
+                    Result(i, old[i], "w1", "completed", result="w1")
+                    for i in sorted(ids, reverse=True)
+                ],
+                [Result(i, new[i], "w2", "completed", result="w2") for i in sorted(ids)],
+            ]
+            start = threading.Barrier(2)
+
+            def send(store, batch, now=t + 33, start=start):
+                start.wait()
+                return store.finish(batch, now=now)
+
+            with ThreadPoolExecutor(2) as pool:
+                runs = [pool.submit(send, s, b) for s, b in zip(stores, batches, strict=True)]
+                outcomes = [run.result(timeout=120) for run in runs]
+            won = Counter()
+            for batch, answers in zip(batches, outcomes, strict=True):
+                for item, answer in zip(batch, answers, strict=True):
+                    assert answer == "completed" or isinstance(answer, LeaseConflict), answer
+                    won[item.task_id] += answer == "completed"
+            assert won == dict.fromkeys(ids, 1)
+            for task_id in ids[:20]:
+                task = storage.get(task_id)
+                assert task["status"] == "completed"
+                assert task["result"] == task["worker_id"]
+    finally:
+        for s in stores:
+            s.close()
+    counters = {w["worker_id"]: w["completed"] for w in storage.workers(T0, 10**9)}
+    assert sum(counters.values()) == 600
+    rolled_back = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
+    assert rolled_back == []
 
 
 def test_the_schema_is_created_once_when_many_dispatchers_start_together(url):
