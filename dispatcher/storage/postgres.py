@@ -70,7 +70,7 @@ from ..errors import (
 )
 from ..retry import retry_at
 from . import FINISHED, STATUSES, NewTask, ReapReport, Result
-from .sqlite import EXPIRED_ERROR, _dumps, _loads, _new_ids
+from .rows import EXPIRED_ERROR, dumps, loads, new_ids, task_dict, worker_dict
 
 log = logging.getLogger("dispatcher")
 
@@ -610,7 +610,7 @@ class PostgresStorage:
     def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
         """Store tasks in one transaction: (task_id, created) each; a known
         idempotency key gives the first task's id and creates nothing."""
-        ids = _new_ids(len(tasks), now)
+        ids = new_ids(len(tasks), now)
         if not any(task.idempotency_key for task in tasks):  # the bulk path: one statement
 
             def insert_all(tx: _Tx) -> list[tuple[str, bool]]:
@@ -621,7 +621,7 @@ class PostgresStorage:
                         "id": ids,
                         "type": [t.type for t in tasks],
                         "queue": [t.queue for t in tasks],
-                        "payload": [_dumps(t.payload) for t in tasks],
+                        "payload": [dumps(t.payload) for t in tasks],
                         "priority": [t.priority for t in tasks],
                         "run_at": [now + t.delay for t in tasks],
                         "max_retries": [t.max_retries for t in tasks],
@@ -640,7 +640,7 @@ class PostgresStorage:
                     "id": task_id,
                     "type": task.type,
                     "queue": task.queue,
-                    "payload": _dumps(task.payload),
+                    "payload": dumps(task.payload),
                     "priority": task.priority,
                     "run_at": now + task.delay,
                     "now": now,
@@ -694,7 +694,7 @@ class PostgresStorage:
                     {
                         "task_id": r["id"],
                         "type": r["type"],
-                        "payload": _loads(r["payload"]),
+                        "payload": loads(r["payload"]),
                         "attempt": r["attempts"],
                         "timeout": r["timeout"],
                         "lease_token": r["lease_token"],
@@ -832,7 +832,7 @@ class PostgresStorage:
             "worker_id": [item.worker_id for item in items],
             "status": [item.status for item in items],
             "result": [
-                _dumps(item.result) if c else None for item, c in zip(items, completed, strict=True)
+                dumps(item.result) if c else None for item, c in zip(items, completed, strict=True)
             ],
             "error": [
                 None if c else _text(item.error) for item, c in zip(items, completed, strict=True)
@@ -852,7 +852,7 @@ class PostgresStorage:
             "lease_token": item.lease_token,
             "worker_id": item.worker_id,
             "now": now,
-            "result": _dumps(item.result),
+            "result": dumps(item.result),
             "error": _text(item.error),
         }
         if item.status == "completed" and not tried_current and tx.one(COMPLETE_CURRENT, args):
@@ -1106,7 +1106,7 @@ class PostgresStorage:
         rows = self._read(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))
         if not rows:
             raise TaskNotFound(task_id)
-        task = _task_dict(rows[0])
+        task = task_dict(rows[0])
         task["history"] = self._read(
             "SELECT attempt, worker_id, started_at, finished_at, outcome, error "
             "FROM attempts WHERE task_id = %s ORDER BY id",
@@ -1137,7 +1137,7 @@ class PostgresStorage:
             "LIMIT %s OFFSET %s",
             (*args, limit, offset),
         )
-        return [_task_dict(r) for r in rows]
+        return [task_dict(r) for r in rows]
 
     def stats(self, now: float, dead_after: float) -> dict:
         tasks = dict.fromkeys(STATUSES, 0)
@@ -1178,22 +1178,10 @@ class PostgresStorage:
             "SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at"
         ):
             running.setdefault(r["worker_id"], []).append(r["id"])
-        out = []
-        for r in self._read('SELECT * FROM workers ORDER BY worker_id COLLATE "C"'):
-            alive = r["status"] == "alive" and r["last_heartbeat"] >= now - dead_after
-            out.append(
-                {
-                    "worker_id": r["worker_id"],
-                    "instance_id": r["instance_id"],
-                    "status": "alive" if alive else "dead",
-                    "first_seen": r["first_seen"],
-                    "last_heartbeat": r["last_heartbeat"],
-                    "current_tasks": running.get(r["worker_id"], []),
-                    "completed": r["completed"],
-                    "failed": r["failed"],
-                }
-            )
-        return out
+        return [
+            worker_dict(r, running.get(r["worker_id"], []), now, dead_after)
+            for r in self._read('SELECT * FROM workers ORDER BY worker_id COLLATE "C"')
+        ]
 
     def ping(self) -> None:
         self._read("SELECT 1")
@@ -1234,27 +1222,6 @@ class PostgresStorage:
         finally:
             with self._listeners_lock:
                 self._listeners.discard(conn)
-
-
-def _task_dict(r: dict) -> dict:
-    return {
-        "task_id": r["id"],
-        "type": r["type"],
-        "queue": r["queue"],
-        "payload": _loads(r["payload"]),
-        "status": r["status"],
-        "result": None if r["result"] is None else _loads(r["result"]),
-        "error": r["error"],
-        "attempts": r["attempts"],
-        "max_retries": r["max_retries"],
-        "priority": r["priority"],
-        "worker_id": r["worker_id"],
-        "created_at": r["created_at"],
-        "started_at": r["started_at"],
-        "finished_at": r["finished_at"],
-        "timeout": r["timeout"],
-        "run_at": r["run_at"],
-    }
 
 
 def _known_id(task_id: str) -> None:

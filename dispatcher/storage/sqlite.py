@@ -10,8 +10,6 @@ Times are REAL epoch seconds (UTC). Payloads and results are JSON text.
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import threading
 from collections import Counter
@@ -23,11 +21,11 @@ from ..errors import Conflict, DatabaseUnavailable, LeaseConflict, TaskNotFound,
 from ..localwake import LocalWake
 from ..retry import retry_at
 from . import FINISHED, STATUSES, NewTask, ReapReport, Result
+from .rows import EXPIRED_ERROR, dumps, loads, new_ids, task_dict, worker_dict
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for the lock before the client sees a 503
 CHUNK = 500  # ids per IN (...) list, under SQLite's parameter limit
-EXPIRED_ERROR = "lease expired"
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 
@@ -377,14 +375,14 @@ class SqliteStorage:
     def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
         """Store tasks in one transaction: (task_id, created) each; a known
         idempotency key gives the first task's id and creates nothing."""
-        ids = _new_ids(len(tasks), now)
+        ids = new_ids(len(tasks), now)
         if not any(task.idempotency_key for task in tasks):  # the bulk path: one statement
             rows = [
                 (
                     task_id,
                     task.type,
                     task.queue,
-                    _dumps(task.payload),
+                    dumps(task.payload),
                     task.priority,
                     now + task.delay,
                     now,
@@ -403,7 +401,7 @@ class SqliteStorage:
                     "id": task_id,
                     "type": task.type,
                     "queue": task.queue,
-                    "payload": _dumps(task.payload),
+                    "payload": dumps(task.payload),
                     "priority": task.priority,
                     "run_at": now + task.delay,
                     "now": now,
@@ -458,7 +456,7 @@ class SqliteStorage:
                     {
                         "task_id": r["id"],
                         "type": r["type"],
-                        "payload": _loads(r["payload"]),
+                        "payload": loads(r["payload"]),
                         "attempt": r["attempts"],
                         "timeout": r["timeout"],
                         "lease_token": r["lease_token"],
@@ -545,7 +543,7 @@ class SqliteStorage:
             "lease_token": item.lease_token,
             "worker_id": item.worker_id,
             "now": now,
-            "result": _dumps(item.result),
+            "result": dumps(item.result),
             "error": item.error,
         }
         if item.status == "completed" and db.execute(COMPLETE_CURRENT, args).rowcount:
@@ -795,7 +793,7 @@ class SqliteStorage:
         rows = self._read(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
         if not rows:
             raise TaskNotFound(task_id)
-        task = _task_dict(rows[0])
+        task = task_dict(rows[0])
         task["history"] = [
             dict(r)
             for r in self._read(
@@ -828,7 +826,7 @@ class SqliteStorage:
             "LIMIT ? OFFSET ?",
             (*args, limit, offset),
         )
-        return [_task_dict(r) for r in rows]
+        return [task_dict(r) for r in rows]
 
     def stats(self, now: float, dead_after: float) -> dict:
         tasks = dict.fromkeys(STATUSES, 0)
@@ -870,22 +868,10 @@ class SqliteStorage:
             "SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at"
         ):
             running.setdefault(r["worker_id"], []).append(r["id"])
-        out = []
-        for r in self._read("SELECT * FROM workers ORDER BY worker_id"):
-            alive = r["status"] == "alive" and r["last_heartbeat"] >= now - dead_after
-            out.append(
-                {
-                    "worker_id": r["worker_id"],
-                    "instance_id": r["instance_id"],
-                    "status": "alive" if alive else "dead",
-                    "first_seen": r["first_seen"],
-                    "last_heartbeat": r["last_heartbeat"],
-                    "current_tasks": running.get(r["worker_id"], []),
-                    "completed": r["completed"],
-                    "failed": r["failed"],
-                }
-            )
-        return out
+        return [
+            worker_dict(r, running.get(r["worker_id"], []), now, dead_after)
+            for r in self._read("SELECT * FROM workers ORDER BY worker_id")
+        ]
 
     def ping(self) -> None:
         self._read("SELECT 1")
@@ -902,51 +888,6 @@ class SqliteStorage:
     def announce(self) -> None:
         """Tell the other processes on this file that we committed a change."""
         self._wake.announce()
-
-
-def _task_dict(r: sqlite3.Row) -> dict:
-    return {
-        "task_id": r["id"],
-        "type": r["type"],
-        "queue": r["queue"],
-        "payload": _loads(r["payload"]),
-        "status": r["status"],
-        "result": None if r["result"] is None else _loads(r["result"]),
-        "error": r["error"],
-        "attempts": r["attempts"],
-        "max_retries": r["max_retries"],
-        "priority": r["priority"],
-        "worker_id": r["worker_id"],
-        "created_at": r["created_at"],
-        "started_at": r["started_at"],
-        "finished_at": r["finished_at"],
-        "timeout": r["timeout"],
-        "run_at": r["run_at"],
-    }
-
-
-_dumps = json.JSONEncoder(separators=(",", ":")).encode  # ASCII: a lone surrogate stays escaped
-_decode = json.JSONDecoder().raw_decode
-
-
-def _loads(text: str):
-    """JSON text that _dumps wrote: no whitespace to skip, nothing after the value
-    (a third of json.loads's cost on a small payload)."""
-    return _decode(text)[0]
-
-
-def _new_ids(n: int, now: float) -> list[str]:
-    """n fresh task ids: UUIDv7 (RFC 9562) as 32 hex digits, the millisecond of `now`
-    then 74 random bits. Ids made together sort together, so a batch's rows sit side by
-    side in the primary key index, and a claim's in attempts_by_task: on a table of
-    50,000 tasks a 1,000-task submission writes ~80 pages to the WAL where random (v4)
-    ids wrote ~590, and a 100-task claim ~31 where they wrote ~144."""
-    prefix = f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}"
-    raw = bytearray(os.urandom(10 * n))
-    for i in range(0, 10 * n, 10):
-        raw[i] = 0x70 | raw[i] & 0x0F  # version 7, then 12 random bits
-        raw[i + 2] = 0x80 | raw[i + 2] & 0x3F  # variant 10, then 62 random bits
-    return [prefix + raw[i : i + 10].hex() for i in range(0, 10 * n, 10)]
 
 
 def _chunks(items: list) -> Iterator[list]:
