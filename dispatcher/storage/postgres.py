@@ -69,8 +69,8 @@ from ..errors import (
     WorkerTakenOver,
 )
 from ..retry import retry_at
-from . import FINISHED, STATUSES, NewTask, ReapReport, Result
-from .rows import EXPIRED_ERROR, dumps, loads, new_ids, task_dict, worker_dict
+from . import FINISHED, NewTask, ReapReport, Result
+from .rows import EXPIRED_ERROR, dumps, loads, new_ids, stats_dict, task_dict, worker_dict
 
 log = logging.getLogger("dispatcher")
 
@@ -1140,9 +1140,6 @@ class PostgresStorage:
         return [task_dict(r) for r in rows]
 
     def stats(self, now: float, dead_after: float) -> dict:
-        tasks = dict.fromkeys(STATUSES, 0)
-        queues: dict[str, dict[str, int]] = {}
-        types: dict[str, dict[str, int]] = {}
         # Exact counts read every row (an index-only scan of tasks_counts once vacuum
         # has marked the pages all-visible). Counted by this backend alone: from about
         # 10^4 tasks PostgreSQL would plan the scan in parallel, which gives the same
@@ -1153,24 +1150,7 @@ class PostgresStorage:
             row = conn.execute(
                 STATS_OTHERS, {"alive_after": now - dead_after, "minute_ago": now - 60}
             ).fetchone()
-        for r in groups:
-            tasks[r["status"]] = tasks.get(r["status"], 0) + r["n"]
-            for table, key in ((queues, r["queue"]), (types, r["type"])):
-                counts = table.setdefault(key, dict.fromkeys(STATUSES, 0))
-                counts[r["status"]] += r["n"]
-        # the longest a ready task has waited since it became ready (submitted, or its
-        # delay or back-off over); None when no task is ready
-        oldest = row["oldest"]
-        if oldest is not None and oldest > now:
-            oldest = None
-        return {
-            "tasks": tasks,
-            "workers": {"alive": row["alive"], "dead": row["total"] - row["alive"]},
-            "throughput_per_minute": row["recent"],
-            "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
-            "queues": queues,
-            "types": types,
-        }
+        return stats_dict(groups, row["alive"], row["total"], row["recent"], row["oldest"], now)
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
         running: dict[str, list[str]] = {}

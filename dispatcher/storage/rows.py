@@ -7,6 +7,8 @@ import json
 import os
 from collections.abc import Mapping
 
+from . import STATUSES
+
 EXPIRED_ERROR = "lease expired"
 
 dumps = json.JSONEncoder(separators=(",", ":")).encode  # ASCII: a lone surrogate stays escaped
@@ -67,4 +69,30 @@ def worker_dict(r: Mapping, running: list[str], now: float, dead_after: float) -
         "current_tasks": running,
         "completed": r["completed"],
         "failed": r["failed"],
+    }
+
+
+def stats_dict(
+    groups, alive: int, total: int, recent: int, oldest: float | None, now: float
+) -> dict:
+    """GET /stats from the counts: `groups` are rows of (status, queue, type, n);
+    `oldest` is the earliest run_at of a pending task (its wait counts only once it is
+    ready: submitted, or its delay or back-off over)."""
+    tasks = dict.fromkeys(STATUSES, 0)
+    queues: dict[str, dict[str, int]] = {}
+    types: dict[str, dict[str, int]] = {}
+    for r in groups:
+        tasks[r["status"]] = tasks.get(r["status"], 0) + r["n"]
+        for table, key in ((queues, r["queue"]), (types, r["type"])):
+            counts = table.setdefault(key, dict.fromkeys(STATUSES, 0))
+            counts[r["status"]] += r["n"]
+    if oldest is not None and oldest > now:
+        oldest = None
+    return {
+        "tasks": tasks,
+        "workers": {"alive": alive, "dead": total - alive},
+        "throughput_per_minute": recent,
+        "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
+        "queues": queues,
+        "types": types,
     }

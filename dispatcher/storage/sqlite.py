@@ -20,8 +20,8 @@ from pathlib import Path
 from ..errors import Conflict, DatabaseUnavailable, LeaseConflict, TaskNotFound, WorkerTakenOver
 from ..localwake import LocalWake
 from ..retry import retry_at
-from . import FINISHED, STATUSES, NewTask, ReapReport, Result
-from .rows import EXPIRED_ERROR, dumps, loads, new_ids, task_dict, worker_dict
+from . import FINISHED, NewTask, ReapReport, Result
+from .rows import EXPIRED_ERROR, dumps, loads, new_ids, stats_dict, task_dict, worker_dict
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for the lock before the client sees a 503
@@ -829,16 +829,9 @@ class SqliteStorage:
         return [task_dict(r) for r in rows]
 
     def stats(self, now: float, dead_after: float) -> dict:
-        tasks = dict.fromkeys(STATUSES, 0)
-        queues: dict[str, dict[str, int]] = {}
-        types: dict[str, dict[str, int]] = {}
-        for r in self._read(
+        groups = self._read(
             "SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, type"
-        ):
-            tasks[r["status"]] = tasks.get(r["status"], 0) + r["n"]
-            for table, key in ((queues, r["queue"]), (types, r["type"])):
-                counts = table.setdefault(key, dict.fromkeys(STATUSES, 0))
-                counts[r["status"]] += r["n"]
+        )
         alive = self._read(
             "SELECT count(*) FROM workers WHERE status = 'alive' AND last_heartbeat >= ?",
             (now - dead_after,),
@@ -848,19 +841,8 @@ class SqliteStorage:
             "SELECT count(*) FROM tasks WHERE finished_at >= ? AND status = 'completed'",
             (now - 60,),
         )[0][0]
-        # the longest a ready task has waited since it became ready (submitted, or its
-        # delay or back-off over); None when no task is ready
         oldest = self._read("SELECT min(run_at) FROM tasks WHERE status = 'pending'")[0][0]
-        if oldest is not None and oldest > now:
-            oldest = None
-        return {
-            "tasks": tasks,
-            "workers": {"alive": alive, "dead": total - alive},
-            "throughput_per_minute": recent,
-            "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
-            "queues": queues,
-            "types": types,
-        }
+        return stats_dict(groups, alive, total, recent, oldest, now)
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
         running: dict[str, list[str]] = {}
