@@ -323,3 +323,9 @@ def fetch_tasks(url: str, task_ids: list[str], threads: int = 4) -> dict[str, di
     slices = [task_ids[i::threads] for i in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
         return {t["task_id"]: t for part in pool.map(fetch, slices) for t in part}
+
+
+def cache_entries(directory: Path) -> list[Path]:
+    """A worker's complete cache entries under `directory` (any depth), without the
+    temporary files of a write in progress (`.tmp-*.json`)."""
+    return [p for p in Path(directory).rglob("*.json") if not p.name.startswith(".tmp-")]

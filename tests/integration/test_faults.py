@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from harness import free_port, wait_for
+from harness import cache_entries, free_port, wait_for
 
 from common.client import Client
 
@@ -52,7 +52,7 @@ def test_a_result_cached_during_a_dispatcher_outage_is_delivered_after_restart(c
 
     cache_dir = cluster.tmp / "cache" / "worker-1"
     cached = wait_for(
-        lambda: list(cache_dir.glob("*.json")),
+        lambda: cache_entries(cache_dir),
         30,
         lambda: f"no cached result in {cache_dir}:\n{cluster.logs()}",
     )
@@ -63,7 +63,7 @@ def test_a_result_cached_during_a_dispatcher_outage_is_delivered_after_restart(c
     assert done["result"] == {"slept": 1.5}
     assert done["attempts"] == 1
     wait_for(
-        lambda: not list(cache_dir.glob("*.json")),
+        lambda: not cache_entries(cache_dir),
         30,
         lambda: f"cache not emptied: {list(cache_dir.iterdir())}",
     )
@@ -83,7 +83,7 @@ def test_a_batch_of_results_survives_a_dispatcher_kill_through_the_cache(make_cl
     )
     dispatcher.kill9()
     cache_dir = cluster.tmp / "cache" / "worker-1"
-    wait_for(lambda: list(cache_dir.glob("*.json")), 30, lambda: cluster.logs())
+    wait_for(lambda: cache_entries(cache_dir), 30, lambda: cluster.logs())
     cluster.start_dispatcher("dispatcher-2")
 
     tasks = cluster.wait_all_finished(ids, timeout=60)

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from harness import fetch_tasks, free_port, wait_for
+from harness import cache_entries, fetch_tasks, free_port, wait_for
 from pg_server import PgServer
 
 from common.client import Client, DispatcherUnreachable
@@ -215,7 +215,7 @@ def test_the_dispatcher_rides_out_a_database_outage(make_cluster):
             cluster.submit("sleep", {"duration": 0.1})
         caches = cluster.tmp / "cache"
         wait_for(
-            lambda: any(not p.name.startswith(".tmp-") for p in caches.rglob("*.json")),
+            lambda: cache_entries(caches),
             60,
             lambda: f"no result was cached during the outage:\n{cluster.logs()[-3000:]}",
         )
