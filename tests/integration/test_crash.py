@@ -354,7 +354,13 @@ def test_kill_9_of_a_worker_while_claiming_running_and_posting(make_cluster):
     posting = cluster.start_worker("w-post", "--queues", "post")
     cluster.wait_worker_alive(posting)
     t_post = cluster.submit("sleep", {"duration": 1.5}, queue="post")
-    cluster.wait_status(t_post, "in_progress")
+    # started by the worker, not only claimed: a dispatcher frozen between committing the
+    # claim and answering it would leave the worker without the task
+    wait_for(
+        lambda: f"task {t_post} started" in posting.log(),
+        30,
+        lambda: f"w-post never started {t_post}:\n{posting.log()}",
+    )
     pause(dispatcher)
     try:
         wait_for(
