@@ -329,3 +329,14 @@ def cache_entries(directory: Path) -> list[Path]:
     """A worker's complete cache entries under `directory` (any depth), without the
     temporary files of a write in progress (`.tmp-*.json`)."""
     return [p for p in Path(directory).rglob("*.json") if not p.name.startswith(".tmp-")]
+
+
+def wait_started(worker: Proc, task_id: str, timeout: float = 30) -> None:
+    """Until `worker` logs that it started `task_id`. `in_progress` alone only says the
+    claim was committed: a dispatcher killed before answering it leaves the worker
+    without the task (it comes back when its lease ends, not through the worker)."""
+    wait_for(
+        lambda: f"task {task_id} started" in worker.log(400),
+        timeout,
+        lambda: f"{worker.name} never started {task_id}:\n{worker.log()}",
+    )

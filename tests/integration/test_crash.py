@@ -23,6 +23,7 @@ from harness import (
     pause,
     resume,
     wait_for,
+    wait_started,
 )
 
 from common.client import ApiError, Client, DispatcherUnreachable
@@ -446,6 +447,7 @@ def test_a_worker_killed_during_an_outage_sends_its_cache_when_it_starts_again(m
     ids = [cluster.submit("sleep", {"duration": 0.5 + i / 10}) for i in range(2)]
     for task_id in ids:
         cluster.wait_status(task_id, "in_progress")
+    wait_started(worker, ids[0])  # the claim was answered, not only committed
     dispatcher.kill9()
     cache = cluster.tmp / "cache" / "worker-1"
     wait_for(lambda: len(_cache_entries(cluster, "worker-1")) == 2, 30, lambda: worker.log())

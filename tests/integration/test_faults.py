@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from harness import cache_entries, free_port, wait_for
+from harness import cache_entries, free_port, wait_for, wait_started
 
 from common.client import Client
 
@@ -45,9 +45,9 @@ def test_a_worker_restarted_under_its_name_gets_its_tasks_back_at_once(make_clus
 
 def test_a_result_cached_during_a_dispatcher_outage_is_delivered_after_restart(cluster):
     dispatcher = cluster.start_dispatcher()
-    cluster.start_worker("worker-1")
+    worker = cluster.start_worker("worker-1")
     task_id = cluster.submit("sleep", {"duration": 1.5})
-    cluster.wait_status(task_id, "in_progress")
+    wait_started(worker, task_id)
     dispatcher.kill9()
 
     cache_dir = cluster.tmp / "cache" / "worker-1"
