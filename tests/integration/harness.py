@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from common.bootstrap import REEXEC_MARK
 from common.client import Client, DispatcherUnreachable
 from common.config import PROJECT_ROOT, Config
+from dispatcher.localwake import LocalWake
 
 CONFIG_KEYS = {f.name.upper() for f in fields(Config)}
 
@@ -223,6 +225,9 @@ class Cluster:
         for proc in reversed(self.procs):
             proc.close()
         self.client.close()
+        # a dispatcher killed with -9 leaves its wake-up socket (and so the directory) in
+        # the temporary directory; the test's database is gone, so is their use
+        shutil.rmtree(LocalWake(self.db_path).directory, ignore_errors=True)
 
 
 # -- crash, multi-dispatcher and load tests -------------------------------------------
