@@ -10,9 +10,9 @@ Errors come in two kinds: DispatcherUnreachable (no answer, or a 5xx: try again 
 and ApiError (the dispatcher refused the request: 4xx with its message).
 
 Several dispatchers: DISPATCHER_URL may be a comma-separated list of base URLs (they
-share one database). The Clients of one process built on the same list share one
-position in it (`Dispatchers`), chosen at random, so workers spread over the list and a
-worker's threads all talk to the same dispatcher. A request that gets no answer there
+share one database). A `Dispatchers` holds the position in the list, chosen at random
+so that workers spread over it; Clients given the same one (a worker's threads share
+theirs) talk to the same dispatcher and move together. A request that gets no answer there
 goes to the next URL, once per URL; DispatcherUnreachable only when none answers. The
 process moves on with it and logs one line saying so. What may be sent again:
 

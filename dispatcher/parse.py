@@ -215,23 +215,22 @@ def status_filter(value: str | None) -> str | None:
     return value or None
 
 
-def query_number(args, key: str, default: float, low: float, high: float) -> float:
+def _query_value(args, key: str, what: str) -> float | None:
+    """A query parameter as a number; None when absent or empty ("not given")."""
     raw = args.get(key)
     if raw is None or raw == "":
-        return default
+        return None
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
-        raise BadRequest(f"'{key}' must be a number") from None
+        raise BadRequest(f"'{key}' must be {what}") from None
+
+
+def query_number(args, key: str, default: float, low: float, high: float) -> float:
+    value = _query_value(args, key, "a number")
     return number({key: value}, key, default, low, high)
 
 
 def query_integer(args, key: str, default: int, low: int, high: int) -> int:
-    raw = args.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"'{key}' must be a whole number") from None
+    value = _query_value(args, key, "a whole number")
     return integer({key: value}, key, default, low, high)
