@@ -9,7 +9,7 @@ import signal
 import socket
 from pathlib import Path
 
-from harness import Proc, free_port, group_connections, wait_for
+from harness import Proc, free_port, group_connections, wait_for, wait_started
 
 from common.client import Client, DispatcherUnreachable
 
@@ -80,11 +80,7 @@ def test_a_worker_moves_to_the_other_dispatcher_when_its_own_is_killed(make_clus
 
         # a task running when its dispatcher dies: the result goes to the other one
         running = direct[used].submit_task({"type": "sleep", "payload": {"duration": 1.5}})
-        wait_for(
-            lambda: direct[used].task(running)["status"] == "in_progress",
-            30,
-            lambda: f"task {running} never started\n{cluster.logs()}",
-        )
+        wait_started(worker, running)  # the claim was answered, not only committed
         dispatcher[used].kill9()
         later = direct[other].submit_tasks([compute(i) for i in range(20)])
 
