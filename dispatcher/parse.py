@@ -8,7 +8,7 @@ from typing import Any
 from common.config import MAX_QUEUES, Config
 from tasks import Registry
 
-from .errors import BadRequest
+from .errors import BadRequest, QueueError
 from .storage import STATUSES, NewTask, Result
 
 MAX_ID_LENGTH = 200
@@ -21,6 +21,7 @@ MIN_TIMEOUT = 0.001
 MAX_TIMEOUT = 7 * 86_400.0  # a week
 MAX_OFFSET = 10**12  # GET /tasks paging
 MAX_DEPTH = 100  # nesting of a stored payload or result: JSON must hold it on the way out
+BARE_TASK = frozenset({"type", "payload"})  # a task naming no option
 TASK_FIELDS = {
     "type",
     "payload",
@@ -127,8 +128,11 @@ def batch(data: dict, key: str, config: Config) -> list:
     return items
 
 
-def new_task(data: Any, config: Config, registry: Registry) -> NewTask:
-    """A submission, validated by its task type."""
+def new_task(
+    data: Any, config: Config, registry: Registry, defaults: tuple | None = None
+) -> NewTask:
+    """A submission, validated by its task type. `defaults`: the options of a task that
+    names none (new_tasks works them out once per batch)."""
     data = body(data)
     if not TASK_FIELDS.issuperset(data):
         raise BadRequest(f"unknown field '{sorted(set(data) - TASK_FIELDS)[0]}' in task")
@@ -136,15 +140,34 @@ def new_task(data: Any, config: Config, registry: Registry) -> NewTask:
     payload = data.get("payload", {})
     if not isinstance(payload, dict):
         raise BadRequest("'payload' must be a JSON object")
-    return NewTask(
-        type=type_,
-        payload=shallow(registry.validate(type_, payload, config), "payload"),
-        queue=string(data, "queue", required=False) or "default",
-        priority=integer(data, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY),
-        delay=number(data, "delay", 0.0, 0.0, MAX_DELAY),
-        max_retries=integer(data, "max_retries", config.default_max_retries, 0, MAX_RETRIES),
-        timeout=number(data, "timeout", config.default_task_timeout, MIN_TIMEOUT, MAX_TIMEOUT),
-        idempotency_key=string(data, "idempotency_key", required=False, max_len=MAX_KEY_LENGTH),
+    payload = shallow(registry.validate(type_, payload, config), "payload")
+    if defaults is None or not BARE_TASK.issuperset(data):
+        defaults = _options(data, config)
+    return NewTask(type_, payload, *defaults)
+
+
+def new_tasks(items: list, config: Config, registry: Registry) -> list[NewTask]:
+    """A batch of submissions; the first bad one is refused with its position. The
+    options of tasks that name none are worked out once for the batch."""
+    defaults = _options({}, config)
+    tasks = []
+    for i, item in enumerate(items):
+        try:
+            tasks.append(new_task(item, config, registry, defaults))
+        except (QueueError, ValueError) as exc:
+            raise BadRequest(f"tasks[{i}]: {exc}") from None
+    return tasks
+
+
+def _options(data: dict, config: Config) -> tuple:
+    """A submission's options, in NewTask's order after type and payload."""
+    return (
+        string(data, "queue", required=False) or "default",
+        integer(data, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY),
+        number(data, "delay", 0.0, 0.0, MAX_DELAY),
+        integer(data, "max_retries", config.default_max_retries, 0, MAX_RETRIES),
+        number(data, "timeout", config.default_task_timeout, MIN_TIMEOUT, MAX_TIMEOUT),
+        string(data, "idempotency_key", required=False, max_len=MAX_KEY_LENGTH),
     )
 
 

@@ -75,12 +75,7 @@ def submit_task():
 def submit_tasks():
     c = ctx()
     items = parse.batch(json_body(), "tasks", c.config)
-    tasks = []
-    for i, item in enumerate(items):
-        try:
-            tasks.append(parse.new_task(item, c.config, c.registry))
-        except (QueueError, ValueError) as exc:
-            raise parse.BadRequest(f"tasks[{i}]: {exc}") from None
+    tasks = parse.new_tasks(items, c.config, c.registry)
     ids = c.storage.submit(tasks, now=c.clock())
     c.wakeup.notify()
     if log.isEnabledFor(logging.INFO):

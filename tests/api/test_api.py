@@ -190,6 +190,15 @@ def test_submit_tasks_answers_201_with_every_id_in_order(client):
     assert stored(client) == 3
 
 
+def test_a_batch_gives_each_task_its_own_options_or_the_defaults(client):
+    tasks = [primes_task(10), primes_task(20, queue="batch", max_retries=7, priority=3)]
+    tasks.append(primes_task(30))
+    ids = client.post("/submit-tasks", json={"tasks": tasks}).get_json()["task_ids"]
+    got = [get_task(client, task_id) for task_id in ids]
+    options = [(t["queue"], t["max_retries"], t["priority"]) for t in got]
+    assert options == [("default", 3, 0), ("batch", 7, 3), ("default", 3, 0)]
+
+
 def test_submission_options_are_stored(client):
     body = primes_task(50, queue="batch", max_retries=7, priority=3, timeout=12.5)
     task = get_task(client, submit(client, body))
