@@ -4,6 +4,7 @@ naming the key, before any server process starts."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import sys
@@ -43,7 +44,12 @@ class Server(BaseApplication):
     def load(self):
         from .app import create_app  # in each server process, after the fork
 
-        return create_app(self.queue_config)
+        app = create_app(self.queue_config)
+        # What start-up made lives for good: out of the collector's sight, a full
+        # collection walks only what requests make (it took ~13 ms of a 1,000-task
+        # submission otherwise, once every few calls).
+        gc.freeze()
+        return app
 
 
 def redacted(url: str) -> str:

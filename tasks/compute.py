@@ -27,17 +27,20 @@ def validate(payload: dict[str, Any], config: Config) -> dict[str, Any]:
     fields.check_fields(NAME, payload, ("operation", "value"), ())
     operation = fields.choice(NAME, payload, "operation", OPERATIONS)
     value = fields.integer(NAME, payload, "value")
-    note = f"for operation {operation!r}"
     if operation == "factorial":
-        fields.in_range(NAME, "value", value, 0, FACTORIAL_MAX, note)
+        fields.in_range(NAME, "value", value, 0, FACTORIAL_MAX, _note(operation))
     elif operation == "fibonacci":
-        fields.in_range(NAME, "value", value, 0, FIBONACCI_MAX, note)
+        fields.in_range(NAME, "value", value, 0, FIBONACCI_MAX, _note(operation))
     elif abs(value) > DOUBLE_MAX:
         raise InvalidPayload(
             f"{NAME} field 'value' must be between -10**{DOUBLE_MAX_EXPONENT} and "
-            f"10**{DOUBLE_MAX_EXPONENT} {note}, not {fields.show(value)}"
+            f"10**{DOUBLE_MAX_EXPONENT} {_note(operation)}, not {fields.show(value)}"
         )
     return {"operation": operation, "value": value}
+
+
+def _note(operation: str) -> str:
+    return f"for operation {operation!r}"
 
 
 def run(payload: dict[str, Any]) -> dict[str, Any]:

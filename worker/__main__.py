@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(config, args.worker_id)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: worker.stop("interrupted"))
+    gc.freeze()  # start-up's objects live for good: full collections skip them
     return worker.run()
 
 
