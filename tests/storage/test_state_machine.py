@@ -49,6 +49,7 @@ from hypothesis.stateful import (
 from common.config import Config
 from dispatcher.errors import Conflict, LeaseConflict, TaskNotFound, WorkerTakenOver
 from dispatcher.storage import FINISHED, STATUSES, NewTask, Result, Storage, open_storage
+from dispatcher.storage.sqlite import TOUCH_EVERY_S
 from tests.pg import fresh_schema_url
 
 KINDS = ["sqlite", "postgres"]
@@ -281,6 +282,24 @@ class StorageMachine(RuleBasedStateMachine):
         w.alive = True
         w.last_heartbeat = self.now
 
+    def idle_poll(self, worker_id: str, instance: str, queues) -> bool:
+        """SQLite's claim that writes nothing (TOUCH_EVERY_S): nothing ready, and the worker
+        is the live instance, seen less than TOUCH_EVERY_S ago."""
+        if self.kind != "sqlite":
+            return False
+        w = self.workers.get(worker_id)
+        ready = any(
+            t.status == "pending" and t.queue in queues and t.run_at <= self.now
+            for t in self.tasks.values()
+        )
+        return (
+            not ready
+            and w is not None
+            and w.alive
+            and (not instance or w.instance == instance)
+            and self.now - w.last_heartbeat < TOUCH_EVERY_S
+        )
+
     def expire(self, task: Task) -> None:
         """A lease ends without a result: back to pending, or failed on the last attempt."""
         task.error = EXPIRED_ERROR
@@ -363,8 +382,10 @@ class StorageMachine(RuleBasedStateMachine):
             with pytest.raises(WorkerTakenOver):
                 self.storage.claim(worker_id, instance, queues, max_tasks, self.now, lease_s)
             return
+        idle = self.idle_poll(worker_id, instance, queues)
         claimed = self.storage.claim(worker_id, instance, queues, max_tasks, self.now, lease_s)
-        self.touch(worker_id, instance)
+        if not idle:
+            self.touch(worker_id, instance)
         ids = [c["task_id"] for c in claimed]
         assert len(set(ids)) == len(ids), f"a task claimed twice in one claim: {ids}"
         rank = {}
