@@ -99,7 +99,7 @@ def get_task():
     max_tasks = parse.integer(data, "max_tasks", 1, 1, c.config.max_batch)
     deadline = time.monotonic() + wait
     claim = {"queues": queues, "max_tasks": max_tasks, "lease_s": c.config.lease_seconds}
-    seen = c.wakeup.generation()  # read before the claim, so no submission slips between
+    seen = c.wakeup.generation(wait > 0)  # before the claim: no submission slips between
     tasks = c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
     while not tasks:
         left = deadline - time.monotonic()
@@ -202,7 +202,7 @@ def get_task_status(task_id: str):
     c = ctx()
     wait = parse.query_number(request.args, "wait", 0.0, 0.0, c.config.max_wait_seconds)
     deadline = time.monotonic() + wait
-    seen = c.wakeup.generation()
+    seen = c.wakeup.generation(wait > 0)
     while c.storage.status_of(task_id) not in FINISHED:  # a one-column read per wake-up
         left = deadline - time.monotonic()
         if left <= 0:

@@ -15,6 +15,11 @@ storage offers (`Wakeup.for_storage`):
   fallback for a lost notification, so it is read slowly; and since that counter moves
   just before its commit becomes visible, the waiters are woken once more a poll later.
 
+With a push that can tell who waits (SQLite's `storage.set_waiting`), only processes
+marked as waiting are woken. A caller that may wait marks its process before its last
+look at the database (`generation(will_wait=True)`), so no commit it did not see goes
+unannounced; the mark comes down once nobody has waited for MARK_HOLD_S.
+
 Waiters re-check their condition after every wake-up, so a spurious wake-up costs one
 cheap read, and a missed one costs latency (at most a poll period, or the waiter's own
 timeout), never a task.
@@ -24,12 +29,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("dispatcher")
 
 POLL_S = 0.001  # a PRAGMA data_version read costs microseconds
 LISTEN_RETRY_S = 1.0  # a lost listener connects again after this long
+MARK_HOLD_S = 5.0  # a process stays marked as waiting this long after its last waiter
 
 Listen = Callable[[Callable[[], None], threading.Event], None]
 
@@ -41,11 +48,15 @@ class Wakeup:
         poll_s: float = POLL_S,
         listen: Listen | None = None,
         announce: Callable[[], None] | None = None,
+        set_waiting: Callable[[bool], None] | None = None,
     ):
         self._change_counter = change_counter
         self._poll_s = poll_s
         self._listen = listen
         self._announce = announce
+        self._set_waiting = set_waiting
+        self._marked = False  # set_waiting(True) is in force
+        self._idle_since = 0.0  # when the last waiter left
         self._cond = threading.Condition()
         self._generation = 0
         self._waiters = 0
@@ -61,6 +72,7 @@ class Wakeup:
             poll_s=getattr(storage, "change_poll_s", POLL_S),
             listen=getattr(storage, "listen", None),
             announce=getattr(storage, "announce", None),
+            set_waiting=getattr(storage, "set_waiting", None),
         )
 
     def notify(self) -> None:
@@ -76,14 +88,26 @@ class Wakeup:
             self._generation += 1
             self._cond.notify_all()
 
-    def generation(self) -> int:
+    def generation(self, will_wait: bool = False) -> int:
+        """The generation to pass to wait(), read before the caller checks its condition.
+        `will_wait`: the caller may wait next, so mark this process as waiting first."""
         with self._cond:
+            if will_wait:
+                self._mark()
             return self._generation
+
+    def _mark(self) -> None:
+        """Called with self._cond held."""
+        if self._set_waiting is not None and not self._marked:
+            self._set_waiting(True)
+            self._marked = True
+            self._idle_since = time.monotonic()
 
     def wait(self, seen: int, timeout: float) -> int:
         """Wait until the generation moves past `seen` or `timeout` passes."""
         self._start()
         with self._cond:
+            self._mark()  # in case generation() was not told (then only latency is at stake)
             self._waiters += 1
             self._someone_waits.set()
             try:
@@ -93,6 +117,7 @@ class Wakeup:
                 self._waiters -= 1
                 if not self._waiters:
                     self._someone_waits.clear()
+                    self._idle_since = time.monotonic()
 
     def start(self) -> None:
         """Start watching now rather than at the first wait (a listener then has its
@@ -125,7 +150,10 @@ class Wakeup:
         moved = False  # the counter moved at the last read
         again = self._listen is not None  # see the module docstring
         while not self._stopped.is_set():
-            self._someone_waits.wait()
+            hold = MARK_HOLD_S if self._set_waiting is not None else None
+            if not self._someone_waits.wait(hold):
+                self._unmark_if_idle()
+                continue
             try:
                 counter = self._change_counter()
             except Exception as exc:  # the database is away: waiters time out on their own
@@ -138,6 +166,14 @@ class Wakeup:
             moved = changed
             last = counter
             self._stopped.wait(self._poll_s)
+
+    def _unmark_if_idle(self) -> None:
+        with self._cond:
+            idle = time.monotonic() - self._idle_since >= MARK_HOLD_S
+            if self._marked and not self._waiters and idle:
+                assert self._set_waiting is not None
+                self._set_waiting(False)
+                self._marked = False
 
     def _listen_forever(self) -> None:
         assert self._listen is not None

@@ -901,8 +901,12 @@ class SqliteStorage:
         self._wake.listen(callback, stop)
 
     def announce(self) -> None:
-        """Tell the other processes on this file that we committed a change."""
+        """Tell the other processes on this file that have waiters: we committed."""
         self._wake.announce()
+
+    def set_waiting(self, waiting: bool) -> None:
+        """Whether this process has long polls held, for the other processes' announce()."""
+        self._wake.set_waiting(waiting)
 
 
 def _begin_immediate(db: sqlite3.Connection) -> None:

@@ -1,14 +1,17 @@
 """Wake-ups between processes sharing one SQLite file (dispatcher/localwake.py): a commit
 announced by one storage wakes the waiters of another at once, with the change counter's
-polling switched off so that only the datagram can do it."""
+polling switched off so that only the datagram can do it; a process with nobody waiting
+is not woken at all."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
+from dispatcher import wakeup as wakeup_module
 from dispatcher.localwake import LocalWake
 from dispatcher.storage.sqlite import SqliteStorage
 from dispatcher.wakeup import Wakeup
@@ -24,9 +27,13 @@ def two_storages(tmp_path):
     b.close()
 
 
-def wakeup_of(storage: SqliteStorage) -> Wakeup:
+def wakeup_of(storage: SqliteStorage, poll_s: float = NO_POLL) -> Wakeup:
     wakeup = Wakeup(
-        storage.change_counter, NO_POLL, listen=storage.listen, announce=storage.announce
+        storage.change_counter,
+        poll_s,
+        listen=storage.listen,
+        announce=storage.announce,
+        set_waiting=storage.set_waiting,
     )
     wakeup.start()
     return wakeup
@@ -68,18 +75,62 @@ def test_a_storage_does_not_wake_itself_through_the_socket(two_storages):
         wakeup.join(5)
 
 
+def test_a_process_with_nobody_waiting_is_not_woken(two_storages):
+    a, b = two_storages
+    heard, stop = threading.Event(), threading.Event()
+    listener = threading.Thread(target=a.listen, args=(heard.set, stop), daemon=True)
+    listener.start()
+    try:
+        wait_for(heard.is_set, "a's listener never started")  # its first call-back
+        heard.clear()
+        b.announce()  # a listens but has no waiter: no datagram for it
+        assert not heard.wait(0.5), "a process with nobody waiting was woken"
+        a.set_waiting(True)
+        b.announce()
+        assert heard.wait(10), "a waiting process was not woken"
+    finally:
+        stop.set()
+        listener.join(5)
+
+
+def test_the_waiting_mark_comes_down_after_the_hold(two_storages, monkeypatch):
+    monkeypatch.setattr(wakeup_module, "MARK_HOLD_S", 0.2)
+    a, _ = two_storages
+    wakeup = wakeup_of(a, poll_s=0.05)  # its watch thread takes the mark down
+    directory = a._wake.directory
+    try:
+        settled(wakeup)  # it waited: it is marked
+        wait_for(lambda: not any(directory.glob("*.wait")), "the mark stayed up")
+        wakeup.generation(will_wait=True)  # a caller about to look, then wait
+        assert any(directory.glob("*.wait")), "a process about to wait is not marked"
+    finally:
+        wakeup.stop()
+        wakeup.join(5)
+
+
+def wait_for(condition, message: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
+
+
 def test_a_socket_left_by_a_dead_process_is_removed(tmp_path):
     wake = LocalWake(tmp_path / "tasks.db")
     wake.directory.mkdir(mode=0o700, exist_ok=True)
     stale = wake.directory / "999999-1.sock"
+    marker = wake.directory / "999999-1.wait"
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     dead.bind(str(stale))
     dead.close()  # bound, then gone without unlinking: what kill -9 leaves
+    marker.touch()  # it had a long poll held when it died
     try:
         wake.announce()
         assert not stale.exists()
+        assert not marker.exists()
     finally:
         stale.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
         wake.close()
 
 
