@@ -7,16 +7,24 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 req="${1:-requirements.txt}"
 venv="$root/.venv"
-stamp="$venv/.installed-$(basename "$req")"
-want="$(cat "$root/requirements.txt" "$root/$req" | sha256sum | cut -d' ' -f1)"
+stamp="$venv/.installed-${req##*/}"
 
+# The common case without starting a process (every worker launch passes here): the
+# stamp is newer than the files it was made from.
+fresh() { [ -x "$venv/bin/python" ] && [ "$stamp" -nt "$root/requirements.txt" ] && [ "$stamp" -nt "$root/$req" ]; }
+fresh && exit 0
+
+want="$(cat "$root/requirements.txt" "$root/$req" | sha256sum | cut -d' ' -f1)"
 installed() { [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }
-installed && exit 0
+if installed; then  # touched (a checkout, an edit undone) but the same: skip the hash next time
+  touch "$stamp"
+  exit 0
+fi
 
 mkdir -p "$root/data"
 exec 9>"$root/data/.venv.lock"
 command -v flock >/dev/null && flock 9
-installed && exit 0
+installed && touch "$stamp" && exit 0
 if [ ! -x "$venv/bin/python" ]; then
   echo "creating $venv ..." >&2
   "${PYTHON:-python3}" -m venv "$venv"

@@ -12,9 +12,9 @@ time out, crash its process) stops the worker.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +69,7 @@ class Worker:
     def __init__(self, config: Config, worker_id: str, clock: Callable[[], float] = time.time):
         self.config = config
         self.worker_id = worker_id
-        self.instance_id = uuid.uuid4().hex
+        self.instance_id = os.urandom(16).hex()  # uuid's import costs start-up ~3 ms
         self.clock = clock
         self.stopping = threading.Event()  # no more claims
         self.stopped = threading.Event()  # shutdown complete: heartbeats end too
