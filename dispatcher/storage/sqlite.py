@@ -266,6 +266,13 @@ UPDATE tasks SET lease_expires_at = :until
  WHERE worker_id = :worker_id AND status = 'in_progress'
 """
 
+# the oldest pending task for /stats: one step down tasks_pending_age. Left to itself the
+# planner walks tasks_counts and reads every pending row (0.6 ms at 5,000 pending, where
+# peerbench polls /stats every 10 ms while the workers run)
+OLDEST_PENDING = """
+SELECT min(run_at) FROM tasks INDEXED BY tasks_pending_age WHERE status = 'pending'
+"""
+
 TASK_COLUMNS = """id, type, queue, payload, status, result, error, attempts, max_retries,
     priority, worker_id, created_at, started_at, finished_at, timeout, run_at"""
 
@@ -874,7 +881,7 @@ class SqliteStorage:
             "SELECT count(*) FROM tasks WHERE finished_at >= ? AND status = 'completed'",
             (now - 60,),
         )[0][0]
-        oldest = self._read("SELECT min(run_at) FROM tasks WHERE status = 'pending'")[0][0]
+        oldest = self._read(OLDEST_PENDING)[0][0]
         return stats_dict(groups, alive, total, recent, oldest, now)
 
     def workers(self, now: float, dead_after: float) -> list[dict]:

@@ -12,7 +12,7 @@ import pytest
 
 from common.config import Config
 from dispatcher.storage import NewTask, open_storage
-from dispatcher.storage.sqlite import CLAIM
+from dispatcher.storage.sqlite import CLAIM, OLDEST_PENDING
 
 T0 = 1_700_000_000.0
 BATCHES, BATCH = 20, 10_000  # 200,000 tasks, one storage.submit per batch
@@ -76,6 +76,15 @@ def test_the_claim_uses_the_ready_index_without_scan_or_sort(loaded):
     assert any("INDEX tasks_ready" in step for step in plan), shown
     assert not any("SCAN tasks" in step for step in plan), shown
     assert not any("TEMP B-TREE" in step for step in plan), shown
+
+
+def test_stats_reads_the_oldest_pending_task_from_its_index(loaded):
+    storage, path, _ = loaded
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {OLDEST_PENDING}")]
+    assert plan == ["SEARCH tasks USING INDEX tasks_pending_age"], "\n".join(plan)
+    age = storage.stats(now=LATER, dead_after=60)["oldest_pending_age_seconds"]
+    assert age == pytest.approx(LATER - T0)  # the first batch's run_at
 
 
 def test_the_claim_takes_the_highest_priority_then_the_oldest_of_its_queue(loaded):
