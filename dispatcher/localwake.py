@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import socket
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger("dispatcher")
 
 RECV_TIMEOUT_S = 0.5  # how often a listener looks at its stop event
 SOCK, MARK = ".sock", ".wait"  # a listener's socket, and its marker while it has waiters
@@ -59,12 +62,13 @@ class LocalWake:
                 marker.touch()
             else:
                 marker.unlink(missing_ok=True)
-        except OSError:  # the directory is gone (a test removed it): nothing to mark
-            pass
+        except OSError as exc:  # e.g. the directory was removed: the fallback poll covers it
+            log.warning("wake-up marker %s: %s", marker, exc)
 
     def listen(self, callback: Callable[[], None], stop: threading.Event) -> None:
         """Call `callback()` once now and for every announcement until `stop` is set."""
         self.directory.mkdir(mode=0o700, exist_ok=True)
+        self._sweep_dead()
         name = f"{os.getpid()}-{threading.get_ident()}{SOCK}"
         path = self.directory / name
         path.unlink(missing_ok=True)
@@ -91,6 +95,22 @@ class LocalWake:
             path.unlink(missing_ok=True)
             try:
                 self.directory.rmdir()  # the last one out; fails while others listen
+            except OSError:
+                pass
+
+    def _sweep_dead(self) -> None:
+        """Remove the sockets and markers of processes that are gone (killed, or ended
+        without stopping their listener): announce() no longer finds unmarked ones."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            pid = name.split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            try:
+                os.unlink(os.path.join(self.directory, name))
             except OSError:
                 pass
 
@@ -131,3 +151,13 @@ class LocalWake:
             if self._sender is not None:
                 self._sender.close()
                 self._sender = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's process
+        return True
+    return True

@@ -18,7 +18,9 @@ storage offers (`Wakeup.for_storage`):
 With a push that can tell who waits (SQLite's `storage.set_waiting`), only processes
 marked as waiting are woken. A caller that may wait marks its process before its last
 look at the database (`generation(will_wait=True)`), so no commit it did not see goes
-unannounced; the mark comes down once nobody has waited for MARK_HOLD_S.
+unannounced; the mark comes down once nobody has waited, or said they would, for
+MARK_HOLD_S. A wait() that finds the mark down puts it up and returns at once, so a
+caller that slipped past the mark looks again before it sleeps.
 
 Waiters re-check their condition after every wake-up, so a spurious wake-up costs one
 cheap read, and a missed one costs latency (at most a poll period, or the waiter's own
@@ -94,20 +96,26 @@ class Wakeup:
         with self._cond:
             if will_wait:
                 self._mark()
+                self._idle_since = time.monotonic()  # the hold counts from here too
             return self._generation
 
-    def _mark(self) -> None:
-        """Called with self._cond held."""
-        if self._set_waiting is not None and not self._marked:
-            self._set_waiting(True)
-            self._marked = True
-            self._idle_since = time.monotonic()
+    def _mark(self) -> bool:
+        """Put the mark up if it is down; True when it was down (called with _cond held)."""
+        if self._set_waiting is None or self._marked:
+            return False
+        self._set_waiting(True)
+        self._marked = True
+        self._idle_since = time.monotonic()
+        return True
 
     def wait(self, seen: int, timeout: float) -> int:
-        """Wait until the generation moves past `seen` or `timeout` passes."""
+        """Wait until the generation moves past `seen` or `timeout` passes. If the mark
+        was down (the caller did not say `will_wait`, or it came down since), it goes up
+        and the call returns at once: the caller looks again, now announced to."""
         self._start()
         with self._cond:
-            self._mark()  # in case generation() was not told (then only latency is at stake)
+            if self._mark():
+                return self._generation
             self._waiters += 1
             self._someone_waits.set()
             try:

@@ -5,6 +5,7 @@ is not woken at all."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -41,12 +42,12 @@ def wakeup_of(storage: SqliteStorage, poll_s: float = NO_POLL) -> Wakeup:
 
 def settled(wakeup: Wakeup) -> int:
     """The generation once the start-up wake-ups (first read, first listen) are over."""
-    seen = wakeup.generation()
+    seen = wakeup.generation(will_wait=True)
     while True:
         now = wakeup.wait(seen, 0.3)
         if now == seen:
             return seen
-        seen = now
+        seen = wakeup.generation(will_wait=True)
 
 
 def test_a_commit_announced_by_one_storage_wakes_the_other(two_storages):
@@ -99,13 +100,60 @@ def test_the_waiting_mark_comes_down_after_the_hold(two_storages, monkeypatch):
     wakeup = wakeup_of(a, poll_s=0.05)  # its watch thread takes the mark down
     directory = a._wake.directory
     try:
-        settled(wakeup)  # it waited: it is marked
+        settled(wakeup)
+        assert any(directory.glob("*.wait")), "a process that waited is not marked"
         wait_for(lambda: not any(directory.glob("*.wait")), "the mark stayed up")
         wakeup.generation(will_wait=True)  # a caller about to look, then wait
         assert any(directory.glob("*.wait")), "a process about to wait is not marked"
     finally:
         wakeup.stop()
         wakeup.join(5)
+
+
+def test_a_wait_that_finds_the_mark_down_returns_for_another_look(two_storages, monkeypatch):
+    """The mark came down between a caller's generation(will_wait=True) and its wait():
+    a commit in that gap went unannounced, so the wait puts the mark up and returns at
+    once instead of sleeping through it."""
+    monkeypatch.setattr(wakeup_module, "MARK_HOLD_S", 0.2)
+    a, _ = two_storages
+    wakeup = wakeup_of(a, poll_s=0.05)
+    directory = a._wake.directory
+    try:
+        settled(wakeup)
+        seen = wakeup.generation(will_wait=True)
+        wait_for(lambda: not any(directory.glob("*.wait")), "the mark stayed up")
+        returned = threading.Event()
+        waiter = threading.Thread(target=lambda: (wakeup.wait(seen, 60), returned.set()))
+        waiter.start()
+        wait_for(returned.is_set, "wait() slept with the mark down")
+        assert any(directory.glob("*.wait")), "wait() did not put the mark up"
+        waiter.join(5)
+    finally:
+        wakeup.stop()
+        wakeup.join(5)
+
+
+def test_a_new_listener_sweeps_away_what_dead_processes_left(tmp_path):
+    wake = LocalWake(tmp_path / "tasks.db")
+    wake.directory.mkdir(mode=0o700, exist_ok=True)
+    dead = [wake.directory / "999999-1.sock", wake.directory / "999999-1.wait"]
+    live = wake.directory / f"{os.getpid()}-1.wait"  # a process that is still here
+    for path in [*dead, live]:
+        path.touch()
+    stop, heard = threading.Event(), threading.Event()
+    listener = threading.Thread(target=wake.listen, args=(heard.set, stop))
+    listener.start()
+    try:
+        assert heard.wait(10), "the listener never started"
+        assert not any(path.exists() for path in dead), "a dead process's files stayed"
+        assert live.exists(), "a live process's marker was removed"
+    finally:
+        stop.set()
+        listener.join(10)
+        live.unlink(missing_ok=True)
+        wake.close()
+        if wake.directory.exists():
+            wake.directory.rmdir()
 
 
 def wait_for(condition, message: str, timeout: float = 10.0) -> None:
