@@ -14,8 +14,8 @@ a millisecond of latency and a core's idle work while anyone waited.
 Nothing depends on a datagram arriving: a full socket buffer already holds a wake-up,
 a socket (and marker) left by a killed process is removed by the first sender that
 finds it dead, and Wakeup still reads the change counter as a slower fallback. The
-marker goes up before the waiter's last look at the database (Wakeup.wait), so a
-commit it did not see is announced to it.
+marker goes up before the waiter's last look at the database
+(`Wakeup.generation(will_wait=True)`), so a commit it did not see is announced to it.
 """
 
 from __future__ import annotations
@@ -107,12 +107,8 @@ class LocalWake:
             return
         for name in names:
             pid = name.split("-", 1)[0]
-            if not pid.isdigit() or _alive(int(pid)):
-                continue
-            try:
-                os.unlink(os.path.join(self.directory, name))
-            except OSError:
-                pass
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove(os.path.join(self.directory, name))
 
     def announce(self) -> None:
         """Wake every other listener of this database that has waiters (never raises)."""
@@ -120,7 +116,7 @@ class LocalWake:
             names = os.listdir(self.directory)
         except OSError:
             return  # nobody listens yet
-        marked = {n.removesuffix(MARK) for n in names if n.endswith(MARK)}
+        marked = [n.removesuffix(MARK) for n in names if n.endswith(MARK)]
         if not marked:
             return
         with self._lock:
@@ -128,22 +124,16 @@ class LocalWake:
                 self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sender.setblocking(False)
             sender, own = self._sender, self._own
-            for name in names:
-                if name in own or not name.endswith(SOCK):
+            for stem in marked:
+                if stem + SOCK in own:
                     continue
-                stem = name.removesuffix(SOCK)
-                if stem not in marked:
-                    continue
-                path = os.path.join(self.directory, name)
+                path = os.path.join(self.directory, stem + SOCK)
                 try:
                     sender.sendto(b"!", path)
                 except OSError as exc:
                     if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):  # its process died
-                        for dead in (path, os.path.join(self.directory, stem + MARK)):
-                            try:
-                                os.unlink(dead)
-                            except OSError:
-                                pass
+                        _remove(path)
+                        _remove(os.path.join(self.directory, stem + MARK))
                     # EAGAIN: its buffer is full, so a wake-up is already waiting there
 
     def close(self) -> None:
@@ -161,3 +151,10 @@ def _alive(pid: int) -> bool:
     except OSError:  # it exists, as another user's process
         return True
     return True
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
