@@ -59,10 +59,13 @@ class DispatcherUnreachable(Exception):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    """`retry_after`: seconds the dispatcher asked to wait (a 429's Retry-After), or None."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 def split_urls(text: str) -> list[str]:
@@ -237,7 +240,8 @@ class Client:
             )
             raise DispatcherUnreachable(f"{target.url}{path}: HTTP {status} {message}")
         if status >= 400:
-            raise ApiError(status, data.get("error", response.reason))
+            retry_after = _seconds(response.getheader("Retry-After"))
+            raise ApiError(status, data.get("error", response.reason), retry_after)
         return data
 
     def close(self) -> None:
@@ -305,6 +309,14 @@ class Client:
 
     def workers(self) -> list[dict]:
         return self.call("GET", "/workers")["workers"]
+
+
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header in seconds (the HTTP-date form is not used by the dispatcher)."""
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None
 
 
 def _why(exc: BaseException) -> str:

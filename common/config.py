@@ -48,7 +48,8 @@ class Config:
     max_request_bytes: int = 1_048_576
     task_retention_seconds: float = 604_800.0
     dispatcher_processes: int = 2
-    dispatcher_threads: int = 16
+    dispatcher_connections: int = 1000
+    dispatcher_read_timeout: float = 10.0
     log_level: str = "INFO"
     max_wait_seconds: float = 30.0
     max_batch: int = 1000
@@ -92,7 +93,8 @@ class Config:
             "default_task_timeout",
             "max_request_bytes",
             "dispatcher_processes",
-            "dispatcher_threads",
+            "dispatcher_connections",
+            "dispatcher_read_timeout",
             "max_batch",
             "reap_interval",
             "retry_backoff_cap",

@@ -1,55 +1,19 @@
 """`python -m dispatcher`: check the configuration, create or migrate the database, then
-become the gunicorn server (gthread workers). A bad setting stops here, with one line
-naming the key, before any server process starts."""
+become the gunicorn server (gevent workers, see server.py). A bad setting or a database
+that cannot be opened stops here, with one line naming the problem, before any server
+process starts."""
 
 from __future__ import annotations
 
-import gc
 import logging
+import os
 import re
 import sys
-
-from gunicorn.app.base import BaseApplication
 
 from common.config import Config, ConfigError
 from common.logs import setup_logging
 
-from .errors import DatabaseUnavailable
-
 log = logging.getLogger("dispatcher")
-
-
-class Server(BaseApplication):
-    def __init__(self, config: Config):
-        self.queue_config = config
-        super().__init__()
-
-    def load_config(self) -> None:
-        c = self.queue_config
-        settings = {
-            "bind": f"{c.dispatcher_host}:{c.dispatcher_port}",
-            "workers": c.dispatcher_processes,
-            "threads": c.dispatcher_threads,
-            "worker_class": "gthread",
-            "keepalive": 75,
-            "timeout": 60,
-            "graceful_timeout": 10,
-            "loglevel": c.log_level.lower(),
-            "proc_name": "taskqueue-dispatcher",
-            "control_socket_disable": True,  # one shared path would clash between dispatchers
-        }
-        for key, value in settings.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        from .app import create_app  # in each server process, after the fork
-
-        app = create_app(self.queue_config)
-        # What start-up made lives for good: out of the collector's sight, a full
-        # collection walks only what requests make (it took ~13 ms of a 1,000-task
-        # submission otherwise, once every few calls).
-        gc.freeze()
-        return app
 
 
 def redacted(url: str) -> str:
@@ -57,34 +21,66 @@ def redacted(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
-def main() -> int:
-    try:
-        config = Config.from_env()
-        setup_logging(config.log_level)
-        from .storage import open_storage
+def prepare(config: Config) -> int:
+    """Create or migrate the schema and import TASK_MODULES, in a child process: the
+    server processes patch the standard library for gevent before they import a database
+    driver, so this one never imports one (psycopg picks its way of waiting at import).
+    Returns the exit status: 0, or 2 / 3 after printing the one line that says why."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = _prepare(config)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
-        open_storage(config).close()  # create the schema once, before the fork
+
+def _prepare(config: Config) -> int:
+    from .storage import open_storage
+
+    try:
+        open_storage(config).close()
         import tasks
 
-        tasks.load_modules(config.modules)  # a bad TASK_MODULES stops here, not in a fork
+        tasks.load_modules(config.modules)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
         print(f"configuration error: TASK_MODULES: {exc}", file=sys.stderr)
         return 2
-    except DatabaseUnavailable as exc:
+    except Exception as exc:  # the database refused: one line, no traceback
         print(f"cannot start: {exc} ({redacted(config.database_url)})", file=sys.stderr)
         return 3
+    return 0
+
+
+def main() -> int:
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    status = prepare(config)
+    if status:
+        return status
+    from .server import Server, raise_open_files_limit
+
+    raise_open_files_limit(config.dispatcher_connections, config.dispatcher_processes)
     host = config.dispatcher_host
-    where = redacted(config.database_url)
     log.info(
-        "dispatcher starting on http://%s:%d (%d processes x %d threads), database %s",
+        "dispatcher starting on http://%s:%d (%d processes, up to %d connections each), "
+        "database %s",
         host,
         config.dispatcher_port,
         config.dispatcher_processes,
-        config.dispatcher_threads,
-        where,
+        config.dispatcher_connections,
+        redacted(config.database_url),
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not config.api_token:
         log.warning(

@@ -20,6 +20,7 @@ from common.logs import setup_logging
 
 from . import errors, routes
 from .errors import Unauthorized
+from .longpoll import Held, ReadyCache
 from .storage import Storage, open_storage
 from .wakeup import Wakeup
 
@@ -38,6 +39,8 @@ class Context:
     registry: tasks.Registry
     wakeup: Wakeup
     clock: Callable[[], float]
+    held: Held
+    ready: ReadyCache
 
 
 def create_app(
@@ -53,7 +56,15 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False
     app.json.compact = True
-    ctx = Context(config, storage, tasks.registry, Wakeup.for_storage(storage), clock)
+    ctx = Context(
+        config,
+        storage,
+        tasks.registry,
+        Wakeup.for_storage(storage),
+        clock,
+        Held(config.dispatcher_connections // 2),
+        ReadyCache(storage.next_run_at),
+    )
     app.extensions["taskqueue"] = ctx
     if config.api_token:
         app.before_request(_require_token(config.api_token))
@@ -102,10 +113,18 @@ def _refuse_large_bodies(limit: int):
         length = request.content_length
         if length is None or length <= limit:
             return None
-        stream = request.environ["wsgi.input"]
-        left = min(length, DRAIN_LIMIT)
-        while left > 0 and (chunk := stream.read(min(left, 65536))):
-            left -= len(chunk)
+        # Only a request the API takes a body for is drained (it passed the token check
+        # when there is one); any other is answered at once and its connection closed
+        # by the server after at most 64 KB (server.py), so /health cannot be made to
+        # read an upload.
+        if request.method == "POST" and request.url_rule is not None:
+            stream = request.environ["wsgi.input"]
+            left = min(length, DRAIN_LIMIT)
+            try:
+                while left > 0 and (chunk := stream.read(min(left, 65536))):
+                    left -= len(chunk)
+            except OSError:  # the client stopped sending: the server closes the connection
+                pass
         raise RequestEntityTooLarge()
 
     return check

@@ -54,12 +54,31 @@ class DatabaseUnavailable(QueueError):
     http_status = 503
 
 
+class TooManyHeld(QueueError):
+    """A process holds as many waiting requests as it may; the client retries later."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(QueueError):
+    """The client stopped sending its request body (DISPATCHER_READ_TIMEOUT)."""
+
+    http_status = 408
+
+
 def register(app: Flask) -> None:
     """Every error leaves the dispatcher as {"error": "..."} with its status."""
 
     @app.errorhandler(QueueError)
     def queue_error(exc: QueueError):
-        return {"error": str(exc)}, exc.http_status
+        headers = {}
+        if isinstance(exc, TooManyHeld):
+            headers["Retry-After"] = str(exc.retry_after)
+        return {"error": str(exc)}, exc.http_status, headers
 
     @app.errorhandler(InvalidPayload)
     def invalid_payload(exc: InvalidPayload):

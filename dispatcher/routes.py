@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, request
+from werkzeug.exceptions import ClientDisconnected
 
-from . import openapi, parse
-from .errors import QueueError
+from . import longpoll, openapi, parse
+from .errors import QueueError, RequestTimeout
 from .storage import FINISHED
 
 log = logging.getLogger("dispatcher")
@@ -48,10 +50,29 @@ def with_iso(item: dict) -> dict:
 
 
 def json_body() -> dict:
+    """The request's body as a JSON object, whatever its Content-Type (curl -d sends
+    none); a client that stops sending it is cut off after DISPATCHER_READ_TIMEOUT."""
     try:
-        data = request.get_json(force=True, silent=True)  # curl -d sends no JSON type
+        raw = request.get_data(cache=True)
+    except (OSError, ClientDisconnected) as exc:
+        # werkzeug turns the socket's read time-out into ClientDisconnected
+        if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+            raise RequestTimeout(
+                f"request body not received within {ctx().config.dispatcher_read_timeout:g} s "
+                "(DISPATCHER_READ_TIMEOUT)"
+            ) from None
+        raise parse.BadRequest("the request body ended before its Content-Length") from None
+    try:
+        data = current_app.json.loads(raw) if raw else None
     except RecursionError:
         raise parse.BadRequest("request body is nested too deeply") from None
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            digits = sys.get_int_max_str_digits()
+            raise parse.BadRequest(
+                f"a number in the request body is too large (at most {digits} digits)"
+            ) from None
+        data = None
     return parse.body(data)
 
 
@@ -97,21 +118,13 @@ def get_task():
     queues = parse.queues(data)
     wait = parse.number(data, "wait", 0.0, 0.0, c.config.max_wait_seconds)
     max_tasks = parse.integer(data, "max_tasks", 1, 1, c.config.max_batch)
-    deadline = time.monotonic() + wait
     claim = {"queues": queues, "max_tasks": max_tasks, "lease_s": c.config.lease_seconds}
-    seen = c.wakeup.generation(wait > 0)  # before the claim: no submission slips between
-    tasks = c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
-    while not tasks:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        now = c.clock()
-        due = c.storage.next_run_at(queues)  # a delayed task becomes ready at `due`
-        if due is not None:
-            left = min(left, max(0.0, due - now) + 0.001)
-        seen = c.wakeup.wait(seen, left)
-        if c.storage.has_ready(queues, c.clock()):  # a cheap read before taking the lock
-            tasks = c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
+
+    def take() -> list[dict]:
+        return c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
+
+    with c.held.hold(wait > 0):
+        tasks = longpoll.claim_waiting(take, queues, wait, c.wakeup, c.ready, c.clock)
     if tasks and log.isEnabledFor(logging.INFO):
         for t in tasks:
             log.info("claimed task %s worker=%s attempt=%d", t["task_id"], worker_id, t["attempt"])
@@ -202,12 +215,13 @@ def get_task_status(task_id: str):
     c = ctx()
     wait = parse.query_number(request.args, "wait", 0.0, 0.0, c.config.max_wait_seconds)
     deadline = time.monotonic() + wait
-    seen = c.wakeup.generation(wait > 0)
-    while c.storage.status_of(task_id) not in FINISHED:  # a one-column read per wake-up
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        seen = c.wakeup.wait(seen, left)
+    with c.held.hold(wait > 0):
+        seen = c.wakeup.generation(wait > 0)
+        while c.storage.status_of(task_id) not in FINISHED:  # a one-column read per wake-up
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            seen = c.wakeup.wait(seen, left)
     task = c.storage.get(task_id)
     task.pop("timeout", None)
     task.pop("run_at", None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections import deque
@@ -355,6 +356,10 @@ class Worker:
         if exc.status == 409:  # the worker id was taken over by a newer instance
             log.error("worker %s: %s", self.worker_id, exc.message)
             self.stop("taken over by a newer instance", exit_code=1)
+        elif exc.status == 429:  # the dispatcher holds all the polls it may: come back later
+            delay = (exc.retry_after or 1.0) * random.uniform(1.0, 1.5)
+            log.info("dispatcher busy, polling again in %.1f s: %s", delay, exc.message)
+            self.stopping.wait(delay)
         else:
             log.error("dispatcher refused the worker's request: %s", exc)
             self.stopping.wait(self.config.worker_poll_interval)

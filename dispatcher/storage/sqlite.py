@@ -31,6 +31,7 @@ BUSY_TIMEOUT_S = 30.0  # a writer waits this long for the lock before the client
 # millisecond or more. We try again ourselves, after BUSY_FIRST_S doubling to BUSY_MAX_S.
 BUSY_FIRST_S = 0.00005
 BUSY_MAX_S = 0.001
+KEEP_IDLE = 16  # pooled connections kept open between operations
 TOUCH_EVERY_S = 1.0  # an empty long poll refreshes its worker's last_heartbeat this often
 CHUNK = 500  # ids per IN (...) list, under SQLite's parameter limit
 RETIRED_INSTANCE_KEEP_S = 86_400.0
@@ -287,8 +288,10 @@ class SqliteStorage:
         self._wake = LocalWake(self.path)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        # Connections are lent per operation, not kept per thread: the server serves each
+        # connection in a greenlet, and a thread-local connection would be one per client.
+        self._idle: list[sqlite3.Connection] = []
+        self._watch_db: sqlite3.Connection | None = None  # change_counter()'s own
         self._lock = threading.Lock()
         # One writer at a time in this process: threads queue here, woken at once,
         # instead of sleeping in SQLite's busy handler.
@@ -298,40 +301,53 @@ class SqliteStorage:
 
     # -- connections --------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
-                )
-                db.row_factory = sqlite3.Row
-                db.execute("PRAGMA synchronous = FULL")
-                db.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.Error as exc:
-                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+            )
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
         return db
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """A connection of this process's pool for one operation (opened when none is
+        idle; at most KEEP_IDLE are kept between operations)."""
+        with self._lock:
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._open()
+        try:
+            yield db
+        finally:
+            with self._lock:
+                if len(self._idle) < KEEP_IDLE:
+                    self._idle.append(db)
+                    db = None
+            if db is not None:
+                db.close()
 
     @contextmanager
     def _write(self, fsync: bool = True) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT. With fsync=False (claims only) the commit reaches
         the WAL unsynced (synchronous=NORMAL): a process crash keeps it, a power cut may
         lose it until the next synced commit. docs/RELIABILITY.md argues why that is safe."""
-        db = self._conn()
         if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):
             raise DatabaseUnavailable("database unavailable: no write lock after 30 s")
         try:
-            if not fsync:
-                db.execute("PRAGMA synchronous = NORMAL")
-            try:
-                with self._transaction(db):
-                    yield db
-            finally:
+            with self._conn() as db:
                 if not fsync:
-                    db.execute("PRAGMA synchronous = FULL")
+                    db.execute("PRAGMA synchronous = NORMAL")
+                try:
+                    with self._transaction(db):
+                        yield db
+                finally:
+                    if not fsync:
+                        db.execute("PRAGMA synchronous = FULL")
         finally:
             self._write_lock.release()
 
@@ -352,20 +368,23 @@ class SqliteStorage:
 
     def _read(self, sql: str, args=()) -> list[sqlite3.Row]:
         try:
-            return self._conn().execute(sql, args).fetchall()
+            with self._conn() as db:
+                return db.execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
     def close(self) -> None:
         self._wake.close()
         with self._lock:
-            for db in self._connections:
-                try:
-                    db.close()
-                except sqlite3.Error:
-                    pass
-            self._connections.clear()
-        self._local = threading.local()
+            idle, self._idle = self._idle, []
+            if self._watch_db is not None:
+                idle.append(self._watch_db)
+                self._watch_db = None
+        for db in idle:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
 
     def _migrate(self) -> None:
         """Create the schema in a new file, or bring an older one up to SCHEMA_VERSION."""
@@ -899,9 +918,15 @@ class SqliteStorage:
         self._read("SELECT 1")
 
     def change_counter(self) -> int:
-        """PRAGMA data_version of this thread's connection: it changes whenever another
-        connection (in any process) commits. Cheap enough to poll every few ms."""
-        return self._read("PRAGMA data_version")[0][0]
+        """PRAGMA data_version: it changes whenever another
+        connection (in any process) commits. Cheap enough to poll every few ms. Read on
+        a connection of its own (the counter is per connection), by one thread."""
+        try:
+            if self._watch_db is None:
+                self._watch_db = self._open()
+            return self._watch_db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
     def listen(self, callback: Callable[[], None], stop: threading.Event) -> None:
         """Call back when another process announces a commit (see localwake.py)."""
