@@ -54,6 +54,25 @@ class DatabaseUnavailable(QueueError):
     http_status = 503
 
 
+class DiskFull(DatabaseUnavailable):
+    """The database's disk is full: writes are refused, reads go on."""
+
+    def __init__(self, detail: str):
+        super().__init__(
+            f"the database's disk is full ({detail}); nothing was stored: "
+            "try again once space is freed"
+        )
+
+
+class ReadOnly(DatabaseUnavailable):
+    """The database takes no writes (a read-only file, mount or server)."""
+
+    def __init__(self, detail: str):
+        super().__init__(
+            f"the database is read-only ({detail}); nothing was stored: try again later"
+        )
+
+
 class TooManyHeld(QueueError):
     """A process holds as many waiting requests as it may; the client retries later."""
 

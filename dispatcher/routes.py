@@ -277,8 +277,10 @@ def workers():
 @bp.get("/health")
 def health():
     c = ctx()
-    c.storage.ping()
-    return {"status": "ok"}
+    problem = c.storage.health()
+    if problem is None:
+        return {"status": "ok"}
+    return {"status": "degraded", "error": problem}
 
 
 @bp.get("/openapi.json")

@@ -6,6 +6,7 @@ Every operation that depends on time takes `now` (UTC epoch seconds) as an argum
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +50,27 @@ class ReapReport:
     dead_workers: list[str] = field(default_factory=list)
     rescued: list[str] = field(default_factory=list)
     deleted: int = 0
+
+
+class Refusals:
+    """Writes the database refused for a reason that lasts (a full disk, a read-only
+    database), for /health: it reports the last one for HOLD_S seconds after it."""
+
+    HOLD_S = 10.0
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._last: tuple[float, str] | None = None
+
+    def seen(self, error: Exception) -> Exception:
+        self._last = (self._clock(), str(error))
+        return error
+
+    def recent(self) -> str | None:
+        last = self._last
+        if last is None or self._clock() - last[0] > self.HOLD_S:
+            return None
+        return last[1]
 
 
 class Storage(Protocol):
@@ -100,6 +122,12 @@ class Storage(Protocol):
     def workers(self, now: float, dead_after: float) -> list[dict]: ...
 
     def ping(self) -> None: ...
+
+    def health(self) -> str | None:
+        """None when the database reads and writes; otherwise why writes are refused
+        (a full disk, a read-only database; a refusal is reported for Refusals.HOLD_S
+        after the last one). Raises DatabaseUnavailable when it cannot even be read."""
+        ...
 
     def change_counter(self) -> int:
         """A number that moves whenever another connection or process commits a change

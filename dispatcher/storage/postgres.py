@@ -64,12 +64,14 @@ from ..errors import (
     BadRequest,
     Conflict,
     DatabaseUnavailable,
+    DiskFull,
     LeaseConflict,
+    ReadOnly,
     TaskNotFound,
     WorkerTakenOver,
 )
 from ..retry import retry_at
-from . import FINISHED, NewTask, ReapReport, Result
+from . import FINISHED, NewTask, ReapReport, Refusals, Result
 from .rows import EXPIRED_ERROR, dumps, loads, new_ids, stats_dict, task_dict, worker_dict
 
 log = logging.getLogger("dispatcher")
@@ -495,6 +497,7 @@ class PostgresStorage:
             name="taskqueue",
         )
         self._checking = threading.Lock()
+        self.refusals = Refusals()  # writes refused for a full disk or a read-only database
         self._listeners: set[psycopg.Connection] = set()
         self._listeners_lock = threading.Lock()
         try:
@@ -524,6 +527,10 @@ class PostgresStorage:
                 yield conn
         except psycopg.errors.TransactionRollback:
             raise  # deadlock or serialization failure: _transact runs it again
+        except psycopg.errors.DiskFull as exc:  # 53100, e.g. "could not extend file"
+            raise self.refusals.seen(DiskFull(_reason(exc))) from exc
+        except psycopg.errors.ReadOnlySqlTransaction as exc:  # 25006
+            raise self.refusals.seen(ReadOnly(_reason(exc))) from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._check_pool_soon()
             raise DatabaseUnavailable(f"database unavailable: {_reason(exc)}") from exc
@@ -593,6 +600,8 @@ class PostgresStorage:
             log.info("created schema version %d in %s", SCHEMA_VERSION, self.schema)
             return
         version = tx.one("SELECT schema_version FROM meta")["schema_version"]
+        if version == SCHEMA_VERSION:
+            return  # nothing written: a read-only or full database still starts
         if version > SCHEMA_VERSION:
             raise RuntimeError(
                 f"database schema version {version} is newer than this code's "
@@ -1165,6 +1174,15 @@ class PostgresStorage:
 
     def ping(self) -> None:
         self._read("SELECT 1")
+
+    def health(self) -> str | None:
+        """None when reads and writes work; why writes are refused when they are not
+        (a read that fails raises): a read-only server says so in a read, a full disk
+        by the writes it refused lately."""
+        row = self._read("SELECT current_setting('transaction_read_only') AS ro")[0]
+        if row["ro"] == "on":
+            return str(ReadOnly("transaction_read_only is on"))
+        return self.refusals.recent()
 
     # -- wake-ups -----------------------------------------------------------------
 

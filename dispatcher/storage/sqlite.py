@@ -10,6 +10,7 @@ Times are REAL epoch seconds (UTC). Payloads and results are JSON text.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -18,10 +19,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import Conflict, DatabaseUnavailable, LeaseConflict, TaskNotFound, WorkerTakenOver
+from ..errors import (
+    Conflict,
+    DatabaseUnavailable,
+    DiskFull,
+    LeaseConflict,
+    ReadOnly,
+    TaskNotFound,
+    WorkerTakenOver,
+)
 from ..localwake import LocalWake
 from ..retry import retry_at
-from . import FINISHED, NewTask, ReapReport, Result
+from . import FINISHED, NewTask, ReapReport, Refusals, Result
 from .rows import EXPIRED_ERROR, dumps, loads, new_ids, stats_dict, task_dict, worker_dict
 
 SCHEMA_VERSION = 2
@@ -292,6 +301,7 @@ class SqliteStorage:
         # connection in a greenlet, and a thread-local connection would be one per client.
         self._idle: list[sqlite3.Connection] = []
         self._watch_db: sqlite3.Connection | None = None  # change_counter()'s own
+        self.refusals = Refusals()  # writes refused for a full disk or a read-only file
         self._lock = threading.Lock()
         # One writer at a time in this process: threads queue here, woken at once,
         # instead of sleeping in SQLite's busy handler.
@@ -348,6 +358,14 @@ class SqliteStorage:
                 finally:
                     if not fsync:
                         db.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            error = _unavailable(exc)
+            if isinstance(error, (DiskFull, ReadOnly)):
+                self.refusals.seen(error)
+            raise error from exc
+        except (DiskFull, ReadOnly) as exc:  # refused at BEGIN
+            self.refusals.seen(exc)
+            raise
         finally:
             self._write_lock.release()
 
@@ -356,22 +374,19 @@ class SqliteStorage:
         _begin_immediate(db)
         try:
             yield
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+            # a failed COMMIT (a full disk) may have ended the transaction already
+            if db.in_transaction:
                 db.execute("ROLLBACK")
-                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+            raise
 
     def _read(self, sql: str, args=()) -> list[sqlite3.Row]:
         try:
             with self._conn() as db:
                 return db.execute(sql, args).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
 
     def close(self) -> None:
         self._wake.close()
@@ -387,7 +402,11 @@ class SqliteStorage:
                 pass
 
     def _migrate(self) -> None:
-        """Create the schema in a new file, or bring an older one up to SCHEMA_VERSION."""
+        """Create the schema in a new file, or bring an older one up to SCHEMA_VERSION.
+        A file already at SCHEMA_VERSION is only read: a full disk does not stop a
+        start, and the server processes after the first write nothing here."""
+        if self._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION:
+            return
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if (
@@ -917,6 +936,14 @@ class SqliteStorage:
     def ping(self) -> None:
         self._read("SELECT 1")
 
+    def health(self) -> str | None:
+        """None when reads and writes work; why writes are refused when they are not
+        (a read that fails raises): a write refused lately, or no byte free."""
+        self.ping()
+        if _free_bytes(self.path.parent) == 0:
+            return str(DiskFull(f"no space left on the filesystem of {self.path}"))
+        return self.refusals.recent()
+
     def change_counter(self) -> int:
         """PRAGMA data_version: it changes whenever another
         connection (in any process) commits. Cheap enough to poll every few ms. Read on
@@ -953,7 +980,7 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
-                    raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+                    raise _unavailable(exc) from exc
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + BUSY_TIMEOUT_S
@@ -963,6 +990,24 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
             delay = min(delay * 2, BUSY_MAX_S)
     finally:
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
+
+def _unavailable(exc: sqlite3.Error) -> DatabaseUnavailable:
+    """What a client reads for an error of SQLite itself (503 in every case)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return DiskFull(str(exc))
+    if code == sqlite3.SQLITE_READONLY:
+        return ReadOnly(str(exc))
+    return DatabaseUnavailable(f"database unavailable: {exc}")
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
