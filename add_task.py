@@ -436,6 +436,32 @@ def submit(config: Config, client: Client, tasks: list[dict], as_json: bool = Fa
     return ids
 
 
+def unserved_queues(tasks: list[dict], workers: list[dict]) -> list[str]:
+    """The queues of `tasks` that no alive worker takes tasks from. A worker that has
+    not claimed yet (queues unknown) may serve any of them: then none is reported."""
+    alive = [w for w in workers if w.get("status") == "alive"]
+    if any(w.get("queues") is None for w in alive):
+        return []
+    served = {q for w in alive for q in w["queues"]}
+    wanted = dict.fromkeys(t.get("queue") or "default" for t in tasks)
+    return [q for q in wanted if q not in served]
+
+
+def warn_unserved(client: Client, tasks: list[dict]) -> None:
+    """A warning on stderr when no alive worker serves a queue just submitted to (the
+    tasks are stored all the same and wait for one)."""
+    try:
+        missing = unserved_queues(tasks, client.workers())
+    except (DispatcherUnreachable, ApiError):
+        return
+    for name in missing:
+        print(
+            f"warning: no alive worker takes tasks from queue '{name}'; they wait until "
+            f"one does (./start_worker.sh ID --queues {name})",
+            file=sys.stderr,
+        )
+
+
 def wait_all(
     config: Config, task_ids: list[str], on_finished: Callable[[dict], None]
 ) -> list[dict]:
@@ -544,6 +570,7 @@ def run(args: argparse.Namespace) -> int:
     config = cli.load_config()
     client = cli.connect(config)
     task_ids = submit(config, client, tasks, args.json)
+    warn_unserved(client, tasks)
     if not args.wait:
         print_ids(task_ids, args.json)
         return cli.EXIT_OK

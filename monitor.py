@@ -43,6 +43,8 @@ COLOURS = {
     "failed": "red",
     "cancelled": "magenta",
     "alive": "green",
+    "stopping": "yellow",
+    "stopped": "dim",
     "dead": "red",
 }
 CSV_HEADER = ("section", "name", "status", "count")
@@ -54,7 +56,8 @@ CSV_HELP = """\
                               cancelled)
   queue,QUEUE,STATUS,N        tasks of queue QUEUE in STATUS
   type,TYPE,STATUS,N          tasks of task type TYPE in STATUS
-  worker,WORKER_ID,STATUS,N   a worker, alive or dead; N = tasks it completed
+  worker,WORKER_ID,STATUS,N   a worker (alive, stopping, stopped or dead); N = attempts it
+                              completed
 
 --export json prints {"stats": <GET /stats>, "workers": <GET /workers "workers" list>}.
 
@@ -79,7 +82,9 @@ def csv_rows(stats: dict, workers: list[dict]) -> list[tuple]:
     for section, key in (("queue", "queues"), ("type", "types")):
         for name, counts in sorted(stats.get(key, {}).items()):
             rows += [(section, name, s, counts.get(s, 0)) for s in ordered_statuses(counts)]
-    rows += [("worker", w["worker_id"], w["status"], w.get("completed", 0)) for w in workers]
+    rows += [
+        ("worker", w["worker_id"], w["status"], w.get("attempts_completed", 0)) for w in workers
+    ]
     return rows
 
 
@@ -175,6 +180,8 @@ def summary_line(stats: dict) -> Text:
         (f"{workers.get('alive', 0)} alive", "green"),
         ", ",
         (f"{workers.get('dead', 0)} dead", "red" if workers.get("dead") else ""),
+        ", ",
+        f"{workers.get('stopped', 0)} stopped",
     )
 
 
@@ -197,8 +204,8 @@ def workers_table(workers: list[dict], now: float) -> Table:
     table.add_column("status")
     table.add_column("last heartbeat", justify="right")
     table.add_column("current tasks", overflow="fold")
-    table.add_column("completed", justify="right")
-    table.add_column("failed", justify="right")
+    table.add_column("attempts completed", justify="right")
+    table.add_column("attempts failed", justify="right")
     for w in workers:
         status = w.get("status", "?")
         age = seconds_since(w.get("last_heartbeat"), now)
@@ -207,8 +214,8 @@ def workers_table(workers: list[dict], now: float) -> Table:
             Text(status, style=COLOURS.get(status, "")),
             "—" if age is None else f"{duration(age)} ago",
             current_tasks(w.get("current_tasks") or []),
-            str(w.get("completed", 0)),
-            str(w.get("failed", 0)),
+            str(w.get("attempts_completed", 0)),
+            str(w.get("attempts_failed", 0)),
         )
     if not workers:
         table.add_row("(none yet)", "", "", "", "", "", style="dim")

@@ -250,6 +250,17 @@ class Client:
             self._conn = None
             self._conn_index = -1
 
+    def abort(self) -> None:
+        """From another thread: end the request this Client is waiting on (a held
+        claim), which then fails as DispatcherUnreachable."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def __enter__(self) -> Client:
         return self
 
@@ -279,10 +290,15 @@ class Client:
     def submit_results(self, results: list[dict]) -> list[dict]:
         return self.call("POST", "/submit-results", {"results": results})["results"]
 
-    def heartbeat(self, worker_id: str, instance_id: str, task_ids: list[str]) -> dict:
-        body = {"worker_id": worker_id, "task_ids": task_ids}
+    def heartbeat(
+        self, worker_id: str, instance_id: str, task_ids: list[str], state: str | None = None
+    ) -> dict:
+        """`state`: "stopping" (claims nothing more) or "stopped" (gone, not dead)."""
+        body: dict[str, Any] = {"worker_id": worker_id, "task_ids": task_ids}
         if instance_id:
             body["instance_id"] = instance_id
+        if state:
+            body["state"] = state
         return self.call("POST", "/heartbeat", body)
 
     def release(self, worker_id: str, tasks: list[tuple[str, str]]) -> int:

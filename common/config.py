@@ -34,6 +34,7 @@ class Config:
     dispatcher_url: str = "http://127.0.0.1:5000"
     lease_seconds: float = 120.0
     worker_dead_after: float = 60.0
+    worker_forget_after: float = 86_400.0
     worker_poll_interval: float = 5.0
     worker_heartbeat_interval: float = 30.0
     worker_concurrency: int = 1

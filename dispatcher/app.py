@@ -138,6 +138,7 @@ def _reaper(ctx: Context) -> None:
                 now=ctx.clock(),
                 dead_after=config.worker_dead_after,
                 retention_s=config.task_retention_seconds,
+                forget_after=config.worker_forget_after or float("inf"),
             )
             for worker_id in report.dead_workers:
                 log.warning("worker %s declared dead (no heartbeat)", worker_id)
@@ -145,6 +146,8 @@ def _reaper(ctx: Context) -> None:
                 log.warning("task %s back to the queue: its worker is dead", task_id)
             for task_id in report.expired:
                 log.warning("task %s lease expired", task_id)
+            if report.forgotten:
+                log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
             if report.deleted:
                 log.info("deleted %d finished tasks past retention", report.deleted)
             if report.dead_workers or report.expired or report.rescued:

@@ -50,6 +50,16 @@ class WorkerTakenOver(Conflict):
         )
 
 
+class WorkerStopping(QueueError):
+    """The worker said it is shutting down: it is given no more tasks (its claims are
+    answered with none)."""
+
+    http_status = 409
+
+    def __init__(self, worker_id: str):
+        super().__init__(f"worker {worker_id} is stopping: it claims nothing more")
+
+
 class DatabaseUnavailable(QueueError):
     http_status = 503
 

@@ -235,8 +235,8 @@ def _schemas(config: Config, task_types: list[str]) -> dict:
             {
                 "tasks": _ref("Counts"),
                 "workers": _object(
-                    {"alive": COUNT, "dead": COUNT},
-                    required=["alive", "dead"],
+                    {"alive": COUNT, "dead": COUNT, "stopped": COUNT},
+                    required=["alive", "dead", "stopped"],
                 ),
                 "throughput_per_minute": {"type": "integer", "minimum": 0},
                 "oldest_pending_age_seconds": {"type": ["number", "null"], "minimum": 0},
@@ -256,12 +256,25 @@ def _schemas(config: Config, task_types: list[str]) -> dict:
             {
                 "worker_id": {"type": "string"},
                 "instance_id": {"type": "string", "description": "empty if none was sent"},
-                "status": {"type": "string", "enum": ["alive", "dead"]},
+                "status": {"type": "string", "enum": ["alive", "stopping", "stopped", "dead"]},
                 "first_seen": TIME,
                 "last_heartbeat": TIME,
                 "current_tasks": {"type": "array", "items": task_id},
-                "completed": {"type": "integer", "minimum": 0},
-                "failed": {"type": "integer", "minimum": 0},
+                "queues": {
+                    "type": ["array", "null"],
+                    "items": {"type": "string"},
+                    "description": "the queues of its last claim; null before its first",
+                },
+                "attempts_completed": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "attempts it ran to completion (not tasks)",
+                },
+                "attempts_failed": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "attempts it reported failed (a task retried counts each)",
+                },
             },
             required=[
                 "worker_id",
@@ -270,8 +283,9 @@ def _schemas(config: Config, task_types: list[str]) -> dict:
                 "first_seen",
                 "last_heartbeat",
                 "current_tasks",
-                "completed",
-                "failed",
+                "queues",
+                "attempts_completed",
+                "attempts_failed",
             ],
         ),
     }
@@ -360,10 +374,22 @@ def _operations(config: Config) -> dict:
         if links:
             for answer in answers.values():
                 answer["links"] = links
-        responses = {**answers, "400": bad, **dict(errors), "413": too_large, "503": unavailable}
+        responses = {
+            **answers,
+            "400": bad,
+            **dict(errors),
+            "408": slow,
+            "413": too_large,
+            "503": unavailable,
+        }
         request_body = _body(body, examples)
         return {"post": {"summary": summary, "requestBody": request_body, "responses": responses}}
 
+    slow = _error("the body did not arrive within DISPATCHER_READ_TIMEOUT")
+    busy = (
+        "429",
+        _error("this dispatcher process holds all the waiting requests it may; see Retry-After"),
+    )
     worker_id = _name("the worker's name")
     instance_id = _nullable(_name("the worker process's random id"))
     taken_over = ("409", _error("this worker instance was taken over by a newer one"))
@@ -449,6 +475,7 @@ def _operations(config: Config) -> dict:
                 )
             },
             taken_over,
+            busy,
         ),
         "/submit-result": post(
             "Report one result",
@@ -523,6 +550,14 @@ def _operations(config: Config) -> dict:
                             "description": "the tasks the worker holds; default: all of them",
                         }
                     ),
+                    "state": _nullable(
+                        {
+                            "type": "string",
+                            "enum": ["stopping", "stopped"],
+                            "description": "stopping: shutting down, give it no more tasks; "
+                            "stopped: gone (shown as stopped, not dead)",
+                        }
+                    ),
                 },
                 required=["worker_id"],
                 closed=False,
@@ -557,6 +592,7 @@ def _operations(config: Config) -> dict:
                     "200": _reply("the task", _ref("Task")),
                     "400": bad,
                     "404": not_found,
+                    "429": busy[1],
                     "503": unavailable,
                 },
             }
@@ -652,8 +688,14 @@ def _operations(config: Config) -> dict:
                 "security": [],
                 "responses": {
                     "200": _reply(
-                        "ok",
-                        _object({"status": {"type": "string", "const": "ok"}}, required=["status"]),
+                        "ok; or degraded: reads work, writes are refused (error says why)",
+                        _object(
+                            {
+                                "status": {"type": "string", "enum": ["ok", "degraded"]},
+                                "error": {"type": "string"},
+                            },
+                            required=["status"],
+                        ),
                     ),
                     "503": unavailable,
                 },

@@ -9,7 +9,7 @@ from common.config import MAX_QUEUES, Config
 from tasks import Registry
 
 from .errors import BadRequest, QueueError
-from .storage import STATUSES, NewTask, Result
+from .storage import STATUSES, WORKER_STATES, NewTask, Result
 
 MAX_ID_LENGTH = 200
 MAX_KEY_LENGTH = 200
@@ -220,6 +220,17 @@ def task_ids(data: dict) -> list[str] | None:
         raise BadRequest("'task_ids' must be a list of task ids")
     for task_id in value:
         storable(task_id, "task_ids")
+    return value
+
+
+def worker_state(data: dict) -> str | None:
+    """A heartbeat's optional `state`: stopping (shutting down, claims nothing more) or
+    stopped (gone, not dead)."""
+    value = data.get("state")
+    if value is None:
+        return None
+    if value not in WORKER_STATES:
+        raise BadRequest(f"'state' must be one of {', '.join(WORKER_STATES)}")
     return value
 
 

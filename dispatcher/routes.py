@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
 from . import longpoll, openapi, parse
-from .errors import QueueError, RequestTimeout
+from .errors import QueueError, RequestTimeout, WorkerStopping
 from .storage import FINISHED
 
 log = logging.getLogger("dispatcher")
@@ -123,8 +123,11 @@ def get_task():
     def take() -> list[dict]:
         return c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
 
-    with c.held.hold(wait > 0):
-        tasks = longpoll.claim_waiting(take, queues, wait, c.wakeup, c.ready, c.clock)
+    try:
+        with c.held.hold(wait > 0):
+            tasks = longpoll.claim_waiting(take, queues, wait, c.wakeup, c.ready, c.clock)
+    except WorkerStopping:  # it said it is shutting down: nothing more for it
+        tasks = []
     if tasks and log.isEnabledFor(logging.INFO):
         for t in tasks:
             log.info("claimed task %s worker=%s attempt=%d", t["task_id"], worker_id, t["attempt"])
@@ -195,10 +198,19 @@ def heartbeat():
     data = json_body()
     worker_id = parse.string(data, "worker_id")
     instance_id = parse.string(data, "instance_id", required=False) or ""
+    state = parse.worker_state(data)
     now = c.clock()
     abandon = c.storage.heartbeat(
-        worker_id, instance_id, parse.task_ids(data), now=now, lease_s=c.config.lease_seconds
+        worker_id,
+        instance_id,
+        parse.task_ids(data),
+        now=now,
+        lease_s=c.config.lease_seconds,
+        state=state,
     )
+    if state is not None:
+        c.wakeup.notify()  # its held poll, wherever it is, ends with no task
+        log.info("worker %s is %s", worker_id, state)
     log.debug("heartbeat worker=%s abandon=%s", worker_id, abandon)
     return {
         "worker_id": worker_id,

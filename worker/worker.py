@@ -16,7 +16,7 @@ import os
 import random
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +27,7 @@ from common.config import Config
 
 from .cache import ResultCache
 from .pool import TaskPool, outcomes
+from .prefetch import TARGET_S as PREFETCH_TARGET_S
 from .prefetch import Prefetch
 from .reporter import Reporter
 
@@ -43,6 +44,8 @@ CHUNK_TARGET_S = 0.05
 CHUNK_MAX = 100
 CHUNK_SLACK = 20
 CHUNK_MIN_TIMEOUT_S = 2.0
+SHED_MARGIN_S = 0.15  # prefetch claims end this long before a running task counts as long
+REMEMBER_COMPLETED = 10_000  # task ids a worker keeps of what it completed
 
 
 @dataclass
@@ -80,6 +83,9 @@ class Worker:
         self.running: dict[str, Running] = {}  # task id -> its chunk's call
         self.inflight = 0  # pool calls running (each holds one slot)
         self.abandoned: set[str] = set()
+        # tasks this worker completed lately: a claim of one of them is the dispatcher
+        # giving up a lease just before the result arrived, not work to do again
+        self.completed: OrderedDict[str, None] = OrderedDict()
         # one list position for all of this worker's connections: they move together
         self.dispatchers = Dispatchers(config.dispatcher_url)
         self.prefetch = Prefetch(config.prefetch, config.worker_concurrency, config.max_batch)
@@ -95,6 +101,7 @@ class Worker:
             ttl=config.cache_ttl_seconds,
             clock=clock,
         )
+        self._fetch_client = Client(self.dispatchers, config.api_token)
         self._fetcher = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
         self._beater = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
 
@@ -172,6 +179,14 @@ class Worker:
         new lease, which is the one the dispatcher expects a result for."""
         fresh = []
         for claim in claims:
+            if claim["task_id"] in self.completed:
+                log.info(
+                    "task %s claimed again after it completed here worker=%s: "
+                    "its result stands, it does not run twice",
+                    claim["task_id"],
+                    self.worker_id,
+                )
+                continue
             entry = self.running.get(claim["task_id"])
             if entry is not None:
                 entry.claim["lease_token"] = claim["lease_token"]
@@ -273,6 +288,11 @@ class Worker:
 
     def _report(self, claim: dict, body: dict, elapsed: float) -> None:
         task_id = claim["task_id"]
+        if body["status"] == "completed":
+            with self.cv:
+                self.completed[task_id] = None
+                while len(self.completed) > REMEMBER_COMPLETED:
+                    self.completed.popitem(last=False)
         log.info("task %s %s worker=%s in %.3f s", task_id, body["status"], self.worker_id, elapsed)
         result = {"task_id": task_id, "worker_id": self.worker_id}
         result["lease_token"] = claim["lease_token"]
@@ -285,12 +305,24 @@ class Worker:
         """How many tasks to claim now (called with self.cv held): enough to fill the
         slots and the prefetch, but only once the buffer is down to half the prefetch,
         so that claims stay large instead of one task per finished task."""
-        prefetch = self.prefetch.size(self._longest_running())
+        # SHED_MARGIN_S: no claim for prefetch is still held when _to_shed gives back
+        prefetch = self.prefetch.size(self._longest_running() + SHED_MARGIN_S)
         missing = self.config.worker_concurrency + prefetch - len(self.running) - len(self.buffer)
         idle = len(self.running) + len(self.buffer) < self.config.worker_concurrency
         if idle or len(self.buffer) <= prefetch // 2:
             return missing
         return 0
+
+    def _hold(self) -> float:
+        """How long the next claim may be held (called with self.cv held). With a free
+        slot, a whole poll interval. When the claim only tops up the prefetch, no longer
+        than the running tasks stay short: a claim held past that would take back the
+        very tasks given back for being stuck behind a long one (_to_shed)."""
+        poll = self.config.worker_poll_interval
+        if self.inflight < self.config.worker_concurrency or not self.prefetch.auto:
+            return poll
+        left = PREFETCH_TARGET_S - SHED_MARGIN_S - self._longest_running()
+        return min(poll, max(0.0, left))
 
     def _fetch_loop(self) -> None:
         self._guarded("fetcher", self._fetch)
@@ -305,13 +337,15 @@ class Worker:
             self.stop(f"the {name} thread failed", exit_code=1)
 
     def _fetch(self) -> None:
-        client = Client(self.dispatchers, self.config.api_token)
+        client = self._fetch_client
         backoff = Backoff(cap=self.config.worker_poll_interval)
         outage = False
+        outage_since = None
         while not self.stopping.is_set():
             with self.cv:
                 self.cv.wait_for(lambda: self.stopping.is_set() or self._wanted() > 0)
                 want = self._wanted()
+                hold = self._hold()
             if self.stopping.is_set():
                 break
             if outage and self.reporter.has_cached:
@@ -321,11 +355,14 @@ class Worker:
                     self.worker_id,
                     self.instance_id,
                     self.config.queues,
-                    wait=self.config.worker_poll_interval,
+                    wait=hold,
                     max_tasks=min(want, self.config.max_batch),
                 )
             except DispatcherUnreachable as exc:
+                if self.stopping.is_set():  # _shutdown ended the held claim
+                    break
                 outage = True
+                outage_since = outage_since or time.monotonic()
                 delay = backoff.next()
                 log.warning("dispatcher unreachable, retrying in %.1f s: %s", delay, exc)
                 self.stopping.wait(delay)
@@ -333,6 +370,14 @@ class Worker:
             except ApiError as exc:
                 self._api_refused(exc)
                 continue
+            if outage_since is not None:
+                log.info(
+                    "dispatcher %s reachable again after %.0f s worker=%s",
+                    client.base_url,
+                    time.monotonic() - outage_since,
+                    self.worker_id,
+                )
+                outage_since = None
             backoff.reset()
             outage = False
             if claims and self.stopping.is_set():  # claimed while stopping: give them back
@@ -405,6 +450,10 @@ class Worker:
     # -- stopping -----------------------------------------------------------------
 
     def _shutdown(self, client: Client) -> None:
+        # the dispatcher gives it nothing more, and its held claim ends now, not at
+        # the end of its wait
+        self._say(client, "stopping")
+        self._fetch_client.abort()
         with self.cv:
             unstarted = list(self.buffer)
             self.buffer.clear()
@@ -430,8 +479,21 @@ class Worker:
         self._fetcher.join(timeout=self.config.worker_poll_interval + 10)
         self.reporter.close(timeout=30)
         self.stopped.set()
+        self._say(client, "stopped")  # shown as stopped, not dead
         self.pool.stop()
         log.info("worker %s stopped", self.worker_id)
+
+    def _say(self, client: Client, state: str) -> None:
+        """Tell the dispatcher this worker is stopping or has stopped (best effort: a
+        dispatcher that is away declares it dead instead)."""
+        with self.cv:
+            task_ids = [*self.running, *(c["task_id"] for c in self.buffer)]
+        try:
+            client.heartbeat(self.worker_id, self.instance_id, task_ids, state=state)
+        except (DispatcherUnreachable, ApiError) as exc:
+            log.warning(
+                "could not tell the dispatcher %s worker=%s: %s", state, self.worker_id, exc
+            )
 
     def _release(self, client: Client, claims: list[dict]) -> None:
         items = list(dict.fromkeys((c["task_id"], c["lease_token"]) for c in claims))

@@ -14,6 +14,8 @@ from common.config import Config, ConfigError
 
 FINISHED = ("completed", "failed", "cancelled")
 STATUSES = ("pending", "in_progress", *FINISHED)
+STOPPING = ("stopping", "stopped")  # a worker's status once it said it is shutting down
+WORKER_STATES = STOPPING  # what a heartbeat's `state` may say
 
 
 # Not frozen: NewTask and Result are made once per item of a batch, and a frozen
@@ -50,6 +52,7 @@ class ReapReport:
     dead_workers: list[str] = field(default_factory=list)
     rescued: list[str] = field(default_factory=list)
     deleted: int = 0
+    forgotten: int = 0  # workers dead or stopped for longer than forget_after
 
 
 class Refusals:
@@ -99,11 +102,14 @@ class Storage(Protocol):
         task_ids: list[str] | None,
         now: float,
         lease_s: float,
+        state: str | None = None,
     ) -> list[str]: ...
 
     def release(self, worker_id: str, tasks: list[tuple[str, str]], now: float) -> int: ...
 
-    def reap(self, now: float, dead_after: float, retention_s: float) -> ReapReport: ...
+    def reap(
+        self, now: float, dead_after: float, retention_s: float, forget_after: float = 86_400.0
+    ) -> ReapReport: ...
 
     def cancel(self, task_id: str, now: float) -> str: ...
 

@@ -68,15 +68,16 @@ from ..errors import (
     LeaseConflict,
     ReadOnly,
     TaskNotFound,
+    WorkerStopping,
     WorkerTakenOver,
 )
 from ..retry import retry_at
-from . import FINISHED, NewTask, ReapReport, Refusals, Result
+from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result
 from .rows import EXPIRED_ERROR, dumps, loads, new_ids, stats_dict, task_dict, worker_dict
 
 log = logging.getLogger("dispatcher")
 
-SCHEMA_VERSION = 2  # the SQLite numbering: a new PostgreSQL schema starts at version 2
+SCHEMA_VERSION = 3  # the SQLite numbering: a new PostgreSQL schema starts at version 2
 CHANNEL = "taskqueue"  # NOTIFY channel; the payload names the schema that changed
 CONNECT_TIMEOUT_S = 5  # libpq connect_timeout unless DATABASE_URL sets one
 POOL_WAIT_S = 5.0  # longest wait for a pooled connection before the client sees a 503
@@ -156,7 +157,8 @@ SCHEMA = [
         first_seen     DOUBLE PRECISION NOT NULL,
         last_heartbeat DOUBLE PRECISION NOT NULL,
         completed      INTEGER NOT NULL DEFAULT 0,
-        failed         INTEGER NOT NULL DEFAULT 0
+        failed         INTEGER NOT NULL DEFAULT 0,
+        queues         TEXT
     )
     """,
     """
@@ -172,7 +174,10 @@ SCHEMA = [
 
 # Migrations from version N to N + 1, applied in order (none yet on PostgreSQL: its
 # first schema is version 2).
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    # version 3: the queues a worker last claimed from, a JSON list (GET /workers)
+    2: ["ALTER TABLE workers ADD COLUMN queues TEXT"],
+}
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('taskqueue migrate ' || %s))"
@@ -401,10 +406,16 @@ UPDATE tasks SET lease_expires_at = %(until)s
  WHERE id = ANY(%(ids)s) AND worker_id = %(worker_id)s AND status = 'in_progress'
 """
 
-# alive -> dead: no heartbeat for dead_after; its tasks go back at once
+# alive | stopping -> dead: no heartbeat for dead_after; its tasks go back at once
 DECLARE_DEAD = """
 UPDATE workers SET status = 'dead'
- WHERE worker_id = %(worker_id)s AND status = 'alive' AND last_heartbeat < %(cutoff)s
+ WHERE worker_id = %(worker_id)s AND status IN ('alive', 'stopping')
+   AND last_heartbeat < %(cutoff)s
+"""
+
+# dead | stopped -> forgotten: gone longer than forget_after
+FORGET_WORKERS = """
+DELETE FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(cutoff)s
 """
 
 # finished tasks past retention, with their history; rows another reaper is deleting
@@ -430,7 +441,8 @@ STATS_GROUPS = "SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY st
 
 STATS_OTHERS = """
 SELECT (SELECT count(*) FROM workers
-         WHERE status = 'alive' AND last_heartbeat >= %(alive_after)s) AS alive,
+         WHERE status IN ('alive', 'stopping') AND last_heartbeat >= %(alive_after)s) AS alive,
+       (SELECT count(*) FROM workers WHERE status = 'stopped') AS stopped,
        (SELECT count(*) FROM workers) AS total,
        (SELECT count(*) FROM tasks
          WHERE finished_at >= %(minute_ago)s AND status = 'completed') AS recent,
@@ -685,7 +697,8 @@ class PostgresStorage:
 
         def claim_tasks(tx: _Tx) -> list[dict]:
             claimed: list[dict] = []
-            self._touch_worker(tx, worker_id, instance_id, now)
+            if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
+                raise WorkerStopping(worker_id)
             for queue in queues:
                 left = max_tasks - len(claimed)
                 if left <= 0:
@@ -730,28 +743,42 @@ class PostgresStorage:
             (list(queues),),
         )[0]["t"]
 
-    def _touch_worker(self, tx: _Tx, worker_id: str, instance_id: str, now: float) -> None:
-        """Register or refresh a worker; a new instance of a known id takes it over and
-        its earlier instance's tasks go back to the queue at once. The worker's row is
-        locked first: its calls from several dispatchers take turns."""
+    def _touch_worker(
+        self,
+        tx: _Tx,
+        worker_id: str,
+        instance_id: str,
+        now: float,
+        state: str | None = None,
+        queues: tuple[str, ...] | None = None,
+    ) -> str:
+        """Register or refresh a worker, and return its status; a new instance of a
+        known id takes it over and its earlier instance's tasks go back to the queue at
+        once. `state` (a heartbeat's: stopping, stopped) sets the status; without one a
+        stopping or stopped instance keeps its status and any other is alive. The
+        worker's row is locked first: its calls from several dispatchers take turns."""
         if instance_id and tx.one(
             "SELECT 1 FROM retired_instances WHERE instance_id = %s", (instance_id,)
         ):
             raise WorkerTakenOver(worker_id)
         row = tx.one(
-            "SELECT instance_id FROM workers WHERE worker_id = %s FOR UPDATE", (worker_id,)
+            "SELECT instance_id, status FROM workers WHERE worker_id = %s FOR UPDATE",
+            (worker_id,),
         )
+        status = state or "alive"
+        listed = None if queues is None else dumps(list(queues))
         if row is None:
             if tx.one(
-                "INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat) "
-                "VALUES (%s, %s, 'alive', %s, %s) ON CONFLICT (worker_id) DO NOTHING "
+                "INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat, "
+                "queues) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO NOTHING "
                 "RETURNING 1",
-                (worker_id, instance_id, now, now),
+                (worker_id, instance_id, status, now, now, listed),
             ):
-                return
+                return status
             # another dispatcher registered it a moment ago: lock its row and go on
             row = tx.one(
-                "SELECT instance_id FROM workers WHERE worker_id = %s FOR UPDATE", (worker_id,)
+                "SELECT instance_id, status FROM workers WHERE worker_id = %s FOR UPDATE",
+                (worker_id,),
             )
         if instance_id and row["instance_id"] != instance_id:
             if row["instance_id"]:
@@ -762,15 +789,19 @@ class PostgresStorage:
             if self._rescue_worker_tasks(tx, worker_id, now, "worker restarted"):
                 tx.notify = True
             tx.execute(
-                "UPDATE workers SET instance_id = %s, status = 'alive', last_heartbeat = %s "
-                "WHERE worker_id = %s",
-                (instance_id, now, worker_id),
+                "UPDATE workers SET instance_id = %s, status = %s, last_heartbeat = %s, "
+                "queues = coalesce(%s, queues) WHERE worker_id = %s",
+                (instance_id, status, now, listed, worker_id),
             )
-            return
+            return status
+        if state is None and row["status"] in STOPPING:
+            status = row["status"]
         tx.execute(
-            "UPDATE workers SET status = 'alive', last_heartbeat = %s WHERE worker_id = %s",
-            (now, worker_id),
+            "UPDATE workers SET status = %s, last_heartbeat = %s, queues = coalesce(%s, queues) "
+            "WHERE worker_id = %s",
+            (status, now, listed, worker_id),
         )
+        return status
 
     # -- results ------------------------------------------------------------------
 
@@ -938,13 +969,16 @@ class PostgresStorage:
         task_ids: list[str] | None,
         now: float,
         lease_s: float,
+        state: str | None = None,
     ) -> list[str]:
         """Extend the leases of the worker's tasks (the listed ones, or all); returns the
-        listed tasks the worker should abandon (cancelled, finished, leased to another)."""
+        listed tasks the worker should abandon (cancelled, finished, leased to another).
+        `state` stopping or stopped: the worker is shutting down (it claims nothing
+        more) or has stopped."""
         until = now + lease_s
 
         def beat(tx: _Tx) -> list[str]:
-            self._touch_worker(tx, worker_id, instance_id, now)
+            self._touch_worker(tx, worker_id, instance_id, now, state)
             if task_ids is None:
                 tx.execute(EXTEND_ALL, {"until": until, "worker_id": worker_id})
                 return []
@@ -954,10 +988,10 @@ class PostgresStorage:
                 "SELECT id, status, worker_id, expired_failure FROM tasks WHERE id = ANY(%s)",
                 (ids,),
             )
-            state = {r["id"]: (r["status"], r["worker_id"], r["expired_failure"]) for r in rows}
+            found = {r["id"]: (r["status"], r["worker_id"], r["expired_failure"]) for r in rows}
             abandon = []
             for task_id in ids:
-                status, holder, by_expiry = state.get(task_id, ("deleted", None, False))
+                status, holder, by_expiry = found.get(task_id, ("deleted", None, False))
                 mine = status == "in_progress" and holder == worker_id
                 # a late result still counts while the task is pending or failed only by
                 # lease expiry: the worker keeps going
@@ -989,7 +1023,9 @@ class PostgresStorage:
 
         return self._transact(give_back)
 
-    def reap(self, now: float, dead_after: float, retention_s: float) -> ReapReport:
+    def reap(
+        self, now: float, dead_after: float, retention_s: float, forget_after: float = 86_400.0
+    ) -> ReapReport:
         """Declare silent workers dead and rescue their tasks, return expired leases to
         the queue, delete finished tasks past retention. Cheap reads decide first, so an
         idle sweep writes nothing. Any number of dispatchers may reap at once: each
@@ -997,9 +1033,14 @@ class PostgresStorage:
         report = ReapReport()
         cutoff_alive = now - dead_after
         dead = self._read(
-            "SELECT worker_id FROM workers WHERE status = 'alive' AND last_heartbeat < %s "
-            'ORDER BY worker_id COLLATE "C"',
+            "SELECT worker_id FROM workers WHERE status IN ('alive', 'stopping') "
+            'AND last_heartbeat < %s ORDER BY worker_id COLLATE "C"',
             (cutoff_alive,),
+        )
+        gone = self._read(
+            "SELECT 1 FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %s "
+            "LIMIT 1",
+            (now - forget_after,),
         )
         expired = self._read(
             "SELECT 1 FROM tasks WHERE status = 'in_progress' AND lease_expires_at < %s LIMIT 1",
@@ -1011,7 +1052,7 @@ class PostgresStorage:
             "('completed', 'failed', 'cancelled') LIMIT 1",
             (cutoff,),
         )
-        if dead or expired:
+        if dead or expired or gone:
 
             def sweep(tx: _Tx) -> ReapReport:
                 found = ReapReport()
@@ -1035,12 +1076,15 @@ class PostgresStorage:
                     "DELETE FROM retired_instances WHERE retired_at < %s",
                     (now - RETIRED_INSTANCE_KEEP_S,),
                 )
+                found.forgotten = tx.execute(
+                    FORGET_WORKERS, {"cutoff": now - forget_after}
+                ).rowcount
                 tx.notify = bool(found.rescued or found.expired)
                 return found
 
             found = self._transact(sweep)
             report.dead_workers, report.rescued = found.dead_workers, found.rescued
-            report.expired = found.expired
+            report.expired, report.forgotten = found.expired, found.forgotten
         while old:  # retention, in short transactions until the backlog is gone
             deleted = self._transact(
                 lambda tx: tx.one(DELETE_FINISHED, {"cutoff": cutoff, "batch": DELETE_BATCH})["n"]
@@ -1159,7 +1203,9 @@ class PostgresStorage:
             row = conn.execute(
                 STATS_OTHERS, {"alive_after": now - dead_after, "minute_ago": now - 60}
             ).fetchone()
-        return stats_dict(groups, row["alive"], row["total"], row["recent"], row["oldest"], now)
+        return stats_dict(
+            groups, row["alive"], row["stopped"], row["total"], row["recent"], row["oldest"], now
+        )
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
         running: dict[str, list[str]] = {}

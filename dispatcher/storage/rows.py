@@ -58,22 +58,28 @@ def task_dict(r: Mapping) -> dict:
 
 
 def worker_dict(r: Mapping, running: list[str], now: float, dead_after: float) -> dict:
-    """A `workers` row as GET /workers shows it: dead when silent for `dead_after`."""
-    alive = r["status"] == "alive" and r["last_heartbeat"] >= now - dead_after
+    """A `workers` row as GET /workers shows it: dead when silent for `dead_after`
+    (unless it said it stopped). The counts are of attempts, not tasks: a task that
+    failed twice and then completed adds 2 to attempts_failed and 1 to
+    attempts_completed."""
+    status = r["status"]
+    if status != "stopped" and (status == "dead" or r["last_heartbeat"] < now - dead_after):
+        status = "dead"
     return {
         "worker_id": r["worker_id"],
         "instance_id": r["instance_id"],
-        "status": "alive" if alive else "dead",
+        "status": status,
         "first_seen": r["first_seen"],
         "last_heartbeat": r["last_heartbeat"],
         "current_tasks": running,
-        "completed": r["completed"],
-        "failed": r["failed"],
+        "queues": None if r["queues"] is None else loads(r["queues"]),
+        "attempts_completed": r["completed"],
+        "attempts_failed": r["failed"],
     }
 
 
 def stats_dict(
-    groups, alive: int, total: int, recent: int, oldest: float | None, now: float
+    groups, alive: int, stopped: int, total: int, recent: int, oldest: float | None, now: float
 ) -> dict:
     """GET /stats from the counts: `groups` are rows of (status, queue, type, n);
     `oldest` is the earliest run_at of a pending task (its wait counts only once it is
@@ -90,7 +96,7 @@ def stats_dict(
         oldest = None
     return {
         "tasks": tasks,
-        "workers": {"alive": alive, "dead": total - alive},
+        "workers": {"alive": alive, "dead": total - alive - stopped, "stopped": stopped},
         "throughput_per_minute": recent,
         "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
         "queues": queues,

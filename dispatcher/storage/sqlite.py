@@ -26,14 +26,15 @@ from ..errors import (
     LeaseConflict,
     ReadOnly,
     TaskNotFound,
+    WorkerStopping,
     WorkerTakenOver,
 )
 from ..localwake import LocalWake
 from ..retry import retry_at
-from . import FINISHED, NewTask, ReapReport, Refusals, Result
+from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result
 from .rows import EXPIRED_ERROR, dumps, loads, new_ids, stats_dict, task_dict, worker_dict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for the lock before the client sees a 503
 # Waiting for another process's write lock: SQLite's own busy handler sleeps 1, 2, 5, 10 ms
 # between tries, so a claim and a result arriving together cost the second one a
@@ -48,6 +49,9 @@ DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 
 # the oldest ready task in one index lookup (/stats polls it often)
 PENDING_AGE_INDEX = "CREATE INDEX tasks_pending_age ON tasks (run_at) WHERE status = 'pending'"
+
+# the queues a worker last claimed from, as a JSON list (NULL: it has not claimed yet)
+WORKER_QUEUES_COLUMN = "ALTER TABLE workers ADD COLUMN queues TEXT"
 
 SCHEMA = [
     """
@@ -105,7 +109,8 @@ SCHEMA = [
         first_seen     REAL NOT NULL,
         last_heartbeat REAL NOT NULL,
         completed      INTEGER NOT NULL DEFAULT 0,
-        failed         INTEGER NOT NULL DEFAULT 0
+        failed         INTEGER NOT NULL DEFAULT 0,
+        queues         TEXT
     )
     """,
     """
@@ -120,6 +125,7 @@ SCHEMA = [
 # Migrations from version N to N + 1, applied in order to an existing file.
 MIGRATIONS: dict[int, list[str]] = {
     1: [PENDING_AGE_INDEX],  # version 2: /stats reads the queue's age from an index
+    2: [WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
 }
 
 # -- statements, named by the transition they make ------------------------------------
@@ -493,7 +499,8 @@ class SqliteStorage:
             return []  # no write: it would collide with the results a worker posts
         claimed: list[dict] = []
         with self._write(fsync=False) as db:
-            self._touch_worker(db, worker_id, instance_id, now)
+            if self._touch_worker(db, worker_id, instance_id, now, queues=queues) in STOPPING:
+                raise WorkerStopping(worker_id)
             for queue in queues:
                 left = max_tasks - len(claimed)
                 if left <= 0:
@@ -538,11 +545,10 @@ class SqliteStorage:
         if not rows:
             return False
         row = rows[0]
-        return (
-            row["status"] == "alive"
-            and (not instance_id or row["instance_id"] == instance_id)
-            and now - row["last_heartbeat"] < TOUCH_EVERY_S
-        )
+        same = not instance_id or row["instance_id"] == instance_id
+        if same and row["status"] in STOPPING:
+            raise WorkerStopping(worker_id)
+        return row["status"] == "alive" and same and now - row["last_heartbeat"] < TOUCH_EVERY_S
 
     def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
         marks = ",".join("?" * len(queues))
@@ -557,9 +563,19 @@ class SqliteStorage:
         sql = f"SELECT min(run_at) FROM tasks WHERE status = 'pending' AND queue IN ({marks})"
         return self._read(sql, queues)[0][0]
 
-    def _touch_worker(self, db, worker_id: str, instance_id: str, now: float) -> None:
-        """Register or refresh a worker; a new instance of a known id takes it over and
-        its earlier instance's tasks go back to the queue at once."""
+    def _touch_worker(
+        self,
+        db,
+        worker_id: str,
+        instance_id: str,
+        now: float,
+        state: str | None = None,
+        queues: tuple[str, ...] | None = None,
+    ) -> str:
+        """Register or refresh a worker, and return its status; a new instance of a
+        known id takes it over and its earlier instance's tasks go back to the queue at
+        once. `state` (a heartbeat's: stopping, stopped) sets the status; without one a
+        stopping or stopped instance keeps its status and any other is alive."""
         if (
             instance_id
             and db.execute(
@@ -568,15 +584,17 @@ class SqliteStorage:
         ):
             raise WorkerTakenOver(worker_id)
         row = db.execute(
-            "SELECT instance_id FROM workers WHERE worker_id = ?", (worker_id,)
+            "SELECT instance_id, status FROM workers WHERE worker_id = ?", (worker_id,)
         ).fetchone()
+        status = state or "alive"
+        listed = None if queues is None else dumps(list(queues))
         if row is None:
             db.execute(
-                "INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat) "
-                "VALUES (?, ?, 'alive', ?, ?)",
-                (worker_id, instance_id, now, now),
+                "INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat, "
+                "queues) VALUES (?, ?, ?, ?, ?, ?)",
+                (worker_id, instance_id, status, now, now, listed),
             )
-            return
+            return status
         if instance_id and row["instance_id"] != instance_id:
             if row["instance_id"]:
                 db.execute(
@@ -585,15 +603,19 @@ class SqliteStorage:
                 )
             self._rescue_worker_tasks(db, worker_id, now, "worker restarted")
             db.execute(
-                "UPDATE workers SET instance_id = ?, status = 'alive', last_heartbeat = ? "
-                "WHERE worker_id = ?",
-                (instance_id, now, worker_id),
+                "UPDATE workers SET instance_id = ?, status = ?, last_heartbeat = ?, "
+                "queues = coalesce(?, queues) WHERE worker_id = ?",
+                (instance_id, status, now, listed, worker_id),
             )
-            return
+            return status
+        if state is None and row["status"] in STOPPING:
+            status = row["status"]
         db.execute(
-            "UPDATE workers SET status = 'alive', last_heartbeat = ? WHERE worker_id = ?",
-            (now, worker_id),
+            "UPDATE workers SET status = ?, last_heartbeat = ?, queues = coalesce(?, queues) "
+            "WHERE worker_id = ?",
+            (status, now, listed, worker_id),
         )
+        return status
 
     # -- results ------------------------------------------------------------------
 
@@ -699,13 +721,16 @@ class SqliteStorage:
         task_ids: list[str] | None,
         now: float,
         lease_s: float,
+        state: str | None = None,
     ) -> list[str]:
         """Extend the leases of the worker's tasks (the listed ones, or all); returns the
-        listed tasks the worker should abandon (cancelled, finished, leased to another)."""
+        listed tasks the worker should abandon (cancelled, finished, leased to another).
+        `state` stopping or stopped: the worker is shutting down (it claims nothing
+        more) or has stopped."""
         until = now + lease_s
         abandon: list[str] = []
         with self._write() as db:
-            self._touch_worker(db, worker_id, instance_id, now)
+            self._touch_worker(db, worker_id, instance_id, now, state)
             if task_ids is None:
                 db.execute(EXTEND_ALL, {"until": until, "worker_id": worker_id})
                 return []
@@ -722,9 +747,9 @@ class SqliteStorage:
                     f"WHERE id IN ({marks})",
                     chunk,
                 ).fetchall()
-                state = {r["id"]: (r["status"], r["worker_id"], r["expired_failure"]) for r in rows}
+                found = {r["id"]: (r["status"], r["worker_id"], r["expired_failure"]) for r in rows}
                 for task_id in chunk:
-                    status, holder, by_expiry = state.get(task_id, ("deleted", None, 0))
+                    status, holder, by_expiry = found.get(task_id, ("deleted", None, 0))
                     mine = status == "in_progress" and holder == worker_id
                     # a late result still counts while the task is pending or failed
                     # only by lease expiry: the worker keeps going
@@ -750,14 +775,22 @@ class SqliteStorage:
                     released += 1
         return released
 
-    def reap(self, now: float, dead_after: float, retention_s: float) -> ReapReport:
+    def reap(
+        self, now: float, dead_after: float, retention_s: float, forget_after: float = 86_400.0
+    ) -> ReapReport:
         """Declare silent workers dead and rescue their tasks, return expired leases to
         the queue, delete finished tasks past retention. Cheap reads decide first, so an
         idle sweep takes no write lock."""
         report = ReapReport()
         dead = self._read(
-            "SELECT worker_id FROM workers WHERE status = 'alive' AND last_heartbeat < ?",
+            "SELECT worker_id FROM workers WHERE status IN ('alive', 'stopping') "
+            "AND last_heartbeat < ?",
             (now - dead_after,),
+        )
+        gone = self._read(
+            "SELECT 1 FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < ? "
+            "LIMIT 1",
+            (now - forget_after,),
         )
         expired = self._read(
             "SELECT id FROM tasks WHERE status = 'in_progress' AND lease_expires_at < ? LIMIT 1",
@@ -769,14 +802,14 @@ class SqliteStorage:
             "('completed', 'failed', 'cancelled') LIMIT 1",
             (cutoff,),
         )
-        if not (dead or expired or old):
+        if not (dead or expired or old or gone):
             return report
         with self._write() as db:
             for row in dead:
-                # alive -> dead: no heartbeat for dead_after; its tasks go back at once
+                # alive | stopping -> dead: no heartbeat for dead_after; its tasks go back
                 if db.execute(
-                    "UPDATE workers SET status = 'dead' WHERE worker_id = ? AND status = 'alive' "
-                    "AND last_heartbeat < ?",
+                    "UPDATE workers SET status = 'dead' WHERE worker_id = ? "
+                    "AND status IN ('alive', 'stopping') AND last_heartbeat < ?",
                     (row["worker_id"], now - dead_after),
                 ).rowcount:
                     report.dead_workers.append(row["worker_id"])
@@ -795,6 +828,11 @@ class SqliteStorage:
                 "DELETE FROM retired_instances WHERE retired_at < ?",
                 (now - RETIRED_INSTANCE_KEEP_S,),
             )
+            # dead | stopped -> forgotten: gone longer than forget_after
+            report.forgotten = db.execute(
+                "DELETE FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < ?",
+                (now - forget_after,),
+            ).rowcount
         while old:  # retention, in short transactions until the backlog is gone
             with self._write() as db:
                 deleted = self._delete_finished(db, cutoff)
@@ -911,16 +949,18 @@ class SqliteStorage:
             "SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, type"
         )
         alive = self._read(
-            "SELECT count(*) FROM workers WHERE status = 'alive' AND last_heartbeat >= ?",
+            "SELECT count(*) FROM workers WHERE status IN ('alive', 'stopping') "
+            "AND last_heartbeat >= ?",
             (now - dead_after,),
         )[0][0]
         total = self._read("SELECT count(*) FROM workers")[0][0]
+        stopped = self._read("SELECT count(*) FROM workers WHERE status = 'stopped'")[0][0]
         recent = self._read(
             "SELECT count(*) FROM tasks WHERE finished_at >= ? AND status = 'completed'",
             (now - 60,),
         )[0][0]
         oldest = self._read(OLDEST_PENDING)[0][0]
-        return stats_dict(groups, alive, total, recent, oldest, now)
+        return stats_dict(groups, alive, stopped, total, recent, oldest, now)
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
         running: dict[str, list[str]] = {}

@@ -585,13 +585,13 @@ def test_stats_shape(client):
         "failed": 0,
         "cancelled": 0,
     }
-    assert body["workers"] == {"alive": 1, "dead": 0}
+    assert body["workers"] == {"alive": 1, "dead": 0, "stopped": 0}
 
 
 def test_stats_count_a_silent_worker_as_dead(client, clock):
     client.post("/heartbeat", json={"worker_id": "w1"})
     clock.now = T0 + 61  # WORKER_DEAD_AFTER is 60
-    assert client.get("/stats").get_json()["workers"] == {"alive": 0, "dead": 1}
+    assert client.get("/stats").get_json()["workers"] == {"alive": 0, "dead": 1, "stopped": 0}
     [worker] = client.get("/workers").get_json()["workers"]
     assert worker["status"] == "dead"
 
@@ -606,8 +606,8 @@ def test_workers_lists_each_worker_with_its_tasks(client):
     assert worker["status"] == "alive"
     assert parse_time(worker["last_heartbeat"]) == parse_time(iso(T0))
     assert worker["current_tasks"] == [task_id]
-    assert worker["completed"] == 0
-    assert worker["failed"] == 0
+    assert worker["attempts_completed"] == 0
+    assert worker["attempts_failed"] == 0
 
 
 def test_health(client):

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import Cluster
+from harness import Cluster, wait_for
 
 from common.config import PROJECT_ROOT
 
@@ -164,3 +164,20 @@ def test_no_dispatcher_is_exit_1_with_one_line(command, cluster, workdir):
     assert done.stderr.startswith(f"error: cannot reach the dispatcher at {url} ("), _explain(done)
     assert done.stderr.count("\n") == 1
     assert done.stdout == ""
+
+
+def test_a_queue_no_alive_worker_serves_gets_a_warning(queue, workdir):
+    wait_for(
+        lambda: [w["queues"] for w in queue.client.workers()] == [["default"]],
+        30,
+        lambda: f"w1's queues never known: {queue.client.workers()}",
+    )
+    sleep = '{"type": "sleep", "payload": {"duration": 0}}'
+    served = _run(queue, "add_task.py", "--payload", sleep, cwd=workdir)
+    assert served.returncode == 0 and "warning" not in served.stderr, _explain(served)
+    payload = '{"type": "sleep", "payload": {"duration": 0}, "queue": "nobody"}'
+    lonely = _run(queue, "add_task.py", "--payload", payload, cwd=workdir)
+    assert lonely.returncode == 0, _explain(lonely)
+    assert "no alive worker takes tasks from queue 'nobody'" in lonely.stderr, _explain(lonely)
+    [task_id] = lonely.stdout.split()
+    assert queue.task(task_id)["status"] == "pending"  # stored all the same

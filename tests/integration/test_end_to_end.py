@@ -45,10 +45,10 @@ def test_the_seed_walk_through_with_two_workers(cluster):
     assert {t["result"]["algorithm"] for t in tasks} == {"sieve", "trial_division"}
     stats = cluster.client.stats()
     assert stats["tasks"]["completed"] == 6
-    assert stats["workers"] == {"alive": 2, "dead": 0}
+    assert stats["workers"] == {"alive": 2, "dead": 0, "stopped": 0}
     workers = {w["worker_id"]: w for w in cluster.client.workers()}
     assert set(workers) == {"worker-1", "worker-2"}
-    assert sum(w["completed"] for w in workers.values()) == 6
+    assert sum(w["attempts_completed"] for w in workers.values()) == 6
 
 
 def _children(pid: int) -> list[int]:

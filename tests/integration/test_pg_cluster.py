@@ -99,7 +99,7 @@ def test_the_seed_walk_through_on_postgresql(pg_url, make_cluster):
         assert task["result"]["count"] == 9592 and task["result"]["largest"] == 99991
     stats = cluster.client.stats()
     assert stats["tasks"]["completed"] == 5
-    assert stats["workers"] == {"alive": 2, "dead": 0}
+    assert stats["workers"] == {"alive": 2, "dead": 0, "stopped": 0}
     monitor = subprocess.run(
         ["python3", "monitor.py", "--once"],
         cwd=PROJECT_ROOT,

@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from common.config import Config
-from dispatcher.errors import Conflict, LeaseConflict, TaskNotFound, WorkerTakenOver
+from dispatcher.errors import (
+    Conflict,
+    LeaseConflict,
+    TaskNotFound,
+    WorkerStopping,
+    WorkerTakenOver,
+)
 from dispatcher.storage import NewTask, Result, open_storage
 from dispatcher.storage.sqlite import SCHEMA_VERSION
 from tests.pg import fresh_schema_url
@@ -511,7 +517,11 @@ def test_a_silent_worker_is_declared_dead_and_its_tasks_go_back_at_once(storage,
     report = reap(storage, now=T0 + 61, dead_after=60)  # long before the lease ends
     assert report.dead_workers == ["w1"]
     assert storage.get(pending_task)["status"] == "pending"
-    assert storage.stats(now=T0 + 61, dead_after=60)["workers"] == {"alive": 0, "dead": 1}
+    assert storage.stats(now=T0 + 61, dead_after=60)["workers"] == {
+        "alive": 0,
+        "dead": 1,
+        "stopped": 0,
+    }
     [worker] = storage.workers(now=T0 + 61, dead_after=60)
     assert worker["worker_id"] == "w1"
     assert worker["status"] == "dead"
@@ -523,7 +533,11 @@ def test_heartbeats_keep_a_worker_alive(storage, pending_task):
     heartbeat(storage, "w1", now=T0 + 50, lease_s=300)
     assert reap(storage, now=T0 + 61, dead_after=60).dead_workers == []
     assert storage.get(pending_task)["status"] == "in_progress"
-    assert storage.stats(now=T0 + 61, dead_after=60)["workers"] == {"alive": 1, "dead": 0}
+    assert storage.stats(now=T0 + 61, dead_after=60)["workers"] == {
+        "alive": 1,
+        "dead": 0,
+        "stopped": 0,
+    }
 
 
 # -- heartbeats -----------------------------------------------------------------------
@@ -835,7 +849,7 @@ def test_stats_counts_add_up(storage):
         "fail": {**zero, "failed": 1},
         "compute": {**zero, "cancelled": 1},
     }
-    assert stats["workers"] == {"alive": 1, "dead": 0}
+    assert stats["workers"] == {"alive": 1, "dead": 0, "stopped": 0}
 
 
 def test_queue_age_counts_only_tasks_that_are_ready(storage):
@@ -873,6 +887,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
     path = config.database_path()
     with sqlite3.connect(path) as db:  # make the file what version 1 wrote
         db.execute("DROP INDEX tasks_pending_age")
+        db.execute("ALTER TABLE workers DROP COLUMN queues")
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -880,7 +895,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
     try:
         assert migrated.get(task_id)["status"] == "pending"
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
             names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
         db.close()
         assert "tasks_pending_age" in names
@@ -995,7 +1010,51 @@ def test_a_batch_mixing_current_stale_repeated_and_unknown_results(storage):
     assert state(other) == ("completed", "other", None, "w2", [(1, "w2", "completed", None)])
     for task_id in (done, repeated, stale_done, last, fail_then_done, retried, other):
         assert storage.get(task_id)["finished_at"] == T0 + 35
-    counters = {w["worker_id"]: (w["completed"], w["failed"]) for w in storage.workers(T0, FOREVER)}
+    counters = {
+        w["worker_id"]: (w["attempts_completed"], w["attempts_failed"])
+        for w in storage.workers(T0, FOREVER)
+    }
     # w1: done, repeated, stale_done (late), retried; failed: last, fail_then_done, retried
     # w2: other; failed: stale_failed
     assert counters == {"w1": (4, 3), "w2": (1, 1)}
+
+
+# -- a worker that stops, and workers long gone -------------------------------------------
+
+
+def test_a_stopping_worker_claims_nothing_and_a_stopped_one_is_not_dead(storage):
+    submit(storage)
+    heartbeat(storage, "w1", [], now=T0, instance="i1")
+    storage.heartbeat("w1", "i1", [], now=T0 + 1, lease_s=LEASE, state="stopping")
+    with pytest.raises(WorkerStopping):
+        claim(storage, "w1", T0 + 2, instance="i1")
+    heartbeat(storage, "w1", [], now=T0 + 3, instance="i1")  # a plain beat keeps it stopping
+    [shown] = storage.workers(now=T0 + 3, dead_after=60)
+    assert shown["status"] == "stopping"
+    storage.heartbeat("w1", "i1", [], now=T0 + 4, lease_s=LEASE, state="stopped")
+    report = storage.reap(now=T0 + 1000, dead_after=60, retention_s=0)
+    assert report.dead_workers == []
+    [shown] = storage.workers(now=T0 + 1000, dead_after=60)
+    assert shown["status"] == "stopped"
+    assert storage.stats(now=T0 + 1000, dead_after=60)["workers"] == {
+        "alive": 0,
+        "dead": 0,
+        "stopped": 1,
+    }
+    # the same id started again: a new instance takes it over, alive, and claims
+    assert [c["attempt"] for c in claim(storage, "w1", T0 + 1001, instance="i2")] == [1]
+    [shown] = storage.workers(now=T0 + 1001, dead_after=60)
+    assert shown["status"] == "alive"
+
+
+def test_workers_gone_longer_than_forget_after_are_forgotten(storage):
+    heartbeat(storage, "w-dead", [], now=T0)
+    heartbeat(storage, "w-stopped", [], now=T0)
+    storage.heartbeat("w-stopped", "", [], now=T0, lease_s=LEASE, state="stopped")
+    heartbeat(storage, "w-alive", [], now=T0 + 500)
+    storage.reap(now=T0 + 100, dead_after=60, retention_s=0, forget_after=1000)
+    names = {w["worker_id"]: w["status"] for w in storage.workers(T0 + 100, 60)}
+    assert names == {"w-dead": "dead", "w-stopped": "stopped", "w-alive": "alive"}
+    report = storage.reap(now=T0 + 1001, dead_after=600, retention_s=0, forget_after=1000)
+    assert report.forgotten == 2
+    assert [w["worker_id"] for w in storage.workers(T0 + 1001, 600)] == ["w-alive"]

@@ -156,7 +156,7 @@ def test_two_dispatchers_finishing_the_same_tasks_at_once_neither_deadlock_nor_b
     finally:
         for s in stores:
             s.close()
-    counters = {w["worker_id"]: w["completed"] for w in storage.workers(T0, 10**9)}
+    counters = {w["worker_id"]: w["attempts_completed"] for w in storage.workers(T0, 10**9)}
     assert sum(counters.values()) == 600
     rolled_back = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
     assert rolled_back == []

@@ -16,7 +16,7 @@ from common.config import Config
 
 STATS = {
     "tasks": {"pending": 3, "in_progress": 1, "completed": 20, "failed": 2, "cancelled": 0},
-    "workers": {"alive": 1, "dead": 1},
+    "workers": {"alive": 1, "dead": 1, "stopped": 0},
     "throughput_per_minute": 12,
     "oldest_pending_age_seconds": 4.5,
     "queues": {
@@ -34,16 +34,16 @@ WORKERS = [
         "status": "alive",
         "last_heartbeat": "2026-01-01T00:00:10.000+00:00",
         "current_tasks": ["t1"],
-        "completed": 15,
-        "failed": 2,
+        "attempts_completed": 15,
+        "attempts_failed": 2,
     },
     {
         "worker_id": "w2",
         "status": "dead",
         "last_heartbeat": "2026-01-01T00:00:00.000+00:00",
         "current_tasks": [],
-        "completed": 5,
-        "failed": 0,
+        "attempts_completed": 5,
+        "attempts_failed": 0,
     },
 ]
 
