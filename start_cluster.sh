@@ -51,6 +51,27 @@ fi
 urls=()
 for port in $(seq "$first_port" "$last_port"); do urls+=("http://$host:$port"); done
 
+# Each port must be free: otherwise another server (another cluster's dispatcher, say)
+# would answer the health check and the workers, and this cluster's own dispatcher
+# would fail to bind behind it.
+for port in $(seq "$first_port" "$last_port"); do
+  if ! "$py" - "$host" "$port" <<'PY'
+import socket, sys
+host = sys.argv[1].strip("[]")
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+with socket.socket(family) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+    try:
+        s.bind((host, int(sys.argv[2])))
+    except OSError:
+        sys.exit(1)
+PY
+  then
+    echo "port $port on $host is already in use (another dispatcher?): stop it, or set DISPATCHER_PORT" >&2
+    exit 1
+  fi
+done
+
 set -m  # each child in its own process group: Ctrl-C reaches this script only
 worker_pids=()
 dispatcher_pids=()

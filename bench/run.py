@@ -2,11 +2,12 @@
 """The project's own benchmark: how cost grows with the queue, the workers and the claim
 size, and how fast a held long poll wakes up.
 
-    python bench/run.py [--quick] [--out DIR]
+    python bench/run.py [--quick] [--out DIR] [--update-results]
 
 Runs with any python3 (the first call installs requirements-bench.txt into .venv). Writes
-DIR (default bench/out/): results.json, RESULTS.md, throughput.png and the processes'
-logs; and rewrites bench/RESULTS.md and bench/throughput.png, the committed copies.
+DIR (default bench/out/, not committed): results.json, RESULTS.md, throughput.png and the
+processes' logs. Only with --update-results (and not with --quick) does it rewrite
+bench/RESULTS.md and bench/throughput.png, the committed copies.
 Uses ports 5400-5499 and a temporary directory for the big databases.
 """
 
@@ -51,6 +52,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes (about 4 min, not 10)")
     p.add_argument("--out", type=Path, default=BENCH / "out", help="output directory")
+    p.add_argument(
+        "--update-results",
+        action="store_true",
+        help="copy RESULTS.md and throughput.png over the committed ones in bench/ (full runs)",
+    )
     return p.parse_args(argv)
 
 
@@ -127,24 +133,30 @@ def run(quick: bool, out: Path, command: str) -> dict:
     return results
 
 
-def write(results: dict, out: Path) -> None:
-    """results.json, RESULTS.md and throughput.png in `out`; the last two copied to bench/."""
+def write(results: dict, out: Path, update: bool) -> Path:
+    """results.json, RESULTS.md and throughput.png in `out`; with `update`, the last two
+    copied over the committed ones in bench/. Returns where RESULTS.md is."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "RESULTS.md").write_text(report.markdown(results) + "\n")
     report.plot(results, out / "throughput.png")
-    if out.resolve() != BENCH:
+    if update and out.resolve() != BENCH:
         shutil.copyfile(out / "RESULTS.md", BENCH / "RESULTS.md")
         shutil.copyfile(out / "throughput.png", BENCH / "throughput.png")
+        return BENCH / "RESULTS.md"
+    return out / "RESULTS.md"
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     command = " ".join(["python bench/run.py", *argv])
+    if args.update_results and args.quick:
+        print("--update-results takes a full run: the committed results are not --quick")
+        return 2
     out = args.out.resolve()
     results = run(args.quick, out, command)
-    write(results, out)
-    print(f"done in {results['elapsed_s'] / 60:.1f} min: {BENCH / 'RESULTS.md'}", flush=True)
+    where = write(results, out, args.update_results)
+    print(f"done in {results['elapsed_s'] / 60:.1f} min: {where}", flush=True)
     return 0
 
 

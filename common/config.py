@@ -67,16 +67,26 @@ class Config:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """Parse every known key of `env` (default: os.environ after loading .env)."""
+        origin: dict[str, str] = {}
         if env is None:
+            from_shell = set(os.environ)
             load_dotenv_file()
             env = os.environ
-        values = {}
-        for f in fields(cls):
-            key = f.name.upper()
-            if key in env:
-                values[f.name] = _parse(key, env[key], type(f.default))
-        config = cls(**values)
-        config.check()
+            dotenv = str(PROJECT_ROOT / ".env")
+            origin = {k: "the environment" if k in from_shell else dotenv for k in env}
+        try:
+            values = {}
+            for f in fields(cls):
+                key = f.name.upper()
+                if key in env:
+                    values[f.name] = _parse(key, env[key], type(f.default))
+            config = cls(**values)
+            config.check()
+        except ConfigError as exc:
+            key = str(exc).split(" ", 1)[0].rstrip(":")
+            if key in origin:  # say where the bad value came from
+                raise ConfigError(f"{exc} (set in {origin[key]})") from None
+            raise
         return config
 
     def check(self) -> None:

@@ -513,6 +513,9 @@ class PostgresStorage:
         self._listeners: set[psycopg.Connection] = set()
         self._listeners_lock = threading.Lock()
         try:
+            # one plain connection first: when the server refuses (no such database,
+            # bad password), its own words are the error, not the pool's time-out
+            psycopg.connect(url, **self._connect_kwargs).close()
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S + 1)
         except psycopg.OperationalError as exc:
             self._pool.close()

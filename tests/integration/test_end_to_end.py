@@ -142,3 +142,22 @@ def test_eight_clients_claiming_at_once_never_get_the_same_task(cluster):
     assert len(claimed) == len(set(claimed)), "a task was handed out twice"
     assert sorted(claimed) == sorted(submitted)
     assert cluster.client.stats()["tasks"]["in_progress"] == 300
+
+
+def test_start_cluster_refuses_a_port_another_dispatcher_holds(cluster):
+    """Another dispatcher on DISPATCHER_PORT: one line, exit non-zero, no worker started
+    (before, it printed `cluster up` and pointed its workers at the other one)."""
+    cluster.start_dispatcher()
+    other_db = cluster.tmp / "other.db"
+    done = subprocess.run(
+        ["./start_cluster.sh", "--workers", "1"],
+        cwd=PROJECT_ROOT,
+        env={**cluster.env(), "DATABASE_URL": f"sqlite:///{other_db}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0, done.stderr
+    assert "already in use" in done.stderr, done.stderr
+    assert "cluster up" not in done.stderr
+    assert cluster.client.workers() == []  # nobody came to the other dispatcher

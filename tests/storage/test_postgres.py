@@ -302,3 +302,11 @@ def _backends(application_name: str) -> int:
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
             (application_name,),
         ).fetchone()[0]
+
+
+def test_a_database_that_does_not_exist_is_named_in_the_error():
+    """Not the pool's 'initialization incomplete after 6 sec': the server's own words."""
+    with pytest.raises(DatabaseUnavailable) as raised:
+        open_storage(Config(database_url="postgresql://postgres@127.0.0.1:5432/tq_no_such_db"))
+    assert 'database "tq_no_such_db" does not exist' in str(raised.value)
+    assert "pool" not in str(raised.value)

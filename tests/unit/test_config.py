@@ -72,3 +72,36 @@ def test_the_environment_wins_over_the_dotenv_file(monkeypatch, tmp_path):
 def test_to_env_reproduces_the_configuration():
     c = Config.from_env({"LEASE_SECONDS": "2.5", "WORKER_QUEUES": "a,b"})
     assert Config.from_env(c.to_env()) == c
+
+
+@pytest.fixture
+def dotenv(tmp_path, monkeypatch):
+    """A .env of the test's own, and an environment without our keys (restored after)."""
+    import os
+    from dataclasses import fields
+
+    keys = {f.name.upper() for f in fields(Config)}
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in keys})
+    monkeypatch.setattr("common.config.PROJECT_ROOT", tmp_path)
+    return tmp_path / ".env"
+
+
+def test_a_bad_value_from_dotenv_says_it_came_from_dotenv(dotenv):
+    dotenv.write_text("LEASE_SECONDS=soon\n")
+    with pytest.raises(ConfigError) as raised:
+        Config.from_env()
+    assert str(raised.value) == f"LEASE_SECONDS must be a number, not 'soon' (set in {dotenv})"
+
+
+def test_a_bad_value_from_the_environment_says_so(dotenv):
+    import os
+
+    dotenv.write_text("LEASE_SECONDS=30\n")
+    os.environ["LEASE_SECONDS"] = "-4"  # the environment wins over .env
+    with pytest.raises(ConfigError) as raised:
+        Config.from_env()
+    assert str(raised.value).endswith("(set in the environment)"), raised.value
+    os.environ["LEASE_SECONDS"] = "5"
+    os.environ["WORKER_POLL_INTERVAL"] = "60"
+    with pytest.raises(ConfigError, match=r"WORKER_POLL_INTERVAL .* \(set in the environment\)"):
+        Config.from_env()
