@@ -283,7 +283,10 @@ def test_a_bad_setting_exits_2_with_configuration_error(capsys, monkeypatch):
     monkeypatch.setenv("MAX_BATCH", "lots")
     assert add_task.main(["1", "10"]) == 2
     err = capsys.readouterr().err
-    assert err == "configuration error: MAX_BATCH must be a whole number, not 'lots'\n"
+    assert err == (
+        "configuration error: MAX_BATCH must be a whole number, not 'lots' "
+        "(set in the environment)\n"
+    )
 
 
 # -- monitor ------------------------------------------------------------------------------
