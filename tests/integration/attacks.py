@@ -223,13 +223,19 @@ def _timed(probes: Probes, name: str):
         probes.note(name, time.monotonic() - started)
 
 
-def probe(port: int, probes: Probes, queue: str = "work", worker_id: str = "probe-worker"):
-    """One round, each call on a fresh connection with a 1 s read time-out: /health, a
-    submission to `queue`, and a worker's claim of it and its result."""
+def probe(
+    port: int,
+    probes: Probes,
+    queue: str = "work",
+    worker_id: str = "probe-worker",
+    timeout: float = PROBE_TIMEOUT_S,
+):
+    """One round, each call on a fresh connection with a read time-out of `timeout` (1 s):
+    /health, a submission to `queue`, and a worker's claim of it and its result."""
 
     def call(method: str, path: str, body: dict | None = None) -> dict:
         with _connect(port) as sock:
-            sock.settimeout(PROBE_TIMEOUT_S)
+            sock.settimeout(timeout)
             data = json.dumps(body).encode() if body is not None else b""
             if method == "GET":
                 sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
