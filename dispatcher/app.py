@@ -63,7 +63,7 @@ def create_app(
         Wakeup.for_storage(storage),
         clock,
         Held(config.dispatcher_connections // 2),
-        ReadyCache(storage.next_run_at),
+        ReadyCache(storage, clock),
     )
     app.extensions["taskqueue"] = ctx
     if config.api_token:

@@ -30,8 +30,9 @@ class ReadyCache:
     of Wakeup: read once by the first waiter to ask, answered from memory to the
     others until a commit moves the generation (or a waiter forgets it to claim)."""
 
-    def __init__(self, next_run_at: Callable[[tuple[str, ...]], float | None]):
-        self._next_run_at = next_run_at
+    def __init__(self, storage, clock: Callable[[], float]):
+        self._storage = storage
+        self._clock = clock
         self._known: dict[tuple[str, ...], tuple[int, float | None]] = {}
         self._lock = threading.Lock()  # one read at a time: the others wait for its answer
 
@@ -41,7 +42,9 @@ class ReadyCache:
             known = self._known.get(queues)
             if known is not None and known[0] == generation:
                 return known[1]
-            due = self._next_run_at(queues)
+            now = self._clock()
+            # has_ready is one index probe; next_run_at walks the queues' pending tasks
+            due = now if self._storage.has_ready(queues, now) else self._storage.next_run_at(queues)
             if len(self._known) >= CACHE_MAX:
                 self._known.clear()
             self._known[queues] = (generation, due)

@@ -208,8 +208,7 @@ def heartbeat():
         lease_s=c.config.lease_seconds,
         state=state,
     )
-    if state is not None:
-        c.wakeup.notify()  # its held poll, wherever it is, ends with no task
+    if state is not None:  # from now on its claims get nothing (the worker ends its own)
         log.info("worker %s is %s", worker_id, state)
     log.debug("heartbeat worker=%s abandon=%s", worker_id, abandon)
     return {
