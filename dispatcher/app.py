@@ -150,8 +150,6 @@ def _reaper(ctx: Context) -> None:
                 log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
             if report.deleted:
                 log.info("deleted %d finished tasks past retention", report.deleted)
-            if report.dead_workers or report.expired or report.rescued:
-                ctx.wakeup.notify()
         except Exception as exc:  # the reaper never dies; the next sweep tries again
             log.error("reap failed: %s", exc)
         time.sleep(config.reap_interval)

@@ -1,4 +1,5 @@
-"""Named errors, and the one place that turns them into JSON responses."""
+"""Named errors of the HTTP layer, the HTTP status of every error (storage's too), and
+the one place that turns them into JSON responses."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from tasks import InvalidPayload
+
+from .storage.errors import (  # noqa: F401  (re-exported: the app's names for them)
+    BadValue,
+    Conflict,
+    DatabaseUnavailable,
+    DiskFull,
+    LeaseConflict,
+    ReadOnly,
+    StorageError,
+    TaskNotFound,
+    WorkerStopping,
+    WorkerTakenOver,
+)
 
 log = logging.getLogger("dispatcher")
 
@@ -26,63 +40,6 @@ class Unauthorized(QueueError):
     http_status = 401
 
 
-class TaskNotFound(QueueError):
-    http_status = 404
-
-    def __init__(self, task_id: str):
-        super().__init__(f"task {task_id} not found")
-
-
-class Conflict(QueueError):
-    """A state change the task's current state refuses (finished, other lease, taken over)."""
-
-    http_status = 409
-
-
-class LeaseConflict(Conflict):
-    pass
-
-
-class WorkerTakenOver(Conflict):
-    def __init__(self, worker_id: str):
-        super().__init__(
-            f"worker id {worker_id} was taken over by a newer instance; this instance must stop"
-        )
-
-
-class WorkerStopping(QueueError):
-    """The worker said it is shutting down: it is given no more tasks (its claims are
-    answered with none)."""
-
-    http_status = 409
-
-    def __init__(self, worker_id: str):
-        super().__init__(f"worker {worker_id} is stopping: it claims nothing more")
-
-
-class DatabaseUnavailable(QueueError):
-    http_status = 503
-
-
-class DiskFull(DatabaseUnavailable):
-    """The database's disk is full: writes are refused, reads go on."""
-
-    def __init__(self, detail: str):
-        super().__init__(
-            f"the database's disk is full ({detail}); nothing was stored: "
-            "try again once space is freed"
-        )
-
-
-class ReadOnly(DatabaseUnavailable):
-    """The database takes no writes (a read-only file, mount or server)."""
-
-    def __init__(self, detail: str):
-        super().__init__(
-            f"the database is read-only ({detail}); nothing was stored: try again later"
-        )
-
-
 class TooManyHeld(QueueError):
     """A process holds as many waiting requests as it may; the client retries later."""
 
@@ -99,19 +56,41 @@ class RequestTimeout(QueueError):
     http_status = 408
 
 
+# storage's errors, most specific first
+STORAGE_STATUS: tuple[tuple[type[StorageError], int], ...] = (
+    (TaskNotFound, 404),
+    (Conflict, 409),
+    (WorkerStopping, 409),
+    (BadValue, 400),
+    (DatabaseUnavailable, 503),
+)
+
+CLIENT_ERRORS = (QueueError, StorageError, InvalidPayload)
+
+
+def http_status(exc: Exception) -> int:
+    """The status a client gets for `exc` (500 for anything unexpected)."""
+    if isinstance(exc, QueueError):
+        return exc.http_status
+    if isinstance(exc, InvalidPayload):
+        return 400
+    for kind, status in STORAGE_STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
 def register(app: Flask) -> None:
     """Every error leaves the dispatcher as {"error": "..."} with its status."""
 
     @app.errorhandler(QueueError)
-    def queue_error(exc: QueueError):
+    @app.errorhandler(StorageError)
+    @app.errorhandler(InvalidPayload)
+    def client_error(exc: Exception):
         headers = {}
         if isinstance(exc, TooManyHeld):
             headers["Retry-After"] = str(exc.retry_after)
-        return {"error": str(exc)}, exc.http_status, headers
-
-    @app.errorhandler(InvalidPayload)
-    def invalid_payload(exc: InvalidPayload):
-        return {"error": str(exc)}, 400
+        return {"error": str(exc)}, http_status(exc), headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
 from . import longpoll, openapi, parse
-from .errors import QueueError, RequestTimeout, WorkerStopping
+from .errors import CLIENT_ERRORS, RequestTimeout, WorkerStopping, http_status
 from .storage import FINISHED
 
 log = logging.getLogger("dispatcher")
@@ -85,7 +85,6 @@ def submit_task():
     task = parse.new_task(json_body(), c.config, c.registry)
     [(task_id, created)] = c.storage.submit([task], now=c.clock())
     if created:
-        c.wakeup.notify()
         log.info("submitted task %s type=%s queue=%s", task_id, task.type, task.queue)
         return {"task_id": task_id, "status": "pending"}, 201
     log.info("idempotent repeat of task %s key=%s", task_id, task.idempotency_key)
@@ -98,7 +97,6 @@ def submit_tasks():
     items = parse.batch(json_body(), "tasks", c.config)
     tasks = parse.new_tasks(items, c.config, c.registry)
     ids = c.storage.submit(tasks, now=c.clock())
-    c.wakeup.notify()
     if log.isEnabledFor(logging.INFO):
         for (task_id, created), task in zip(ids, tasks, strict=True):
             if created:
@@ -139,7 +137,6 @@ def submit_result():
     c = ctx()
     item = parse.result(json_body())
     [outcome] = c.storage.finish([item], now=c.clock())
-    c.wakeup.notify()
     if isinstance(outcome, Exception):
         log.warning("refused result task %s worker=%s: %s", item.task_id, item.worker_id, outcome)
         raise outcome
@@ -157,22 +154,21 @@ def submit_results():
         try:
             good.append(parse.result(data))
             positions.append(i)
-        except QueueError as exc:
+        except CLIENT_ERRORS as exc:
             task_id = data.get("task_id") if isinstance(data, dict) else None
             if not isinstance(task_id, str):  # echo an id, never an arbitrary JSON value
                 task_id = None
-            answers[i] = {"task_id": task_id, "error": str(exc), "code": exc.http_status}
+            answers[i] = {"task_id": task_id, "error": str(exc), "code": http_status(exc)}
     outcomes = c.storage.finish(good, now=c.clock()) if good else []
-    c.wakeup.notify()
     for i, item, outcome in zip(positions, good, outcomes, strict=True):
-        if isinstance(outcome, QueueError):
+        if isinstance(outcome, Exception):
             log.warning(
                 "refused result task %s worker=%s: %s", item.task_id, item.worker_id, outcome
             )
             answers[i] = {
                 "task_id": item.task_id,
                 "error": str(outcome),
-                "code": outcome.http_status,
+                "code": http_status(outcome),
             }
         else:
             log.info("result task %s worker=%s status=%s", item.task_id, item.worker_id, outcome)
@@ -187,7 +183,6 @@ def release():
     worker_id = parse.string(data, "worker_id")
     items = parse.release_items(data, c.config)
     released = c.storage.release(worker_id, items, now=c.clock())
-    c.wakeup.notify()
     log.info("released %d of %d tasks worker=%s", released, len(items), worker_id)
     return {"released": released}
 
@@ -258,7 +253,6 @@ def list_tasks():
 def cancel_task(task_id: str):
     c = ctx()
     status = c.storage.cancel(task_id, now=c.clock())
-    c.wakeup.notify()
     log.info("cancelled task %s", task_id)
     return {"task_id": task_id, "status": status}
 
@@ -267,7 +261,6 @@ def cancel_task(task_id: str):
 def retry_task(task_id: str):
     c = ctx()
     status = c.storage.retry(task_id, now=c.clock())
-    c.wakeup.notify()
     log.info("retry of task %s", task_id)
     return {"task_id": task_id, "status": status}
 

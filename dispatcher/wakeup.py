@@ -1,11 +1,12 @@
 """Wake held long polls the moment something changes.
 
-Inside one server process a commit calls `notify()`. Commits made elsewhere (gunicorn's
-other workers, other dispatchers on the same database) reach us in the ways the
-storage offers (`Wakeup.for_storage`):
+Inside one server process, storage calls `notify()` (its `on_change`) after a commit
+that may wake a held poll. Commits made elsewhere (gunicorn's other workers, other
+dispatchers on the same database) reach us in the ways every storage offers
+(`Wakeup.for_storage`):
 
 - a push: `storage.listen(callback, stop)` (PostgreSQL LISTEN/NOTIFY; on SQLite a Unix
-  datagram that `storage.announce()` sends after our own commits, see localwake.py)
+  datagram the storage sends after its commits, see localwake.py)
   calls back at once in every dispatcher process. A thread keeps it running from the
   first wait on, and listens again a second after it fails; each fresh listen calls
   back once, for what it may have missed.
@@ -49,13 +50,11 @@ class Wakeup:
         change_counter: Callable[[], int],
         poll_s: float = POLL_S,
         listen: Listen | None = None,
-        announce: Callable[[], None] | None = None,
         set_waiting: Callable[[bool], None] | None = None,
     ):
         self._change_counter = change_counter
         self._poll_s = poll_s
         self._listen = listen
-        self._announce = announce
         self._set_waiting = set_waiting
         self._marked = False  # set_waiting(True) is in force
         self._idle_since = 0.0  # when the last waiter left
@@ -68,22 +67,22 @@ class Wakeup:
 
     @classmethod
     def for_storage(cls, storage) -> Wakeup:
-        """Use what the storage offers: its change counter, and its push if it has one."""
-        return cls(
+        """Wake-ups from `storage` (its commits call notify(); its push and its change
+        counter bring the others'), marking this process while it waits when the
+        storage wakes only marked processes."""
+        wakeup = cls(
             storage.change_counter,
-            poll_s=getattr(storage, "change_poll_s", POLL_S),
-            listen=getattr(storage, "listen", None),
-            announce=getattr(storage, "announce", None),
-            set_waiting=getattr(storage, "set_waiting", None),
+            poll_s=storage.change_poll_s,
+            listen=storage.listen,
+            set_waiting=storage.set_waiting if storage.marks_waiters else None,
         )
+        storage.on_change = wakeup.notify
+        return wakeup
 
     def notify(self) -> None:
-        """Something changed here: wake this process's waiters, and the other processes'
-        when the storage announces changes itself (SQLite; PostgreSQL's NOTIFY rides on
-        the commit)."""
+        """Something changed in this process: wake its waiters (the storage tells the
+        other processes itself)."""
         self._wake()
-        if self._announce is not None:
-            self._announce()
 
     def _wake(self) -> None:
         with self._cond:

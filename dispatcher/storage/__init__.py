@@ -1,12 +1,15 @@
 """The storage contract: named operations every database module offers.
 
-Routes call these and nothing else; all SQL lives in the module of its database.
+Routes call these and nothing else; all SQL lives here: core.py states every rule once,
+sqlite.py and postgres.py add what their database does its own way.
 Every operation that depends on time takes `now` (UTC epoch seconds) as an argument.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,7 +80,26 @@ class Refusals:
 
 
 class Storage(Protocol):
-    def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]: ...
+    """The operations routes and the reaper call; core.py implements them once, for
+    sqlite.py and postgres.py. `now` is always the caller's clock, in UTC epoch seconds
+    (storage never reads a clock: tests move time by passing a number). Every operation
+    may raise DatabaseUnavailable (DiskFull and ReadOnly for writes refused for those
+    reasons); nothing is changed then. Task statuses move only as the task lifecycle of
+    docs/DESIGN.md says, each transition guarded in its statement's WHERE clause."""
+
+    on_change: Callable[[], None]
+    """Called after every commit that may wake a held poll here (new or released work,
+    a finished task); the app points it at its Wakeup. Other processes hear of the
+    commit through `listen`."""
+    change_poll_s: float
+    """How often Wakeup reads `change_counter` while a request waits."""
+    marks_waiters: bool
+    """True when the push reaches only processes marked by `set_waiting`."""
+
+    def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
+        """(nothing) -> pending, all in one transaction: `(task_id, created)` each, in
+        order. A task whose idempotency_key is taken gives that task's id and
+        `created` False, and stores nothing."""
 
     def claim(
         self,
@@ -87,13 +109,28 @@ class Storage(Protocol):
         max_tasks: int,
         now: float,
         lease_s: float,
-    ) -> list[dict]: ...
+    ) -> list[dict]:
+        """pending (ready: run_at <= now) -> in_progress for up to `max_tasks` tasks,
+        from the queues in order, each highest priority then oldest first; each under a
+        fresh lease_token until now + lease_s, one more attempt, its history entry
+        opened. Registers or refreshes the worker (a new instance_id takes the worker
+        over: the earlier instance's tasks go back to the queue at once). Raises
+        WorkerTakenOver for a retired instance, WorkerStopping for one that said it is
+        stopping. Returns `{task_id, type, payload, attempt, timeout, lease_token,
+        lease_expires_at}` each."""
 
-    def has_ready(self, queues: tuple[str, ...], now: float) -> bool: ...
+    def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
+        """Is a task of these queues ready (pending, run_at <= now)? A read."""
 
-    def next_run_at(self, queues: tuple[str, ...]) -> float | None: ...
+    def next_run_at(self, queues: tuple[str, ...]) -> float | None:
+        """The earliest run_at of a pending task of these queues, or None. A read."""
 
-    def finish(self, results: list[Result], now: float) -> list[str | Exception]: ...
+    def finish(self, results: list[Result], now: float) -> list[str | Exception]:
+        """Judge each result alone, in order, in one transaction (the fencing rules of
+        docs/API.md): in_progress -> completed | failed, or -> pending with retries
+        left (run_at after back-off); a late real result replaces a failure only lease
+        expiry caused. Returns, per result, the task's new status, or the error that
+        result alone gets (TaskNotFound, LeaseConflict); a repeat is harmless."""
 
     def heartbeat(
         self,
@@ -103,53 +140,72 @@ class Storage(Protocol):
         now: float,
         lease_s: float,
         state: str | None = None,
-    ) -> list[str]: ...
+    ) -> list[str]:
+        """Registers or refreshes the worker and extends to now + lease_s the leases of
+        the listed tasks it holds in_progress (without a list: all of them). Returns the
+        listed tasks it should abandon (cancelled, finished, deleted, leased to
+        another). `state`: stopping (give it no more tasks) or stopped (it is gone,
+        not dead). Raises WorkerTakenOver for a retired instance."""
 
-    def release(self, worker_id: str, tasks: list[tuple[str, str]], now: float) -> int: ...
+    def release(self, worker_id: str, tasks: list[tuple[str, str]], now: float) -> int:
+        """in_progress -> pending at once for the (task_id, lease_token) pairs this
+        worker holds; the attempt does not count. Returns how many were given back."""
 
     def reap(
         self, now: float, dead_after: float, retention_s: float, forget_after: float = 86_400.0
-    ) -> ReapReport: ...
+    ) -> ReapReport:
+        """The reaper's sweep: workers silent since now - dead_after -> dead, their
+        tasks back to the queue (or failed on their last attempt); expired leases
+        likewise; finished tasks older than retention_s deleted with their history (0:
+        kept); workers dead or stopped since now - forget_after forgotten. Safe with
+        any number of reapers at once."""
 
-    def cancel(self, task_id: str, now: float) -> str: ...
+    def cancel(self, task_id: str, now: float) -> str:
+        """pending | in_progress -> cancelled. TaskNotFound, or Conflict if finished."""
 
-    def retry(self, task_id: str, now: float) -> str: ...
+    def retry(self, task_id: str, now: float) -> str:
+        """failed | cancelled -> pending, attempts reset. TaskNotFound, or Conflict."""
 
-    def get(self, task_id: str) -> dict: ...
+    def get(self, task_id: str) -> dict:
+        """The task with its history (task_dict in rows.py). TaskNotFound."""
 
-    def status_of(self, task_id: str) -> str: ...
+    def status_of(self, task_id: str) -> str:
+        """The task's status alone (one column: held waits read it often)."""
 
     def list_tasks(
         self, status: str | None, type_: str | None, limit: int, offset: int
-    ) -> list[dict]: ...
+    ) -> list[dict]:
+        """Tasks in submission order, filtered when status or type_ is given."""
 
-    def stats(self, now: float, dead_after: float) -> dict: ...
+    def stats(self, now: float, dead_after: float) -> dict:
+        """The counts of GET /stats (stats_dict in rows.py)."""
 
-    def workers(self, now: float, dead_after: float) -> list[dict]: ...
+    def workers(self, now: float, dead_after: float) -> list[dict]:
+        """Every worker not yet forgotten, with the tasks it holds (worker_dict)."""
 
-    def ping(self) -> None: ...
+    def ping(self) -> None:
+        """A read; raises DatabaseUnavailable when it fails."""
 
     def health(self) -> str | None:
         """None when the database reads and writes; otherwise why writes are refused
         (a full disk, a read-only database; a refusal is reported for Refusals.HOLD_S
         after the last one). Raises DatabaseUnavailable when it cannot even be read."""
-        ...
 
     def change_counter(self) -> int:
         """A number that moves whenever another connection or process commits a change
-        that may wake a held long poll; Wakeup polls it every `change_poll_s` seconds
-        (a storage may set that attribute; the default is wakeup.POLL_S) while a request
-        waits. A storage that can also push changes offers
+        that may wake a held poll (SQLite's PRAGMA data_version, a PostgreSQL
+        sequence): Wakeup's fallback for a lost push."""
 
-            listen(callback: Callable[[], None], stop: threading.Event) -> None
+    def listen(self, callback: Callable[[], None], stop: threading.Event) -> None:
+        """Block, calling callback() at each commit another process announces (and once
+        at the start, for what came before), until `stop` is set. Raises
+        DatabaseUnavailable when it loses the database (the caller listens again)."""
 
-        which blocks, calling callback() at each change (and once when it starts
-        listening), until `stop` is set; it raises DatabaseUnavailable when it loses the
-        database. PostgreSQL offers both (LISTEN/NOTIFY, the counter as a fallback);
-        SQLite only the counter."""
-        ...
+    def set_waiting(self, waiting: bool) -> None:
+        """Whether this process holds polls (see marks_waiters); may do nothing."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close every connection; the storage is not used again."""
 
 
 def open_storage(config: Config) -> Storage:

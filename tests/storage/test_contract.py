@@ -23,6 +23,7 @@ from dispatcher.errors import (
     TaskNotFound,
     WorkerStopping,
     WorkerTakenOver,
+    http_status,
 )
 from dispatcher.storage import NewTask, Result, open_storage
 from dispatcher.storage.sqlite import SCHEMA_VERSION
@@ -295,7 +296,7 @@ def test_a_result_for_a_task_finished_under_another_lease_is_refused(storage, cl
     assert finish(storage, task_id, second_lease, result="w2", worker="w2") == "completed"
     outcome = finish(storage, task_id, first_lease, result="w1", now=T0 + 40)
     assert isinstance(outcome, LeaseConflict)
-    assert outcome.http_status == 409
+    assert http_status(outcome) == 409
     task = storage.get(task_id)
     assert task["status"] == "completed"
     assert task["result"] == "w2"
@@ -319,7 +320,7 @@ def test_a_forged_lease_token_cannot_finish_a_pending_task(storage, pending_task
 def test_a_result_for_an_unknown_task_is_not_found(storage):
     outcome = finish(storage, "no-such-task", "a" * 32)
     assert isinstance(outcome, TaskNotFound)
-    assert outcome.http_status == 404
+    assert http_status(outcome) == 404
 
 
 def test_each_result_of_a_batch_is_judged_alone(storage):
@@ -618,7 +619,7 @@ def test_the_earlier_instance_is_told_it_was_taken_over(storage, pending_task):
     heartbeat(storage, "w1", instance="b", now=T0 + 1)
     with pytest.raises(WorkerTakenOver) as raised:
         heartbeat(storage, "w1", instance="a", now=T0 + 2)
-    assert raised.value.http_status == 409
+    assert http_status(raised.value) == 409
     with pytest.raises(WorkerTakenOver):
         claim(storage, "w1", instance="a", now=T0 + 3)
     assert storage.get(pending_task)["status"] == "pending"  # the refused claim took nothing
@@ -672,7 +673,7 @@ def test_cancelling_a_finished_task_is_a_conflict(storage, claimed_task):
     finish(storage, task_id, lease, result="done")
     with pytest.raises(Conflict) as raised:
         storage.cancel(task_id, now=T0 + 2)
-    assert raised.value.http_status == 409
+    assert http_status(raised.value) == 409
     assert storage.get(task_id)["status"] == "completed"
 
 

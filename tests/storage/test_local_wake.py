@@ -14,6 +14,7 @@ import pytest
 
 from dispatcher import wakeup as wakeup_module
 from dispatcher.localwake import LocalWake
+from dispatcher.storage import NewTask
 from dispatcher.storage.sqlite import SqliteStorage
 from dispatcher.wakeup import Wakeup
 
@@ -33,7 +34,6 @@ def wakeup_of(storage: SqliteStorage, poll_s: float = NO_POLL) -> Wakeup:
         storage.change_counter,
         poll_s,
         listen=storage.listen,
-        announce=storage.announce,
         set_waiting=storage.set_waiting,
     )
     wakeup.start()
@@ -56,7 +56,7 @@ def test_a_commit_announced_by_one_storage_wakes_the_other(two_storages):
     try:
         seen = settled(waiting)
         settled(announcing)  # b is listening too, so its own socket is known to it
-        announcing.notify()
+        b.submit([NewTask("sleep", {"duration": 0})], now=0.0)  # a commit b announces
         assert waiting.wait(seen, 10) != seen, "the other storage's waiter was not woken"
     finally:
         for w in (waiting, announcing):

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from common.config import Config
-from dispatcher.errors import DatabaseUnavailable, LeaseConflict
+from dispatcher.errors import DatabaseUnavailable, LeaseConflict, http_status
 from dispatcher.storage import NewTask, Result, open_storage
 from dispatcher.storage.postgres import SCHEMA_VERSION, PostgresStorage
 from dispatcher.wakeup import Wakeup
@@ -68,7 +68,7 @@ def test_an_unreachable_server_is_database_unavailable():
         port = s.getsockname()[1]
     with pytest.raises(DatabaseUnavailable) as raised:
         open_storage(Config(database_url=f"postgresql://postgres@127.0.0.1:{port}/test"))
-    assert raised.value.http_status == 503
+    assert http_status(raised.value) == 503
     assert "database unavailable" in str(raised.value)
 
 

@@ -1,0 +1,712 @@
+"""The queue's rules, once for both databases: every status change, its statement and
+the decision around it.
+
+`SqlStorage` implements the operations of the Storage contract (storage/__init__.py)
+against a transaction object (`Tx`: execute / one / all, and `notify`), and a backend
+(sqlite.py, postgres.py) supplies what truly differs: connections and transactions
+(`_transact`, `_read`), the schema and its migrations, the claim, the batch forms of
+submit and finish, retention's delete, and wake-ups.
+
+Statements are written once, in PostgreSQL's placeholder style (`%(name)s`); a backend
+gets them through `statements(translate, **own)`, which translates each once at import
+(SQLite: `:name`, and without the row-lock clauses it does not need, since its write
+transaction holds the whole database) and adds or replaces the ones it words its own
+way. Each statement states its rule in its WHERE clause and is judged by its row count,
+so two dispatchers racing for one transition cannot both win.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
+from typing import Any, Protocol, TypeVar
+
+from ..retry import retry_at
+from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result
+from .errors import Conflict, LeaseConflict, TaskNotFound, WorkerTakenOver
+from .rows import EXPIRED_ERROR, dumps, new_ids, stats_dict, task_dict, worker_dict
+
+T = TypeVar("T")
+RETIRED_INSTANCE_KEEP_S = 86_400.0
+TASK_COLUMNS = """id, type, queue, payload, status, result, error, attempts, max_retries,
+       priority, worker_id, created_at, started_at, finished_at, timeout, run_at"""
+
+# -- statements, named by the transition they make ------------------------------------
+
+SHARED = dict(
+    # (nothing) -> pending, one task that may carry an idempotency key
+    INSERT_TASK="""
+INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
+                   max_retries, timeout, idempotency_key)
+VALUES (%(id)s, %(type)s, %(queue)s, %(payload)s, 'pending', %(priority)s, %(run_at)s,
+        %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+""",
+    TASK_BY_KEY="SELECT id FROM tasks WHERE idempotency_key = %(key)s",
+    # in_progress -> completed by its current lease: the common case, judged by this
+    # statement alone. The lease's attempt is the task's only open one (every way out of
+    # in_progress closes the attempt it leaves), so no other attempt needs closing.
+    COMPLETE_CURRENT="""
+UPDATE tasks
+   SET status = 'completed', result = %(result)s, error = NULL, finished_at = %(now)s,
+       finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL,
+       worker_id = %(worker_id)s
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
+""",
+    # pending | in_progress -> completed, by any lease this task issued (first result wins)
+    COMPLETE="""
+UPDATE tasks
+   SET status = 'completed', result = %(result)s, error = NULL, finished_at = %(now)s,
+       finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL,
+       worker_id = %(worker_id)s
+ WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')
+""",
+    # failed (only by lease expiry) -> completed: a late real result replaces the expiry
+    COMPLETE_AFTER_EXPIRY="""
+UPDATE tasks
+   SET status = 'completed', result = %(result)s, error = NULL, finished_at = %(now)s,
+       finished_lease = %(lease_token)s, expired_failure = FALSE, worker_id = %(worker_id)s
+ WHERE id = %(task_id)s AND status = 'failed' AND expired_failure
+""",
+    # failed (only by lease expiry) -> failed with the worker's real error
+    FAIL_AFTER_EXPIRY="""
+UPDATE tasks
+   SET error = %(error)s, finished_lease = %(lease_token)s, expired_failure = FALSE,
+       worker_id = %(worker_id)s, finished_at = %(now)s
+ WHERE id = %(task_id)s AND status = 'failed' AND expired_failure
+""",
+    # in_progress -> pending (retries left, after back-off): only the current lease
+    FAIL_RETRY="""
+UPDATE tasks
+   SET status = 'pending', run_at = %(run_at)s, error = %(error)s, lease_token = NULL,
+       lease_expires_at = NULL, worker_id = NULL
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
+""",
+    # in_progress -> failed (no retries left): only the current lease
+    FAIL_FINAL="""
+UPDATE tasks
+   SET status = 'failed', error = %(error)s, finished_at = %(now)s,
+       finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
+""",
+    # what a result is judged by, when it is not for the current lease
+    TASK_FOR_RESULT="""
+SELECT status, lease_token, finished_lease, expired_failure, attempts, max_retries
+  FROM tasks WHERE id = %(task_id)s FOR UPDATE
+""",
+    LEASE_ISSUED="""
+SELECT 1 FROM attempts WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s
+""",
+    # attempts still running when another lease's result finished the task
+    CLOSE_SUPERSEDED="""
+UPDATE attempts SET finished_at = %(now)s, outcome = 'superseded'
+ WHERE task_id = %(task_id)s AND lease_token <> %(lease_token)s AND outcome IS NULL
+""",
+    END_ATTEMPT="""
+UPDATE attempts SET finished_at = %(now)s, outcome = %(outcome)s, error = %(error)s
+ WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s AND outcome IS NULL
+""",
+    # the attempt whose (late) real result finished the task says so, even if the reaper
+    # had already closed it as expired
+    END_ATTEMPT_COMPLETED="""
+UPDATE attempts SET finished_at = %(now)s, outcome = 'completed', error = NULL
+ WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s
+""",
+    COUNT_RESULTS="""
+UPDATE workers SET completed = completed + %(completed)s, failed = failed + %(failed)s
+ WHERE worker_id = %(worker_id)s
+""",
+    # in_progress -> pending, now: the lease expired or its worker died, retries left
+    EXPIRE_RETRY="""
+UPDATE tasks
+   SET status = 'pending', run_at = %(now)s, error = %(error)s, lease_token = NULL,
+       lease_expires_at = NULL, worker_id = NULL
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
+""",
+    # in_progress -> failed: the lease expired on the last attempt (a later real result
+    # may still replace this failure)
+    EXPIRE_FINAL="""
+UPDATE tasks
+   SET status = 'failed', error = %(error)s, finished_at = %(now)s, expired_failure = TRUE,
+       lease_token = NULL, lease_expires_at = NULL
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
+""",
+    # in_progress -> pending, given back unfinished: the attempt does not count
+    RELEASE="""
+UPDATE tasks
+   SET status = 'pending', attempts = attempts - 1, lease_token = NULL,
+       lease_expires_at = NULL, worker_id = NULL
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
+   AND worker_id = %(worker_id)s
+""",
+    # pending | in_progress -> cancelled
+    CANCEL="""
+UPDATE tasks
+   SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
+       lease_expires_at = NULL
+ WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')
+""",
+    # failed | cancelled -> pending, attempts reset
+    RETRY="""
+UPDATE tasks
+   SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL, error = NULL,
+       finished_at = NULL, started_at = NULL, finished_lease = NULL,
+       expired_failure = FALSE, worker_id = NULL
+ WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')
+""",
+    TASK_STATUS_LOCKED="SELECT status, lease_token FROM tasks WHERE id = %(task_id)s FOR UPDATE",
+    EXTEND_ALL="""
+UPDATE tasks SET lease_expires_at = %(until)s
+ WHERE worker_id = %(worker_id)s AND status = 'in_progress'
+""",
+    # extend: only the listed tasks still in progress under this worker
+    EXTEND_LISTED="""
+UPDATE tasks SET lease_expires_at = %(until)s
+ WHERE id = ANY(%(ids)s) AND worker_id = %(worker_id)s AND status = 'in_progress'
+""",
+    LISTED_STATES="""
+SELECT id, status, worker_id, expired_failure FROM tasks WHERE id = ANY(%(ids)s)
+""",
+    # -- workers --
+    RETIRED="SELECT 1 FROM retired_instances WHERE instance_id = %(instance_id)s",
+    WORKER_LOCKED="""
+SELECT instance_id, status FROM workers WHERE worker_id = %(worker_id)s FOR UPDATE
+""",
+    # (nothing) -> a worker, with the status its first call gives it
+    REGISTER_WORKER="""
+INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat, queues)
+VALUES (%(worker_id)s, %(instance_id)s, %(status)s, %(now)s, %(now)s, %(queues)s)
+ON CONFLICT (worker_id) DO NOTHING
+RETURNING 1
+""",
+    RETIRE_INSTANCE="""
+INSERT INTO retired_instances VALUES (%(old)s, %(worker_id)s, %(now)s)
+ON CONFLICT DO NOTHING
+""",
+    # a new instance takes the worker id over
+    TAKE_OVER="""
+UPDATE workers SET instance_id = %(instance_id)s, status = %(status)s,
+       last_heartbeat = %(now)s, queues = coalesce(%(queues)s, queues)
+ WHERE worker_id = %(worker_id)s
+""",
+    TOUCH_WORKER="""
+UPDATE workers SET status = %(status)s, last_heartbeat = %(now)s,
+       queues = coalesce(%(queues)s, queues)
+ WHERE worker_id = %(worker_id)s
+""",
+    WORKER_TASKS="""
+SELECT id, lease_token, attempts, max_retries FROM tasks
+ WHERE worker_id = %(worker_id)s AND status = 'in_progress' ORDER BY id FOR UPDATE
+""",
+    # -- the reaper --
+    SILENT_WORKERS="""
+SELECT worker_id FROM workers
+ WHERE status IN ('alive', 'stopping') AND last_heartbeat < %(cutoff)s
+ ORDER BY worker_id COLLATE "C"
+""",
+    # alive | stopping -> dead: no heartbeat for dead_after; its tasks go back at once
+    DECLARE_DEAD="""
+UPDATE workers SET status = 'dead'
+ WHERE worker_id = %(worker_id)s AND status IN ('alive', 'stopping')
+   AND last_heartbeat < %(cutoff)s
+""",
+    ANY_GONE="""
+SELECT 1 FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(cutoff)s
+ LIMIT 1
+""",
+    # dead | stopped -> forgotten: gone longer than forget_after
+    FORGET_WORKERS="""
+DELETE FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(cutoff)s
+""",
+    ANY_EXPIRED="""
+SELECT 1 FROM tasks WHERE status = 'in_progress' AND lease_expires_at < %(now)s LIMIT 1
+""",
+    EXPIRED_TASKS="""
+SELECT id, lease_token, attempts, max_retries FROM tasks
+ WHERE status = 'in_progress' AND lease_expires_at < %(now)s
+ ORDER BY id FOR UPDATE SKIP LOCKED
+""",
+    ANY_PAST_RETENTION="""
+SELECT 1 FROM tasks
+ WHERE finished_at < %(cutoff)s AND status IN ('completed', 'failed', 'cancelled') LIMIT 1
+""",
+    FORGET_RETIRED="DELETE FROM retired_instances WHERE retired_at < %(cutoff)s",
+    # -- reading --
+    GET_TASK=f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %(task_id)s",
+    HISTORY="""
+SELECT attempt, worker_id, started_at, finished_at, outcome, error
+  FROM attempts WHERE task_id = %(task_id)s ORDER BY id
+""",
+    STATUS_OF="SELECT status FROM tasks WHERE id = %(task_id)s",
+    # optional filters, written in SQL: a NULL filter lets every row through
+    LIST_TASKS=f"""
+SELECT {TASK_COLUMNS} FROM tasks
+ WHERE (%(status)s::text IS NULL OR status = %(status)s)
+   AND (%(type)s::text IS NULL OR type = %(type)s)
+ ORDER BY created_at, seq
+ LIMIT %(limit)s OFFSET %(offset)s
+""",
+    STATS_GROUPS="""
+SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, type
+""",
+    STATS_OTHERS="""
+SELECT (SELECT count(*) FROM workers
+         WHERE status IN ('alive', 'stopping') AND last_heartbeat >= %(alive_after)s) AS alive,
+       (SELECT count(*) FROM workers WHERE status = 'stopped') AS stopped,
+       (SELECT count(*) FROM workers) AS total,
+       (SELECT count(*) FROM tasks
+         WHERE finished_at >= %(minute_ago)s AND status = 'completed') AS recent,
+       (SELECT min(run_at) FROM tasks WHERE status = 'pending') AS oldest
+""",
+    RUNNING_BY_WORKER="""
+SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at
+""",
+    ALL_WORKERS='SELECT * FROM workers ORDER BY worker_id COLLATE "C"',
+    PING="SELECT 1 AS one",
+)
+
+
+def statements(translate: Callable[[str], str] = lambda sql: sql, **own: str) -> SimpleNamespace:
+    """The shared statements in one database's words (`translate`, applied once, here),
+    with the backend's `own` statements added or put in their place (untranslated)."""
+    return SimpleNamespace(**{**{k: translate(v) for k, v in SHARED.items()}, **own})
+
+
+class Tx(Protocol):
+    """One open transaction: what the core needs of a backend's connection."""
+
+    notify: bool  # set: the commit may wake held polls (new work, a finished task)
+
+    def execute(self, sql: str, args: Mapping[str, Any] | None = None) -> Any:
+        """Run a statement; the result has `rowcount`."""
+
+    def one(self, sql: str, args: Mapping[str, Any] | None = None) -> Mapping | None: ...
+
+    def all(self, sql: str, args: Mapping[str, Any] | None = None) -> list[Mapping]: ...
+
+
+class SqlStorage:
+    """The operations of the Storage contract; a backend subclasses it."""
+
+    q: SimpleNamespace  # the statements, in the backend's dialect
+    backoff_base: float
+    backoff_cap: float
+    refusals: Refusals
+
+    def __init__(self, backoff_base: float, backoff_cap: float):
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.refusals = Refusals()  # writes refused for a full disk or a read-only database
+        self.on_change: Callable[[], None] = lambda: None  # Storage.on_change
+
+    # -- what a backend supplies ----------------------------------------------------
+
+    def _transact(self, body: Callable[[Tx], T], fsync: bool = True) -> T:
+        """BEGIN; body(tx); COMMIT, then (with tx.notify) tell the waiters. `fsync`
+        False: the commit need not reach the disk at once (a claim)."""
+        raise NotImplementedError
+
+    def _read(self, sql: str, args: Mapping[str, Any] | None = None) -> list[Mapping]:
+        raise NotImplementedError
+
+    def _ids(self, ids: list[str]) -> Any:
+        """A list of ids as the dialect's `ANY(%(ids)s)` wants it."""
+        return ids
+
+    def _text(self, value: str | None) -> str | None:
+        """An error message as the database can hold it."""
+        return value
+
+    def _insert_many(self, tx: Tx, ids: list[str], tasks: list[NewTask], now: float) -> None:
+        """(nothing) -> pending, tasks without an idempotency key, in bulk."""
+        raise NotImplementedError
+
+    def _finish_batch(self, tx: Tx, results: list[Result], order: list[int], now: float):
+        """A backend's set-based finish: (indices it finished, indices it found not for
+        the current lease); the rest go result by result."""
+        return set(), set()
+
+    def _complete_current(self, tx: Tx, args: dict) -> bool:
+        if not tx.execute(self.q.COMPLETE_CURRENT, args).rowcount:
+            return False
+        tx.execute(self.q.END_ATTEMPT_COMPLETED, args)  # the claim made it
+        return True
+
+    def _delete_finished(self, tx: Tx, cutoff: float) -> int:
+        """Finished tasks past retention (a batch of them) and their history."""
+        raise NotImplementedError
+
+    def _stats_rows(self, args: dict) -> tuple[list[Mapping], Mapping]:
+        return self._read(self.q.STATS_GROUPS), self._read(self.q.STATS_OTHERS, args)[0]
+
+    # -- submission ---------------------------------------------------------------
+
+    def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
+        ids = new_ids(len(tasks), now)
+        if not any(task.idempotency_key for task in tasks):  # the bulk path
+
+            def insert_all(tx: Tx) -> list[tuple[str, bool]]:
+                self._insert_many(tx, ids, tasks, now)
+                tx.notify = bool(tasks)
+                return [(task_id, True) for task_id in ids]
+
+            return self._transact(insert_all)
+
+        def insert_each(tx: Tx) -> list[tuple[str, bool]]:
+            out = []
+            for task_id, task in zip(ids, tasks, strict=True):
+                args = {
+                    "id": task_id,
+                    "type": task.type,
+                    "queue": task.queue,
+                    "payload": dumps(task.payload),
+                    "priority": task.priority,
+                    "run_at": now + task.delay,
+                    "now": now,
+                    "max_retries": task.max_retries,
+                    "timeout": float(task.timeout),
+                    "idempotency_key": task.idempotency_key,
+                }
+                if tx.one(self.q.INSERT_TASK, args) is not None:
+                    out.append((task_id, True))
+                    tx.notify = True
+                else:  # the key is taken (a concurrent insert has committed by now)
+                    row = tx.one(self.q.TASK_BY_KEY, {"key": task.idempotency_key})
+                    out.append((row["id"], False))
+            return out
+
+        return self._transact(insert_each)
+
+    # -- results ------------------------------------------------------------------
+
+    def finish(self, results: list[Result], now: float) -> list[str | Exception]:
+        # tasks in id order (a stable sort: one task's results keep their order), so two
+        # batches that share tasks lock them in the same order
+        order = sorted(range(len(results)), key=lambda i: results[i].task_id)
+
+        def finish_all(tx: Tx) -> list[str | Exception]:
+            out: list[str | Exception] = [""] * len(results)
+            counts: Counter[tuple[str, str]] = Counter()  # (worker_id, completed | failed)
+            done, tried = self._finish_batch(tx, results, order, now)
+            for i in done:
+                out[i] = results[i].status
+            for i in order:
+                if i in done:
+                    continue
+                try:
+                    out[i] = self._finish_one(tx, results[i], now, counts, i in tried)
+                except (TaskNotFound, Conflict) as exc:
+                    out[i] = exc
+            for worker_id in sorted({w for w, _ in counts}):  # once per worker and batch
+                n = {"completed": counts[worker_id, "completed"]}
+                n["failed"] = counts[worker_id, "failed"]
+                tx.execute(self.q.COUNT_RESULTS, {"worker_id": worker_id, **n})
+            tx.notify = any(isinstance(o, str) for o in out)
+            return out
+
+        return self._transact(finish_all)
+
+    def _finish_one(
+        self, tx: Tx, item: Result, now: float, counts: Counter, tried_current: bool = False
+    ) -> str:
+        """One result, judged alone. `tried_current`: the batch statement already
+        found it is not for the task's current lease (or a failure with retries left)."""
+        _known_id(item.task_id)
+        args = {
+            "task_id": item.task_id,
+            "lease_token": item.lease_token,
+            "worker_id": item.worker_id,
+            "now": now,
+            "result": dumps(item.result),
+            "error": self._text(item.error),
+        }
+        if item.status == "completed" and not tried_current and self._complete_current(tx, args):
+            counts[item.worker_id, "completed"] += 1
+            return "completed"
+        row = tx.one(self.q.TASK_FOR_RESULT, args)
+        if row is None:
+            raise TaskNotFound(item.task_id)
+        if tx.one(self.q.LEASE_ISSUED, args) is None:
+            raise LeaseConflict(f"lease_token was not issued for task {item.task_id}")
+        status = row["status"]
+        if item.status == "completed":
+            if status in ("pending", "in_progress") and tx.execute(self.q.COMPLETE, args).rowcount:
+                self._end_attempt(tx, args, "completed", counts)
+                tx.execute(self.q.CLOSE_SUPERSEDED, args)
+                return "completed"
+            if tx.execute(self.q.COMPLETE_AFTER_EXPIRY, args).rowcount:
+                self._end_attempt(tx, args, "completed", counts)
+                return "completed"
+        elif status == "in_progress" and row["lease_token"] == item.lease_token:
+            when = retry_at(
+                row["attempts"], row["max_retries"], now, self.backoff_base, self.backoff_cap
+            )
+            if (
+                when is not None
+                and tx.execute(self.q.FAIL_RETRY, {**args, "run_at": when}).rowcount
+            ):
+                self._end_attempt(tx, args, "failed", counts)
+                return "pending"
+            if when is None and tx.execute(self.q.FAIL_FINAL, args).rowcount:
+                self._end_attempt(tx, args, "failed", counts)
+                return "failed"
+        elif status in ("pending", "in_progress"):
+            # a failure reported under an earlier lease: history only, the task belongs
+            # to its current lease (or waits for its next claim)
+            self._end_attempt(tx, args, "failed", counts)
+            return status
+        elif tx.execute(self.q.FAIL_AFTER_EXPIRY, args).rowcount:
+            self._end_attempt(tx, args, "failed", counts)
+            return "failed"
+        if status in FINISHED and row["finished_lease"] == item.lease_token:
+            return status  # the same result again: harmless
+        raise LeaseConflict(f"task {item.task_id} is already {status} under another lease")
+
+    def _end_attempt(self, tx: Tx, args: dict, outcome: str, counts: Counter) -> None:
+        """Close the lease's attempt; the worker's counter moves only when the attempt
+        was open (a re-sent failure counts once)."""
+        if outcome == "completed":
+            closed = tx.execute(self.q.END_ATTEMPT_COMPLETED, args).rowcount
+        else:
+            closed = tx.execute(self.q.END_ATTEMPT, {**args, "outcome": outcome}).rowcount
+        if closed:
+            counts[args["worker_id"], outcome] += 1
+
+    # -- workers and leases -------------------------------------------------------
+
+    def _touch_worker(
+        self,
+        tx: Tx,
+        worker_id: str,
+        instance_id: str,
+        now: float,
+        state: str | None = None,
+        queues: tuple[str, ...] | None = None,
+    ) -> str:
+        """Register or refresh a worker, and return its status; a new instance of a
+        known id takes it over and its earlier instance's tasks go back to the queue at
+        once. `state` (a heartbeat's: stopping, stopped) sets the status; without one a
+        stopping or stopped instance keeps its status and any other is alive. The
+        worker's row is locked first (PostgreSQL): its calls take turns."""
+        if instance_id and tx.one(self.q.RETIRED, {"instance_id": instance_id}):
+            raise WorkerTakenOver(worker_id)
+        args = {
+            "worker_id": worker_id,
+            "instance_id": instance_id,
+            "now": now,
+            "status": state or "alive",
+            "queues": None if queues is None else dumps(list(queues)),
+        }
+        row = tx.one(self.q.WORKER_LOCKED, args)
+        if row is None:
+            if tx.one(self.q.REGISTER_WORKER, args):
+                return args["status"]
+            row = tx.one(self.q.WORKER_LOCKED, args)  # another dispatcher registered it
+        if instance_id and row["instance_id"] != instance_id:
+            if row["instance_id"]:
+                tx.execute(self.q.RETIRE_INSTANCE, {**args, "old": row["instance_id"]})
+            if self._rescue_worker_tasks(tx, worker_id, now, "worker restarted"):
+                tx.notify = True
+            tx.execute(self.q.TAKE_OVER, args)
+            return args["status"]
+        if state is None and row["status"] in STOPPING:
+            args["status"] = row["status"]
+        tx.execute(self.q.TOUCH_WORKER, args)
+        return args["status"]
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        instance_id: str,
+        task_ids: list[str] | None,
+        now: float,
+        lease_s: float,
+        state: str | None = None,
+    ) -> list[str]:
+        until = now + lease_s
+
+        def beat(tx: Tx) -> list[str]:
+            self._touch_worker(tx, worker_id, instance_id, now, state)
+            if task_ids is None:
+                tx.execute(self.q.EXTEND_ALL, {"until": until, "worker_id": worker_id})
+                return []
+            args = {"until": until, "ids": self._ids(list(task_ids)), "worker_id": worker_id}
+            tx.execute(self.q.EXTEND_LISTED, args)
+            found = {r["id"]: r for r in tx.all(self.q.LISTED_STATES, args)}
+            abandon = []
+            for task_id in task_ids:
+                r = found.get(task_id)
+                mine = (
+                    r is not None and r["status"] == "in_progress" and r["worker_id"] == worker_id
+                )
+                # a late result still counts while the task is pending or failed only by
+                # lease expiry: the worker keeps going
+                still_counts = r is not None and (
+                    r["status"] == "pending" or (r["status"] == "failed" and r["expired_failure"])
+                )
+                if not mine and not still_counts:
+                    abandon.append(task_id)
+            return abandon
+
+        return self._transact(beat)
+
+    def release(self, worker_id: str, tasks: list[tuple[str, str]], now: float) -> int:
+        def give_back(tx: Tx) -> int:
+            released = 0
+            for task_id, lease_token in sorted(tasks):
+                args = {"task_id": task_id, "lease_token": lease_token, "now": now}
+                args.update(worker_id=worker_id, error=None)
+                if tx.execute(self.q.RELEASE, args).rowcount:
+                    tx.execute(self.q.END_ATTEMPT, {**args, "outcome": "released"})
+                    released += 1
+            tx.notify = released > 0
+            return released
+
+        return self._transact(give_back)
+
+    # -- the reaper -----------------------------------------------------------------
+
+    def reap(
+        self, now: float, dead_after: float, retention_s: float, forget_after: float = 86_400.0
+    ) -> ReapReport:
+        report = ReapReport()
+        cutoff_alive = now - dead_after
+        dead = self._read(self.q.SILENT_WORKERS, {"cutoff": cutoff_alive})
+        gone = self._read(self.q.ANY_GONE, {"cutoff": now - forget_after})
+        expired = self._read(self.q.ANY_EXPIRED, {"now": now})
+        cutoff = now - retention_s
+        old = retention_s > 0 and self._read(self.q.ANY_PAST_RETENTION, {"cutoff": cutoff})
+        if dead or expired or gone:
+
+            def sweep(tx: Tx) -> ReapReport:  # may run again (a deadlock): its own report
+                found = ReapReport()
+                for row in dead:
+                    args = {"worker_id": row["worker_id"], "cutoff": cutoff_alive}
+                    if tx.execute(self.q.DECLARE_DEAD, args).rowcount:
+                        found.dead_workers.append(row["worker_id"])
+                        found.rescued += self._rescue_worker_tasks(
+                            tx, row["worker_id"], now, "worker dead"
+                        )
+                for r in tx.all(self.q.EXPIRED_TASKS, {"now": now}):
+                    if self._expire(tx, r, now, "expired"):
+                        found.expired.append(r["id"])
+                tx.execute(self.q.FORGET_RETIRED, {"cutoff": now - RETIRED_INSTANCE_KEEP_S})
+                args = {"cutoff": now - forget_after}
+                found.forgotten = tx.execute(self.q.FORGET_WORKERS, args).rowcount
+                tx.notify = bool(found.rescued or found.expired)
+                return found
+
+            report = self._transact(sweep)
+        while old:  # retention, in short transactions until the backlog is gone
+            deleted = self._transact(lambda tx: self._delete_finished(tx, cutoff))
+            report.deleted += deleted
+            old = deleted == self.delete_batch
+        return report
+
+    delete_batch = 2000  # finished tasks deleted per retention transaction
+
+    def _rescue_worker_tasks(self, tx: Tx, worker_id: str, now: float, outcome: str) -> list[str]:
+        rows = tx.all(self.q.WORKER_TASKS, {"worker_id": worker_id})
+        return [r["id"] for r in rows if self._expire(tx, r, now, outcome)]
+
+    def _expire(self, tx: Tx, row: Mapping, now: float, outcome: str) -> bool:
+        args = {"task_id": row["id"], "lease_token": row["lease_token"], "now": now}
+        args["error"] = EXPIRED_ERROR
+        final = row["attempts"] > row["max_retries"]
+        if not tx.execute(self.q.EXPIRE_FINAL if final else self.q.EXPIRE_RETRY, args).rowcount:
+            return False
+        tx.execute(self.q.END_ATTEMPT, {**args, "outcome": outcome})
+        return True
+
+    # -- operator actions ---------------------------------------------------------
+
+    def cancel(self, task_id: str, now: float) -> str:
+        _known_id(task_id)
+
+        def cancel_one(tx: Tx) -> str:
+            args = {"task_id": task_id, "now": now}
+            row = tx.one(self.q.TASK_STATUS_LOCKED, args)
+            if row is None:
+                raise TaskNotFound(task_id)
+            if not tx.execute(self.q.CANCEL, args).rowcount:
+                raise Conflict(f"task {task_id} is already {row['status']}; it cannot be cancelled")
+            if row["lease_token"]:
+                args.update(lease_token=row["lease_token"], outcome="cancelled", error=None)
+                tx.execute(self.q.END_ATTEMPT, args)
+            tx.notify = True  # wakes GET /task?wait
+            return "cancelled"
+
+        return self._transact(cancel_one)
+
+    def retry(self, task_id: str, now: float) -> str:
+        _known_id(task_id)
+
+        def retry_one(tx: Tx) -> str:
+            args = {"task_id": task_id, "now": now}
+            row = tx.one(self.q.TASK_STATUS_LOCKED, args)
+            if row is None:
+                raise TaskNotFound(task_id)
+            if not tx.execute(self.q.RETRY, args).rowcount:
+                raise Conflict(
+                    f"task {task_id} is {row['status']}; only failed or cancelled tasks "
+                    "can be retried"
+                )
+            tx.notify = True
+            return "pending"
+
+        return self._transact(retry_one)
+
+    # -- reading ------------------------------------------------------------------
+
+    def get(self, task_id: str) -> dict:
+        _known_id(task_id)
+        rows = self._read(self.q.GET_TASK, {"task_id": task_id})
+        if not rows:
+            raise TaskNotFound(task_id)
+        task = task_dict(rows[0])
+        task["history"] = [dict(r) for r in self._read(self.q.HISTORY, {"task_id": task_id})]
+        return task
+
+    def status_of(self, task_id: str) -> str:
+        _known_id(task_id)
+        rows = self._read(self.q.STATUS_OF, {"task_id": task_id})
+        if not rows:
+            raise TaskNotFound(task_id)
+        return rows[0]["status"]
+
+    def list_tasks(
+        self, status: str | None, type_: str | None, limit: int, offset: int
+    ) -> list[dict]:
+        args = {"status": status, "type": type_, "limit": limit, "offset": offset}
+        return [task_dict(r) for r in self._read(self.q.LIST_TASKS, args)]
+
+    def stats(self, now: float, dead_after: float) -> dict:
+        groups, row = self._stats_rows({"alive_after": now - dead_after, "minute_ago": now - 60})
+        return stats_dict(
+            groups, row["alive"], row["stopped"], row["total"], row["recent"], row["oldest"], now
+        )
+
+    def workers(self, now: float, dead_after: float) -> list[dict]:
+        running: dict[str, list[str]] = {}
+        for r in self._read(self.q.RUNNING_BY_WORKER):
+            running.setdefault(r["worker_id"], []).append(r["id"])
+        return [
+            worker_dict(r, running.get(r["worker_id"], []), now, dead_after)
+            for r in self._read(self.q.ALL_WORKERS)
+        ]
+
+    def ping(self) -> None:
+        self._read(self.q.PING)
+
+    def health(self) -> str | None:
+        self.ping()
+        return self.refusals.recent()
+
+
+def _known_id(task_id: str) -> None:
+    """Task ids are hex: one holding a NUL (which PostgreSQL text cannot even hold) is
+    simply unknown, on both databases."""
+    if "\x00" in task_id:
+        raise TaskNotFound(task_id)

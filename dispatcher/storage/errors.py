@@ -1,0 +1,63 @@
+"""What storage raises. Neutral: no HTTP here (dispatcher/errors.py maps each to its
+status); str(exc) is one sentence a client may read."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """The database refused an operation for a reason the caller must know."""
+
+
+class TaskNotFound(StorageError):
+    def __init__(self, task_id: str):
+        super().__init__(f"task {task_id} not found")
+
+
+class Conflict(StorageError):
+    """A state change the task's current state refuses (finished, other lease, taken over)."""
+
+
+class LeaseConflict(Conflict):
+    pass
+
+
+class WorkerTakenOver(Conflict):
+    def __init__(self, worker_id: str):
+        super().__init__(
+            f"worker id {worker_id} was taken over by a newer instance; this instance must stop"
+        )
+
+
+class WorkerStopping(StorageError):
+    """The worker said it is shutting down: it is given no more tasks (its claims are
+    answered with none)."""
+
+    def __init__(self, worker_id: str):
+        super().__init__(f"worker {worker_id} is stopping: it claims nothing more")
+
+
+class BadValue(StorageError):
+    """A value the database cannot hold (PostgreSQL text and a NUL character)."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be used now; nothing was changed."""
+
+
+class DiskFull(DatabaseUnavailable):
+    """The database's disk is full: writes are refused, reads go on."""
+
+    def __init__(self, detail: str):
+        super().__init__(
+            f"the database's disk is full ({detail}); nothing was stored: "
+            "try again once space is freed"
+        )
+
+
+class ReadOnly(DatabaseUnavailable):
+    """The database takes no writes (a read-only file, mount or server)."""
+
+    def __init__(self, detail: str):
+        super().__init__(
+            f"the database is read-only ({detail}); nothing was stored: try again later"
+        )
