@@ -20,17 +20,69 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ..retry import retry_at
 from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result
-from .errors import Conflict, LeaseConflict, TaskNotFound, WorkerTakenOver
-from .rows import EXPIRED_ERROR, dumps, new_ids, stats_dict, task_dict, worker_dict
+from .errors import Conflict, LeaseConflict, TaskNotFound, WorkerStopping, WorkerTakenOver
+from .rows import EXPIRED_ERROR, claim_dict, dumps, new_ids, stats_dict, task_dict, worker_dict
 
 T = TypeVar("T")
+SCHEMA_VERSION = 3  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
+DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 TASK_COLUMNS = """id, type, queue, payload, status, result, error, attempts, max_retries,
        priority, worker_id, created_at, started_at, finished_at, timeout, run_at"""
+
+# -- the schema, in PostgreSQL's words (sqlite.py translates it) ----------------------
+
+PENDING_AGE_INDEX = "CREATE INDEX tasks_pending_age ON tasks (run_at) WHERE status = 'pending'"
+# the queues a worker last claimed from, a JSON list (NULL: it has not claimed yet)
+WORKER_QUEUES_COLUMN = "ALTER TABLE workers ADD COLUMN queues TEXT"
+SCHEMA = [
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY, type TEXT NOT NULL, queue TEXT NOT NULL, payload TEXT NOT NULL,
+        status TEXT NOT NULL, priority INTEGER NOT NULL, run_at DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION, attempts INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL, timeout DOUBLE PRECISION NOT NULL,
+        worker_id TEXT, lease_token TEXT, lease_expires_at DOUBLE PRECISION,
+        result TEXT, error TEXT, finished_lease TEXT,
+        expired_failure BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT UNIQUE,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite: rowid)
+    )
+    """,
+    # the claim: ready tasks of a queue, highest priority first, then oldest
+    "CREATE INDEX tasks_ready ON tasks (queue, priority DESC, run_at) WHERE status = 'pending'",
+    PENDING_AGE_INDEX,  # the oldest ready task in one index lookup (/stats polls it often)
+    "CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE status = 'in_progress'",
+    "CREATE INDEX tasks_by_worker ON tasks (worker_id) WHERE status = 'in_progress'",
+    "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
+    "CREATE INDEX tasks_counts ON tasks (status, queue, type)",  # /stats from the index
+    """
+    CREATE TABLE attempts (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL, lease_token TEXT NOT NULL, worker_id TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION,
+        outcome TEXT, error TEXT
+    )
+    """,
+    "CREATE INDEX attempts_by_task ON attempts (task_id, lease_token)",
+    """
+    CREATE TABLE workers (
+        worker_id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, status TEXT NOT NULL,
+        first_seen DOUBLE PRECISION NOT NULL, last_heartbeat DOUBLE PRECISION NOT NULL,
+        completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, queues TEXT
+    )
+    """,
+    """
+    CREATE TABLE retired_instances (
+        instance_id TEXT PRIMARY KEY, worker_id TEXT NOT NULL,
+        retired_at DOUBLE PRECISION NOT NULL
+    )
+    """,
+]
 
 # -- statements, named by the transition they make ------------------------------------
 
@@ -41,165 +93,121 @@ INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_a
                    max_retries, timeout, idempotency_key)
 VALUES (%(id)s, %(type)s, %(queue)s, %(payload)s, 'pending', %(priority)s, %(run_at)s,
         %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s)
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id
-""",
+ON CONFLICT (idempotency_key) DO NOTHING RETURNING id""",
     TASK_BY_KEY="SELECT id FROM tasks WHERE idempotency_key = %(key)s",
     # in_progress -> completed by its current lease: the common case, judged by this
     # statement alone. The lease's attempt is the task's only open one (every way out of
     # in_progress closes the attempt it leaves), so no other attempt needs closing.
     COMPLETE_CURRENT="""
-UPDATE tasks
-   SET status = 'completed', result = %(result)s, error = NULL, finished_at = %(now)s,
-       finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL,
-       worker_id = %(worker_id)s
- WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-""",
+UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
+       finished_at = %(now)s, finished_lease = %(lease_token)s, lease_token = NULL,
+       lease_expires_at = NULL, worker_id = %(worker_id)s
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s""",
     # pending | in_progress -> completed, by any lease this task issued (first result wins)
     COMPLETE="""
-UPDATE tasks
-   SET status = 'completed', result = %(result)s, error = NULL, finished_at = %(now)s,
-       finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL,
-       worker_id = %(worker_id)s
- WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')
-""",
+UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
+       finished_at = %(now)s, finished_lease = %(lease_token)s, lease_token = NULL,
+       lease_expires_at = NULL, worker_id = %(worker_id)s
+ WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')""",
     # failed (only by lease expiry) -> completed: a late real result replaces the expiry
     COMPLETE_AFTER_EXPIRY="""
-UPDATE tasks
-   SET status = 'completed', result = %(result)s, error = NULL, finished_at = %(now)s,
-       finished_lease = %(lease_token)s, expired_failure = FALSE, worker_id = %(worker_id)s
- WHERE id = %(task_id)s AND status = 'failed' AND expired_failure
-""",
+UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
+       finished_at = %(now)s, finished_lease = %(lease_token)s, expired_failure = FALSE,
+       worker_id = %(worker_id)s
+ WHERE id = %(task_id)s AND status = 'failed' AND expired_failure""",
     # failed (only by lease expiry) -> failed with the worker's real error
     FAIL_AFTER_EXPIRY="""
-UPDATE tasks
-   SET error = %(error)s, finished_lease = %(lease_token)s, expired_failure = FALSE,
+UPDATE tasks SET error = %(error)s, finished_lease = %(lease_token)s, expired_failure = FALSE,
        worker_id = %(worker_id)s, finished_at = %(now)s
- WHERE id = %(task_id)s AND status = 'failed' AND expired_failure
-""",
-    # in_progress -> pending (retries left, after back-off): only the current lease
+ WHERE id = %(task_id)s AND status = 'failed' AND expired_failure""",
+    # in_progress -> pending at run_at, only under the current lease: a failure with
+    # retries left (after back-off), or an expired lease or dead worker (at once)
     FAIL_RETRY="""
-UPDATE tasks
-   SET status = 'pending', run_at = %(run_at)s, error = %(error)s, lease_token = NULL,
-       lease_expires_at = NULL, worker_id = NULL
- WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-""",
+UPDATE tasks SET status = 'pending', run_at = %(run_at)s, error = %(error)s,
+       lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s""",
     # in_progress -> failed (no retries left): only the current lease
     FAIL_FINAL="""
-UPDATE tasks
-   SET status = 'failed', error = %(error)s, finished_at = %(now)s,
+UPDATE tasks SET status = 'failed', error = %(error)s, finished_at = %(now)s,
        finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL
- WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-""",
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s""",
     # what a result is judged by, when it is not for the current lease
     TASK_FOR_RESULT="""
 SELECT status, lease_token, finished_lease, expired_failure, attempts, max_retries
-  FROM tasks WHERE id = %(task_id)s FOR UPDATE
-""",
+  FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
     LEASE_ISSUED="""
-SELECT 1 FROM attempts WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s
-""",
+SELECT 1 FROM attempts WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s""",
     # attempts still running when another lease's result finished the task
     CLOSE_SUPERSEDED="""
 UPDATE attempts SET finished_at = %(now)s, outcome = 'superseded'
- WHERE task_id = %(task_id)s AND lease_token <> %(lease_token)s AND outcome IS NULL
-""",
+ WHERE task_id = %(task_id)s AND lease_token <> %(lease_token)s AND outcome IS NULL""",
     END_ATTEMPT="""
 UPDATE attempts SET finished_at = %(now)s, outcome = %(outcome)s, error = %(error)s
- WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s AND outcome IS NULL
-""",
+ WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s AND outcome IS NULL""",
     # the attempt whose (late) real result finished the task says so, even if the reaper
     # had already closed it as expired
     END_ATTEMPT_COMPLETED="""
 UPDATE attempts SET finished_at = %(now)s, outcome = 'completed', error = NULL
- WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s
-""",
+ WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s""",
     COUNT_RESULTS="""
 UPDATE workers SET completed = completed + %(completed)s, failed = failed + %(failed)s
- WHERE worker_id = %(worker_id)s
-""",
-    # in_progress -> pending, now: the lease expired or its worker died, retries left
-    EXPIRE_RETRY="""
-UPDATE tasks
-   SET status = 'pending', run_at = %(now)s, error = %(error)s, lease_token = NULL,
-       lease_expires_at = NULL, worker_id = NULL
- WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-""",
+ WHERE worker_id = %(worker_id)s""",
     # in_progress -> failed: the lease expired on the last attempt (a later real result
     # may still replace this failure)
     EXPIRE_FINAL="""
-UPDATE tasks
-   SET status = 'failed', error = %(error)s, finished_at = %(now)s, expired_failure = TRUE,
-       lease_token = NULL, lease_expires_at = NULL
- WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-""",
+UPDATE tasks SET status = 'failed', error = %(error)s, finished_at = %(now)s,
+       expired_failure = TRUE, lease_token = NULL, lease_expires_at = NULL
+ WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s""",
     # in_progress -> pending, given back unfinished: the attempt does not count
     RELEASE="""
-UPDATE tasks
-   SET status = 'pending', attempts = attempts - 1, lease_token = NULL,
+UPDATE tasks SET status = 'pending', attempts = attempts - 1, lease_token = NULL,
        lease_expires_at = NULL, worker_id = NULL
  WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-   AND worker_id = %(worker_id)s
-""",
+   AND worker_id = %(worker_id)s""",
     # pending | in_progress -> cancelled
     CANCEL="""
-UPDATE tasks
-   SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
+UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
        lease_expires_at = NULL
- WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')
-""",
+ WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')""",
     # failed | cancelled -> pending, attempts reset
     RETRY="""
-UPDATE tasks
-   SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL, error = NULL,
-       finished_at = NULL, started_at = NULL, finished_lease = NULL,
+UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
+       error = NULL, finished_at = NULL, started_at = NULL, finished_lease = NULL,
        expired_failure = FALSE, worker_id = NULL
- WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')
-""",
+ WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
     TASK_STATUS_LOCKED="SELECT status, lease_token FROM tasks WHERE id = %(task_id)s FOR UPDATE",
     EXTEND_ALL="""
 UPDATE tasks SET lease_expires_at = %(until)s
- WHERE worker_id = %(worker_id)s AND status = 'in_progress'
-""",
+ WHERE worker_id = %(worker_id)s AND status = 'in_progress'""",
     # extend: only the listed tasks still in progress under this worker
     EXTEND_LISTED="""
 UPDATE tasks SET lease_expires_at = %(until)s
- WHERE id = ANY(%(ids)s) AND worker_id = %(worker_id)s AND status = 'in_progress'
-""",
+ WHERE id = ANY(%(ids)s) AND worker_id = %(worker_id)s AND status = 'in_progress'""",
     LISTED_STATES="""
-SELECT id, status, worker_id, expired_failure FROM tasks WHERE id = ANY(%(ids)s)
-""",
+SELECT id, status, worker_id, expired_failure FROM tasks WHERE id = ANY(%(ids)s)""",
     # -- workers --
     RETIRED="SELECT 1 FROM retired_instances WHERE instance_id = %(instance_id)s",
     WORKER_LOCKED="""
-SELECT instance_id, status FROM workers WHERE worker_id = %(worker_id)s FOR UPDATE
-""",
+SELECT instance_id, status FROM workers WHERE worker_id = %(worker_id)s FOR UPDATE""",
     # (nothing) -> a worker, with the status its first call gives it
     REGISTER_WORKER="""
 INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat, queues)
 VALUES (%(worker_id)s, %(instance_id)s, %(status)s, %(now)s, %(now)s, %(queues)s)
-ON CONFLICT (worker_id) DO NOTHING
-RETURNING 1
-""",
+ON CONFLICT (worker_id) DO NOTHING RETURNING 1""",
     RETIRE_INSTANCE="""
-INSERT INTO retired_instances VALUES (%(old)s, %(worker_id)s, %(now)s)
-ON CONFLICT DO NOTHING
-""",
+INSERT INTO retired_instances VALUES (%(old)s, %(worker_id)s, %(now)s) ON CONFLICT DO NOTHING""",
     # a new instance takes the worker id over
     TAKE_OVER="""
 UPDATE workers SET instance_id = %(instance_id)s, status = %(status)s,
        last_heartbeat = %(now)s, queues = coalesce(%(queues)s, queues)
- WHERE worker_id = %(worker_id)s
-""",
+ WHERE worker_id = %(worker_id)s""",
     TOUCH_WORKER="""
 UPDATE workers SET status = %(status)s, last_heartbeat = %(now)s,
        queues = coalesce(%(queues)s, queues)
- WHERE worker_id = %(worker_id)s
-""",
+ WHERE worker_id = %(worker_id)s""",
     WORKER_TASKS="""
 SELECT id, lease_token, attempts, max_retries FROM tasks
- WHERE worker_id = %(worker_id)s AND status = 'in_progress' ORDER BY id FOR UPDATE
-""",
+ WHERE worker_id = %(worker_id)s AND status = 'in_progress' ORDER BY id FOR UPDATE""",
     # -- the reaper --
     SILENT_WORKERS="""
 SELECT worker_id FROM workers
@@ -210,47 +218,37 @@ SELECT worker_id FROM workers
     DECLARE_DEAD="""
 UPDATE workers SET status = 'dead'
  WHERE worker_id = %(worker_id)s AND status IN ('alive', 'stopping')
-   AND last_heartbeat < %(cutoff)s
-""",
+   AND last_heartbeat < %(cutoff)s""",
     ANY_GONE="""
 SELECT 1 FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(cutoff)s
- LIMIT 1
-""",
+ LIMIT 1""",
     # dead | stopped -> forgotten: gone longer than forget_after
     FORGET_WORKERS="""
-DELETE FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(cutoff)s
-""",
+DELETE FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(cutoff)s""",
     ANY_EXPIRED="""
-SELECT 1 FROM tasks WHERE status = 'in_progress' AND lease_expires_at < %(now)s LIMIT 1
-""",
+SELECT 1 FROM tasks WHERE status = 'in_progress' AND lease_expires_at < %(now)s LIMIT 1""",
     EXPIRED_TASKS="""
 SELECT id, lease_token, attempts, max_retries FROM tasks
  WHERE status = 'in_progress' AND lease_expires_at < %(now)s
- ORDER BY id FOR UPDATE SKIP LOCKED
-""",
+ ORDER BY id FOR UPDATE SKIP LOCKED""",
     ANY_PAST_RETENTION="""
 SELECT 1 FROM tasks
- WHERE finished_at < %(cutoff)s AND status IN ('completed', 'failed', 'cancelled') LIMIT 1
-""",
+ WHERE finished_at < %(cutoff)s AND status IN ('completed', 'failed', 'cancelled') LIMIT 1""",
     FORGET_RETIRED="DELETE FROM retired_instances WHERE retired_at < %(cutoff)s",
     # -- reading --
     GET_TASK=f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %(task_id)s",
     HISTORY="""
 SELECT attempt, worker_id, started_at, finished_at, outcome, error
-  FROM attempts WHERE task_id = %(task_id)s ORDER BY id
-""",
+  FROM attempts WHERE task_id = %(task_id)s ORDER BY id""",
     STATUS_OF="SELECT status FROM tasks WHERE id = %(task_id)s",
     # optional filters, written in SQL: a NULL filter lets every row through
     LIST_TASKS=f"""
 SELECT {TASK_COLUMNS} FROM tasks
  WHERE (%(status)s::text IS NULL OR status = %(status)s)
    AND (%(type)s::text IS NULL OR type = %(type)s)
- ORDER BY created_at, seq
- LIMIT %(limit)s OFFSET %(offset)s
-""",
+ ORDER BY created_at, seq LIMIT %(limit)s OFFSET %(offset)s""",
     STATS_GROUPS="""
-SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, type
-""",
+SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, type""",
     STATS_OTHERS="""
 SELECT (SELECT count(*) FROM workers
          WHERE status IN ('alive', 'stopping') AND last_heartbeat >= %(alive_after)s) AS alive,
@@ -258,11 +256,9 @@ SELECT (SELECT count(*) FROM workers
        (SELECT count(*) FROM workers) AS total,
        (SELECT count(*) FROM tasks
          WHERE finished_at >= %(minute_ago)s AND status = 'completed') AS recent,
-       (SELECT min(run_at) FROM tasks WHERE status = 'pending') AS oldest
-""",
+       (SELECT min(run_at) FROM tasks WHERE status = 'pending') AS oldest""",
     RUNNING_BY_WORKER="""
-SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at
-""",
+SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at""",
     ALL_WORKERS='SELECT * FROM workers ORDER BY worker_id COLLATE "C"',
     PING="SELECT 1 AS one",
 )
@@ -274,17 +270,22 @@ def statements(translate: Callable[[str], str] = lambda sql: sql, **own: str) ->
     return SimpleNamespace(**{**{k: translate(v) for k, v in SHARED.items()}, **own})
 
 
-class Tx(Protocol):
-    """One open transaction: what the core needs of a backend's connection."""
+class Tx:
+    """One open transaction on a DB-API connection or cursor (sqlite3, psycopg)."""
 
-    notify: bool  # set: the commit may wake held polls (new work, a finished task)
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.notify = False  # set: the commit may wake held polls (new work, a finished task)
 
-    def execute(self, sql: str, args: Mapping[str, Any] | None = None) -> Any:
+    def execute(self, sql: str, args: Any = None) -> Any:
         """Run a statement; the result has `rowcount`."""
+        return self.handle.execute(sql) if args is None else self.handle.execute(sql, args)
 
-    def one(self, sql: str, args: Mapping[str, Any] | None = None) -> Mapping | None: ...
+    def one(self, sql: str, args: Any = None) -> Any:
+        return self.execute(sql, args).fetchone()
 
-    def all(self, sql: str, args: Mapping[str, Any] | None = None) -> list[Mapping]: ...
+    def all(self, sql: str, args: Any = None) -> list:
+        return self.execute(sql, args).fetchall()
 
 
 class SqlStorage:
@@ -476,6 +477,37 @@ class SqlStorage:
 
     # -- workers and leases -------------------------------------------------------
 
+    def claim(
+        self,
+        worker_id: str,
+        instance_id: str,
+        queues: tuple[str, ...],
+        max_tasks: int,
+        now: float,
+        lease_s: float,
+    ) -> list[dict]:
+        """The commit need not be fsynced: a claim lost in a power cut only puts its
+        tasks back to pending (docs/RELIABILITY.md)."""
+
+        def claim_tasks(tx: Tx) -> list[dict]:
+            if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
+                raise WorkerStopping(worker_id)
+            claimed: list[dict] = []
+            for queue in queues:
+                if len(claimed) >= max_tasks:
+                    break
+                args = {"worker_id": worker_id, "now": now, "lease_s": lease_s, "queue": queue}
+                rows = self._claim_queue(tx, {**args, "max_tasks": max_tasks - len(claimed)})
+                rows.sort(key=lambda r: (-r["priority"], r["run_at"]))
+                claimed.extend(claim_dict(r) for r in rows)
+            return claimed
+
+        return self._transact(claim_tasks, fsync=False)
+
+    def _claim_queue(self, tx: Tx, args: dict) -> list:
+        """pending -> in_progress for one queue (CLAIM), the attempts recorded."""
+        return tx.all(self.q.CLAIM, args)
+
     def _touch_worker(
         self,
         tx: Tx,
@@ -602,10 +634,8 @@ class SqlStorage:
         while old:  # retention, in short transactions until the backlog is gone
             deleted = self._transact(lambda tx: self._delete_finished(tx, cutoff))
             report.deleted += deleted
-            old = deleted == self.delete_batch
+            old = deleted == DELETE_BATCH
         return report
-
-    delete_batch = 2000  # finished tasks deleted per retention transaction
 
     def _rescue_worker_tasks(self, tx: Tx, worker_id: str, now: float, outcome: str) -> list[str]:
         rows = tx.all(self.q.WORKER_TASKS, {"worker_id": worker_id})
@@ -615,7 +645,8 @@ class SqlStorage:
         args = {"task_id": row["id"], "lease_token": row["lease_token"], "now": now}
         args["error"] = EXPIRED_ERROR
         final = row["attempts"] > row["max_retries"]
-        if not tx.execute(self.q.EXPIRE_FINAL if final else self.q.EXPIRE_RETRY, args).rowcount:
+        args["run_at"] = now
+        if not tx.execute(self.q.EXPIRE_FINAL if final else self.q.FAIL_RETRY, args).rowcount:
             return False
         tx.execute(self.q.END_ATTEMPT, {**args, "outcome": outcome})
         return True
@@ -703,6 +734,19 @@ class SqlStorage:
     def health(self) -> str | None:
         self.ping()
         return self.refusals.recent()
+
+
+def upgrade(tx: Tx, version: int, migrations: dict[int, list[str]]) -> int:
+    """Bring a schema at `version` up to SCHEMA_VERSION (migrations[n] takes n to n + 1)."""
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this code's "
+            f"{SCHEMA_VERSION}; upgrade the code"
+        )
+    for v in range(version, SCHEMA_VERSION):
+        for statement in migrations[v]:
+            tx.execute(statement)
+    return SCHEMA_VERSION
 
 
 def _known_id(task_id: str) -> None:

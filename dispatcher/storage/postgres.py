@@ -1,49 +1,13 @@
 """PostgreSQL storage: the core's rules (core.py), for several dispatchers on one database.
 
-Every state change states its rule in its WHERE clause and is judged by its row count,
-exactly as on SQLite; what differs is how transactions meet, and what PostgreSQL does in
-one statement (the claim, a bulk insert, a batch of results):
-
-- Connections come from a `psycopg_pool.ConnectionPool` (at most DATABASE_POOL_SIZE per
-  dispatcher process, plus one for LISTEN), run in autocommit, and every write is one
-  short `BEGIN ... COMMIT` (`_transact`) at READ COMMITTED. A guarded UPDATE that meets a
-  row another transaction changed re-reads it and re-checks its WHERE before it writes,
-  so two dispatchers racing for one transition cannot both win.
-- A claim is ONE statement: `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED
-  LIMIT n)`, with the attempts it opens recorded in the same statement. Claimers skip
-  the rows others are taking instead of queueing behind them.
-- Locks are taken in one order, a worker's row before its tasks, so the usual paths
-  cannot deadlock; a deadlock or serialization failure PostgreSQL still reports rolls
-  the whole transaction back and it runs again (TX_ATTEMPTS).
-- Database unreachable (connect refused, connection lost, no pooled connection within
-  POOL_WAIT_S): DatabaseUnavailable, which the routes answer with 503. The pool keeps
-  reconnecting in the background, so the dispatcher recovers without a restart.
-
-Clock. Operations take `now` (UTC epoch seconds) like every storage; the dispatcher
-passes its own clock (time.time). We do not read `now()` from the database: tests must
-stay in control of time (STYLE.md 9), and one clock per operation keeps lease, delay
-and history times comparable with what the dispatcher logs and returns. The cost is
-that dispatchers on several machines must keep their clocks in sync (NTP, as every
-host running a job queue should): a dispatcher whose clock runs ahead by d expires
-leases d seconds early and starts delayed tasks d seconds early. Leases are minutes
-long and NTP keeps hosts within milliseconds, so this is safe; a host with a broken
-clock is the one thing it does not survive (docs/SCALING.md says so).
-
-Payloads and results are JSON *text*, written by the same codec as SQLite. Not jsonb:
-jsonb would keep big integers exact (it stores numbers as `numeric`), but it rewrites
-the document (key order, duplicate keys, 1e300 comes back as a 301-digit integer, a
-float as an int) and refuses the string "\\u0000"; text gives back what was stored.
-
-Schema: created or migrated in one transaction under `pg_advisory_xact_lock`, so
-dispatchers starting together migrate once. A one-row table `meta` holds the schema
-version, numbered as SQLite's `PRAGMA user_version` (a new database starts at the
-current SCHEMA_VERSION; MIGRATIONS[n] takes version n to n + 1).
-
-Wake-ups: every transaction that makes work available or finishes a task (submit,
-release, a failure with retries left, rescue and expiry, retry, cancel, finish) ends
-with `pg_notify(CHANNEL, <schema>)` and bumps the sequence `changes`. `listen()` hands
-the notifications to the dispatcher's Wakeup, at once, on every dispatcher;
-`change_counter()` reads the sequence, the polling fallback for a lost notification.
+What differs from SQLite (docs/DESIGN.md, "Storage"): a `psycopg_pool` of autocommit
+connections (DATABASE_POOL_SIZE per process, plus one to LISTEN), each write one short
+READ COMMITTED transaction, run again after a deadlock (TX_ATTEMPTS); the claim in one
+statement with FOR UPDATE SKIP LOCKED; bulk inserts and result batches set-based; the
+schema version in a table `meta`, migrated under an advisory lock; wake-ups by
+`pg_notify` inside the transaction, with the sequence `changes` as the polling fallback.
+Times are the dispatcher's clock, not `now()` (tests control time; hosts run NTP).
+Payloads and results are JSON text, not jsonb (jsonb rewrites what it stores).
 """
 
 from __future__ import annotations
@@ -60,14 +24,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from . import STOPPING, NewTask, Result
-from .core import SqlStorage, Tx, statements
-from .errors import BadValue, DatabaseUnavailable, DiskFull, ReadOnly, WorkerStopping
-from .rows import dumps, loads
+from . import NewTask, Result, core
+from .core import SCHEMA_VERSION, SqlStorage, Tx, statements, upgrade
+from .errors import BadValue, DatabaseUnavailable, DiskFull, ReadOnly
+from .rows import dumps
 
 log = logging.getLogger("dispatcher")
 
-SCHEMA_VERSION = 3  # the SQLite numbering: a new PostgreSQL schema starts at version 2
 CHANNEL = "taskqueue"  # NOTIFY channel; the payload names the schema that changed
 CONNECT_TIMEOUT_S = 5  # libpq connect_timeout unless DATABASE_URL sets one
 POOL_WAIT_S = 5.0  # longest wait for a pooled connection before the client sees a 503
@@ -78,7 +41,6 @@ RECONNECT_TIMEOUT_S = 10.0
 LISTEN_TICK_S = 0.5  # how often a listener looks at its stop event
 CHANGE_POLL_S = 0.5  # the polling fallback's period (Wakeup reads it from the storage)
 TX_ATTEMPTS = 3  # a transaction PostgreSQL rolled back (deadlock) runs again this often
-DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 # finish() takes the set-based FINISH_CURRENT from this many tasks in one batch; below
 # it, one statement per result is cheaper (FINISH_CURRENT costs ~0.5 ms to plan; the
 # two cost about the same at 4 results, measured 2026-11-23)
@@ -91,82 +53,12 @@ SCHEMA = [
         schema_version INTEGER NOT NULL
     )
     """,
-    """
-    CREATE TABLE tasks (
-        id               TEXT PRIMARY KEY,
-        type             TEXT NOT NULL,
-        queue            TEXT NOT NULL,
-        payload          TEXT NOT NULL,
-        status           TEXT NOT NULL,
-        priority         INTEGER NOT NULL,
-        run_at           DOUBLE PRECISION NOT NULL,
-        created_at       DOUBLE PRECISION NOT NULL,
-        started_at       DOUBLE PRECISION,
-        finished_at      DOUBLE PRECISION,
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        max_retries      INTEGER NOT NULL,
-        timeout          DOUBLE PRECISION NOT NULL,
-        worker_id        TEXT,
-        lease_token      TEXT,
-        lease_expires_at DOUBLE PRECISION,
-        result           TEXT,
-        error            TEXT,
-        finished_lease   TEXT,
-        expired_failure  BOOLEAN NOT NULL DEFAULT FALSE,
-        idempotency_key  TEXT UNIQUE,
-        seq              BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite's rowid)
-    )
-    """,
-    # the claim: ready tasks of a queue, highest priority first, then oldest
-    "CREATE INDEX tasks_ready ON tasks (queue, priority DESC, run_at) WHERE status = 'pending'",
-    "CREATE INDEX tasks_pending_age ON tasks (run_at) WHERE status = 'pending'",
-    "CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE status = 'in_progress'",
-    "CREATE INDEX tasks_by_worker ON tasks (worker_id) WHERE status = 'in_progress'",
-    "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
-    "CREATE INDEX tasks_counts ON tasks (status, queue, type)",
-    """
-    CREATE TABLE attempts (
-        id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        task_id     TEXT NOT NULL,
-        attempt     INTEGER NOT NULL,
-        lease_token TEXT NOT NULL,
-        worker_id   TEXT NOT NULL,
-        started_at  DOUBLE PRECISION NOT NULL,
-        finished_at DOUBLE PRECISION,
-        outcome     TEXT,
-        error       TEXT
-    )
-    """,
-    "CREATE INDEX attempts_by_task ON attempts (task_id, lease_token)",
-    """
-    CREATE TABLE workers (
-        worker_id      TEXT PRIMARY KEY,
-        instance_id    TEXT NOT NULL,
-        status         TEXT NOT NULL,
-        first_seen     DOUBLE PRECISION NOT NULL,
-        last_heartbeat DOUBLE PRECISION NOT NULL,
-        completed      INTEGER NOT NULL DEFAULT 0,
-        failed         INTEGER NOT NULL DEFAULT 0,
-        queues         TEXT
-    )
-    """,
-    """
-    CREATE TABLE retired_instances (
-        instance_id TEXT PRIMARY KEY,
-        worker_id   TEXT NOT NULL,
-        retired_at  DOUBLE PRECISION NOT NULL
-    )
-    """,
+    *core.SCHEMA,
     # bumped by every transaction that notifies: the polling fallback's change counter
     "CREATE SEQUENCE changes",
 ]
-
-# Migrations from version N to N + 1, applied in order (none yet on PostgreSQL: its
-# first schema is version 2).
-MIGRATIONS: dict[int, list[str]] = {
-    # version 3: the queues a worker last claimed from, a JSON list (GET /workers)
-    2: ["ALTER TABLE workers ADD COLUMN queues TEXT"],
-}
+# Migrations from version N to N + 1, applied in order (the first PostgreSQL schema was 2)
+MIGRATIONS: dict[int, list[str]] = {2: [core.WORKER_QUEUES_COLUMN]}
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('taskqueue migrate ' || %s))"
@@ -304,30 +196,12 @@ SELECT 1 FROM workers WHERE worker_id = ANY(%(ids)s) ORDER BY worker_id COLLATE 
 """
 CHANGES = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM changes"
 
-Q = statements()
+Q = statements(CLAIM=CLAIM)
 T = TypeVar("T")
-
-
-class _Tx:
-    """A transaction on one pooled connection, as the core uses it."""
-
-    def __init__(self, cur: psycopg.Cursor):
-        self.cur = cur
-        self.notify = False
-
-    def execute(self, sql: str, args: Any = None) -> psycopg.Cursor:
-        return self.cur.execute(sql, args)
-
-    def one(self, sql: str, args: Any = None) -> dict | None:
-        return self.cur.execute(sql, args).fetchone()
-
-    def all(self, sql: str, args: Any = None) -> list[dict]:
-        return self.cur.execute(sql, args).fetchall()
 
 
 class PostgresStorage(SqlStorage):
     q = Q
-    delete_batch = DELETE_BATCH
     change_poll_s = CHANGE_POLL_S
     marks_waiters = False  # NOTIFY reaches every listener
 
@@ -425,7 +299,7 @@ class PostgresStorage(SqlStorage):
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
                 with self._connection() as conn, conn.transaction():
-                    tx = _Tx(conn.cursor())
+                    tx = Tx(conn.cursor())
                     out = body(tx)
                     if tx.notify:
                         tx.execute(NOTIFY, self._notify_args)
@@ -452,7 +326,7 @@ class PostgresStorage(SqlStorage):
                 pass
         self._pool.close()
 
-    def _migrate(self, tx: _Tx) -> None:
+    def _migrate(self, tx: Tx) -> None:
         """Create the schema, or bring an older one up to SCHEMA_VERSION, under an
         advisory lock: dispatchers starting together do it once, one after the other."""
         tx.execute(MIGRATION_LOCK, (self.schema,))
@@ -469,19 +343,11 @@ class PostgresStorage(SqlStorage):
             log.info("created schema version %d in %s", SCHEMA_VERSION, self.schema)
             return
         version = tx.one("SELECT schema_version FROM meta")["schema_version"]
-        if version == SCHEMA_VERSION:
-            return  # nothing written: a read-only or full database still starts
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"database schema version {version} is newer than this code's "
-                f"{SCHEMA_VERSION}; upgrade the code"
+        if version != SCHEMA_VERSION:  # else nothing written: a read-only database starts
+            tx.execute("UPDATE meta SET schema_version = %s", (upgrade(tx, version, MIGRATIONS),))
+            log.info(
+                "migrated schema %s from version %d to %d", self.schema, version, SCHEMA_VERSION
             )
-        while version < SCHEMA_VERSION:
-            for statement in MIGRATIONS[version]:
-                tx.execute(statement)
-            version += 1
-            log.info("migrated schema %s to version %d", self.schema, version)
-        tx.execute("UPDATE meta SET schema_version = %s", (version,))
 
     # -- what PostgreSQL does its own way --------------------------------------------
 
@@ -500,31 +366,6 @@ class PostgresStorage(SqlStorage):
                 "timeout": [float(t.timeout) for t in tasks],
             },
         )
-
-    def claim(
-        self,
-        worker_id: str,
-        instance_id: str,
-        queues: tuple[str, ...],
-        max_tasks: int,
-        now: float,
-        lease_s: float,
-    ) -> list[dict]:
-        def claim_tasks(tx: Tx) -> list[dict]:
-            if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
-                raise WorkerStopping(worker_id)
-            claimed: list[dict] = []
-            args = {"worker_id": worker_id, "now": now, "lease_s": lease_s}
-            for queue in queues:
-                if len(claimed) >= max_tasks:
-                    break
-                args.update(queue=queue, max_tasks=max_tasks - len(claimed))
-                rows = tx.all(CLAIM, args)
-                rows.sort(key=lambda r: (-r["priority"], r["run_at"]))
-                claimed.extend(_claimed(r) for r in rows)
-            return claimed
-
-        return self._transact(claim_tasks)
 
     def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
         return bool(self._read(READY, {"queues": list(queues), "now": now}))
@@ -571,7 +412,7 @@ class PostgresStorage(SqlStorage):
         return tx.one(COMPLETE_CURRENT, args) is not None  # the attempt closed with it
 
     def _delete_finished(self, tx: Tx, cutoff: float) -> int:
-        return tx.one(DELETE_FINISHED, {"cutoff": cutoff, "batch": DELETE_BATCH})["n"]
+        return tx.one(DELETE_FINISHED, {"cutoff": cutoff, "batch": core.DELETE_BATCH})["n"]
 
     def _text(self, value: str | None) -> str | None:
         """An error message PostgreSQL text can hold: a NUL character becomes U+FFFD (a
@@ -636,18 +477,6 @@ class PostgresStorage(SqlStorage):
 
     def set_waiting(self, waiting: bool) -> None:
         """Nothing to do: every dispatcher LISTENs, and NOTIFY reaches them all."""
-
-
-def _claimed(r: dict) -> dict:
-    return {
-        "task_id": r["id"],
-        "type": r["type"],
-        "payload": loads(r["payload"]),
-        "attempt": r["attempts"],
-        "timeout": r["timeout"],
-        "lease_token": r["lease_token"],
-        "lease_expires_at": r["lease_expires_at"],
-    }
 
 
 def _reason(exc: BaseException) -> str:

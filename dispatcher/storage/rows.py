@@ -102,3 +102,16 @@ def stats_dict(
         "queues": queues,
         "types": types,
     }
+
+
+def claim_dict(r: Mapping) -> dict:
+    """A claimed task as POST /get-task returns it."""
+    return {
+        "task_id": r["id"],
+        "type": r["type"],
+        "payload": loads(r["payload"]),
+        "attempt": r["attempts"],
+        "timeout": r["timeout"],
+        "lease_token": r["lease_token"],
+        "lease_expires_at": r["lease_expires_at"],
+    }

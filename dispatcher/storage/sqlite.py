@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ..localwake import LocalWake
-from . import STOPPING, NewTask
-from .core import SHARED, SqlStorage, Tx, statements
+from . import STOPPING, NewTask, core
+from .core import SCHEMA_VERSION, SqlStorage, Tx, statements, upgrade
 from .errors import DatabaseUnavailable, DiskFull, ReadOnly, WorkerStopping
-from .rows import dumps, loads
+from .rows import dumps
 
-SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for the lock before the client sees a 503
 # Waiting for another process's write lock: SQLite's own busy handler sleeps 1, 2, 5, 10 ms
 # between tries, so a claim and a result arriving together cost the second one a
@@ -41,87 +40,11 @@ BUSY_FIRST_S = 0.00005
 BUSY_MAX_S = 0.001
 KEEP_IDLE = 16  # pooled connections kept open between operations
 TOUCH_EVERY_S = 1.0  # an empty long poll refreshes its worker's last_heartbeat this often
-DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
-
-# the oldest ready task in one index lookup (/stats polls it often)
-PENDING_AGE_INDEX = "CREATE INDEX tasks_pending_age ON tasks (run_at) WHERE status = 'pending'"
-
-# the queues a worker last claimed from, as a JSON list (NULL: it has not claimed yet)
-WORKER_QUEUES_COLUMN = "ALTER TABLE workers ADD COLUMN queues TEXT"
-
-SCHEMA = [
-    """
-    CREATE TABLE tasks (
-        id               TEXT PRIMARY KEY,
-        type             TEXT NOT NULL,
-        queue            TEXT NOT NULL,
-        payload          TEXT NOT NULL,
-        status           TEXT NOT NULL,
-        priority         INTEGER NOT NULL,
-        run_at           REAL NOT NULL,
-        created_at       REAL NOT NULL,
-        started_at       REAL,
-        finished_at      REAL,
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        max_retries      INTEGER NOT NULL,
-        timeout          REAL NOT NULL,
-        worker_id        TEXT,
-        lease_token      TEXT,
-        lease_expires_at REAL,
-        result           TEXT,
-        error            TEXT,
-        finished_lease   TEXT,
-        expired_failure  INTEGER NOT NULL DEFAULT 0,
-        idempotency_key  TEXT UNIQUE
-    )
-    """,
-    # the claim: ready tasks of a queue, highest priority first, then oldest
-    "CREATE INDEX tasks_ready ON tasks (queue, priority DESC, run_at) WHERE status = 'pending'",
-    PENDING_AGE_INDEX,
-    "CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE status = 'in_progress'",
-    "CREATE INDEX tasks_by_worker ON tasks (worker_id) WHERE status = 'in_progress'",
-    "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
-    # counts for /stats without reading the rows
-    "CREATE INDEX tasks_counts ON tasks (status, queue, type)",
-    """
-    CREATE TABLE attempts (
-        id          INTEGER PRIMARY KEY,
-        task_id     TEXT NOT NULL,
-        attempt     INTEGER NOT NULL,
-        lease_token TEXT NOT NULL,
-        worker_id   TEXT NOT NULL,
-        started_at  REAL NOT NULL,
-        finished_at REAL,
-        outcome     TEXT,
-        error       TEXT
-    )
-    """,
-    "CREATE INDEX attempts_by_task ON attempts (task_id, lease_token)",
-    """
-    CREATE TABLE workers (
-        worker_id      TEXT PRIMARY KEY,
-        instance_id    TEXT NOT NULL,
-        status         TEXT NOT NULL,
-        first_seen     REAL NOT NULL,
-        last_heartbeat REAL NOT NULL,
-        completed      INTEGER NOT NULL DEFAULT 0,
-        failed         INTEGER NOT NULL DEFAULT 0,
-        queues         TEXT
-    )
-    """,
-    """
-    CREATE TABLE retired_instances (
-        instance_id TEXT PRIMARY KEY,
-        worker_id   TEXT NOT NULL,
-        retired_at  REAL NOT NULL
-    )
-    """,
-]
 
 # Migrations from version N to N + 1, applied in order to an existing file.
 MIGRATIONS: dict[int, list[str]] = {
-    1: [PENDING_AGE_INDEX],  # version 2: /stats reads the queue's age from an index
-    2: [WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
+    1: [core.PENDING_AGE_INDEX],  # version 2: /stats reads the queue's age from an index
+    2: [core.WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
 }
 
 # -- SQLite's own statements ---------------------------------------------------------
@@ -187,34 +110,28 @@ def for_sqlite(sql: str) -> str:
     return sql.replace("= ANY(:ids)", "IN (SELECT value FROM json_each(:ids))")
 
 
+def schema_for_sqlite(sql: str) -> str:
+    """A CREATE statement of core.SCHEMA in SQLite's types; the rowid orders insertions."""
+    sql = re.sub(r",\s*seq BIGINT[^\n]*", "", sql)
+    sql = sql.replace("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "INTEGER PRIMARY KEY")
+    sql = sql.replace("BOOLEAN NOT NULL DEFAULT FALSE", "INTEGER NOT NULL DEFAULT 0")
+    return sql.replace("DOUBLE PRECISION", "REAL")
+
+
+SCHEMA = [schema_for_sqlite(statement) for statement in core.SCHEMA]
+
+
 Q = statements(
     for_sqlite,
-    STATS_OTHERS=for_sqlite(SHARED["STATS_OTHERS"]).replace(
+    CLAIM=CLAIM,
+    STATS_OTHERS=for_sqlite(core.SHARED["STATS_OTHERS"]).replace(
         "(SELECT min(run_at) FROM tasks WHERE status = 'pending')", f"({OLDEST_PENDING.strip()})"
     ),
 )
 
 
-class _Tx:
-    """A transaction on one connection, as the core uses it."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-        self.notify = False
-
-    def execute(self, sql: str, args: Any = None) -> sqlite3.Cursor:
-        return self.db.execute(sql, args or {})
-
-    def one(self, sql: str, args: Any = None) -> sqlite3.Row | None:
-        return self.db.execute(sql, args or {}).fetchone()
-
-    def all(self, sql: str, args: Any = None) -> list[sqlite3.Row]:
-        return self.db.execute(sql, args or {}).fetchall()
-
-
 class SqliteStorage(SqlStorage):
     q = Q
-    delete_batch = DELETE_BATCH
     # Other processes' commits arrive as LocalWake datagrams; the change counter is only
     # the fallback for a lost one, so it is read slowly.
     change_poll_s = 0.05
@@ -309,7 +226,7 @@ class SqliteStorage(SqlStorage):
 
     def _transact(self, body: Callable[[Tx], Any], fsync: bool = True) -> Any:
         with self._write(fsync) as db:
-            tx = _Tx(db)
+            tx = Tx(db)
             out = body(tx)
         if tx.notify:  # committed: tell the processes holding polls, then this one
             self.announce()
@@ -348,21 +265,13 @@ class SqliteStorage(SqlStorage):
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if (
-                version == 0
+                not version
                 and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone()
             ):
                 for statement in SCHEMA:
                     db.execute(statement)
                 version = SCHEMA_VERSION
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"database schema version {version} is newer than this code's "
-                    f"{SCHEMA_VERSION}; upgrade the code"
-                )
-            while version < SCHEMA_VERSION:
-                for statement in MIGRATIONS[version]:
-                    db.execute(statement)
-                version += 1
+            upgrade(Tx(db), version, MIGRATIONS)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- what SQLite does its own way ------------------------------------------------
@@ -373,42 +282,18 @@ class SqliteStorage(SqlStorage):
             + (t.max_retries, t.timeout)
             for task_id, t in zip(ids, tasks, strict=True)
         ]
-        tx.db.executemany(INSERT_TASKS, rows)
+        tx.handle.executemany(INSERT_TASKS, rows)
 
-    def claim(
-        self,
-        worker_id: str,
-        instance_id: str,
-        queues: tuple[str, ...],
-        max_tasks: int,
-        now: float,
-        lease_s: float,
-    ) -> list[dict]:
-        """The commit is not fsynced: a claim lost in a power cut only puts its tasks
-        back to pending (docs/RELIABILITY.md)."""
+    def claim(self, worker_id, instance_id, queues, max_tasks, now, lease_s) -> list[dict]:
         if self._idle_poll(worker_id, instance_id, queues, now):
             return []  # no write: it would collide with the results a worker posts
+        return super().claim(worker_id, instance_id, queues, max_tasks, now, lease_s)
 
-        def claim_tasks(tx: _Tx) -> list[dict]:
-            if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
-                raise WorkerStopping(worker_id)
-            claimed: list[dict] = []
-            args = {"worker_id": worker_id, "now": now, "lease_s": lease_s}
-            for queue in queues:
-                if len(claimed) >= max_tasks:
-                    break
-                rows = tx.all(
-                    CLAIM, {**args, "queue": queue, "max_tasks": max_tasks - len(claimed)}
-                )
-                rows.sort(key=lambda r: (-r["priority"], r["run_at"]))
-                tx.db.executemany(
-                    RECORD_ATTEMPT,
-                    [(r["id"], r["attempts"], r["lease_token"], worker_id, now) for r in rows],
-                )
-                claimed.extend(_claimed(r) for r in rows)
-            return claimed
-
-        return self._transact(claim_tasks, fsync=False)
+    def _claim_queue(self, tx: Tx, args: dict) -> list:
+        rows = tx.all(self.q.CLAIM, args)
+        opened = [(r["id"], r["attempts"], r["lease_token"], args["worker_id"]) for r in rows]
+        tx.handle.executemany(RECORD_ATTEMPT, [(*a, args["now"]) for a in opened])
+        return rows
 
     def _idle_poll(self, worker_id: str, instance_id: str, queues, now: float) -> bool:
         """A claim that would change nothing but its worker's last_heartbeat, refreshed
@@ -433,7 +318,7 @@ class SqliteStorage(SqlStorage):
         return min((t for t in due if t is not None), default=None)
 
     def _delete_finished(self, tx: Tx, cutoff: float) -> int:
-        ids = tx.one(PAST_RETENTION, {"cutoff": cutoff, "batch": DELETE_BATCH})["ids"]
+        ids = tx.one(PAST_RETENTION, {"cutoff": cutoff, "batch": core.DELETE_BATCH})["ids"]
         tx.execute(DELETE_HISTORY, {"ids": ids})
         return tx.execute(DELETE_TASKS, {"ids": ids}).rowcount
 
@@ -468,18 +353,6 @@ class SqliteStorage(SqlStorage):
     def set_waiting(self, waiting: bool) -> None:
         """Whether this process has long polls held, for the other processes' announce()."""
         self._wake.set_waiting(waiting)
-
-
-def _claimed(r: sqlite3.Row) -> dict:
-    return {
-        "task_id": r["id"],
-        "type": r["type"],
-        "payload": loads(r["payload"]),
-        "attempt": r["attempts"],
-        "timeout": r["timeout"],
-        "lease_token": r["lease_token"],
-        "lease_expires_at": r["lease_expires_at"],
-    }
 
 
 def _begin_immediate(db: sqlite3.Connection) -> None:

@@ -8,7 +8,6 @@ passing a bigger number. T0 is the moment each test starts.
 
 from __future__ import annotations
 
-import importlib
 import math
 import sqlite3
 import threading
@@ -26,6 +25,7 @@ from dispatcher.errors import (
     http_status,
 )
 from dispatcher.storage import NewTask, Result, open_storage
+from dispatcher.storage.core import DELETE_BATCH
 from dispatcher.storage.sqlite import SCHEMA_VERSION
 from tests.pg import fresh_schema_url
 
@@ -863,8 +863,6 @@ def test_queue_age_counts_only_tasks_that_are_ready(storage):
 
 
 def test_retention_clears_a_backlog_larger_than_one_batch(storage):
-    DELETE_BATCH = importlib.import_module(type(storage).__module__).DELETE_BATCH
-
     count = DELETE_BATCH * 2 + 7
     storage.submit([new_task() for _ in range(count)], now=T0)
     results = [
