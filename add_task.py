@@ -42,10 +42,10 @@ from rich.table import Table  # noqa: E402
 from common import cli  # noqa: E402
 from common.client import ApiError, Client, DispatcherUnreachable  # noqa: E402
 from common.config import Config  # noqa: E402
+from common.statuses import FINISHED  # noqa: E402
 from tasks import registry  # noqa: E402
 
 TASK_OPTIONS = ("queue", "max_retries", "timeout", "priority", "delay", "idempotency_key")
-FINISHED = ("completed", "failed", "cancelled")
 ALGORITHMS = ("sieve", "trial_division")
 WAIT_PER_REQUEST = 10.0  # seconds one GET /task/<id>?wait= may be held
 WAIT_THREADS = 4  # tasks waited on at once (each holds one dispatcher thread)
@@ -262,14 +262,14 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
     parser.add_argument(
         "count",
         nargs="?",
-        type=_positive_int,
+        type=cli.positive_int,
         metavar="COUNT",
         help="seed form: how many primes tasks",
     )
     parser.add_argument(
         "limit",
         nargs="?",
-        type=_positive_int,
+        type=cli.positive_int,
         metavar="LIMIT",
         help="seed form: count the primes up to LIMIT",
     )
@@ -291,7 +291,7 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
     parser.add_argument(
         "--count",
         dest="random_count",  # apart from the positional COUNT
-        type=_positive_int,
+        type=cli.positive_int,
         metavar="N",
         help=f"with --random: how many tasks (default {RANDOM_DEFAULT_COUNT})",
     )
@@ -299,20 +299,20 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
     every = parser.add_argument_group("options set on every task (they override the file's)")
     every.add_argument(
         "--max-retries",
-        type=_non_negative_int,
+        type=cli.non_negative_int,
         metavar="N",
         help="retries after the first attempt (default DEFAULT_MAX_RETRIES)",
     )
     every.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=cli.positive_float,
         metavar="S",
         help="seconds one attempt may run (default DEFAULT_TASK_TIMEOUT)",
     )
     every.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
     every.add_argument(
         "--delay",
-        type=_non_negative_float,
+        type=cli.non_negative_float,
         metavar="S",
         help="seconds before the first attempt may start",
     )
@@ -379,40 +379,6 @@ def _read_source(name: str, stdin) -> tuple[str, str]:
             return f.read(), name
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
-    return value
 
 
 # -- talking to the dispatcher -----------------------------------------------------------

@@ -34,8 +34,8 @@ from rich.text import Text  # noqa: E402
 from common import cli  # noqa: E402
 from common.client import ApiError, Client, DispatcherUnreachable  # noqa: E402
 from common.config import Config  # noqa: E402
+from common.statuses import STATUSES  # noqa: E402
 
-STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 COLOURS = {
     "pending": "cyan",
     "in_progress": "yellow",
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--interval",
-        type=_positive_float,
+        type=cli.positive_float,
         default=1.0,
         metavar="S",
         help="seconds between refreshes of the live view (default 1)",
@@ -312,16 +312,6 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # bad usage: argparse exits with status 2
     return cli.run(lambda: run(args))
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
-    return value
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from procs import BenchError, Ports, Procs, children, rss_kib, wait_until
+from procs import BenchError, Ports, Procs, children, wait_until
 
 from common.client import Client
+from common.procs import rss_kib
 
 NOOP = {"type": "compute", "payload": {"operation": "double", "value": 21}}
 SUBMIT_BATCH = 1_000  # tasks per POST /submit-tasks (MAX_BATCH's default)

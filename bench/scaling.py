@@ -52,6 +52,7 @@ from procs import BenchError, Ports, Procs  # noqa: E402
 
 from common.client import Client  # noqa: E402
 from common.config import Config  # noqa: E402
+from common.procs import established_ports  # noqa: E402
 from dispatcher.storage import NewTask, Result, open_storage  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -327,28 +328,6 @@ def wait_all(client: Client, n: int, launched: float) -> dict:
         time.sleep(STATS_EVERY_S)
 
 
-def remote_ports(pgid: int) -> set[int]:
-    """Remote TCP ports of the ESTABLISHED IPv4 connections held by a process group."""
-    inodes = set()
-    for pid, (_, pg, _, _) in proc_table().items():
-        if pg != pgid:
-            continue
-        try:
-            for fd in os.scandir(f"/proc/{pid}/fd"):
-                link = os.readlink(fd.path)
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            continue
-    ports = set()
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            cols = line.split()
-            if cols[3] == "01" and cols[9] in inodes:
-                ports.add(int(cols[2].split(":")[1], 16))
-    return ports
-
-
 def attempts_summary(query) -> dict:
     """From the attempts table: attempts, claims (one `now` per claim and worker) and
     result transactions (one `now` per POST /results batch and worker)."""
@@ -415,7 +394,7 @@ def run_once(key: str, n: int, ports: Ports, work: Path, pg: Postgres | None) ->
                 split = {
                     f"w{i + 1}": sorted(
                         "ab"[urls.index(f"http://127.0.0.1:{p}")]
-                        for p in remote_ports(pid)
+                        for p in set(established_ports(pid))
                         if f"http://127.0.0.1:{p}" in urls
                     )
                     for i, pid in enumerate(workers)

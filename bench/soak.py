@@ -34,6 +34,7 @@ if __name__ == "__main__":
 from procs import BenchError, Ports, Procs, wait_until  # noqa: E402
 
 from common.client import Client  # noqa: E402
+from common.procs import group_rss_kib  # noqa: E402
 
 SETTINGS = {
     "LOG_LEVEL": "WARNING",
@@ -54,24 +55,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep", action="store_true", help="keep the database and the logs")
     return p.parse_args(argv)
-
-
-def group_rss_kb(pgid: int) -> int:
-    """VmRSS summed over every process of a process group, in kB."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
 
 
 class Load:
@@ -172,7 +155,7 @@ def soak(args: argparse.Namespace, work: Path) -> int:
             flush=True,
         )
         start = time.monotonic()
-        rss_start = group_rss_kb(dispatcher.pid)
+        rss_start = group_rss_kib(dispatcher.pid)
         for t in threads:
             t.start()
         rss_peak = rss_start
@@ -181,7 +164,7 @@ def soak(args: argparse.Namespace, work: Path) -> int:
         with Client(url) as client:
             try:
                 while (elapsed := time.monotonic() - start) < args.minutes * 60:
-                    rss = group_rss_kb(dispatcher.pid)
+                    rss = group_rss_kib(dispatcher.pid)
                     rss_peak = max(rss_peak, rss)
                     if elapsed >= next_line:
                         next_line += args.every
@@ -199,7 +182,7 @@ def soak(args: argparse.Namespace, work: Path) -> int:
                 load.stop.set()
                 for t in threads:
                     t.join(timeout=60)
-            rss_end = group_rss_kb(dispatcher.pid)
+            rss_end = group_rss_kib(dispatcher.pid)
             held = time.monotonic() - start
             total = len(load.acked)
             print(f"load stopped after {held:.0f} s; draining {total} tasks ...", flush=True)

@@ -1,4 +1,5 @@
-"""What add_task.py and monitor.py share: configuration, the client, one-line errors.
+"""What add_task.py and monitor.py share: configuration, the client, one-line errors,
+argument types.
 
 Exit statuses: 0 success, 1 the dispatcher could not be reached or refused the request
 (or, for `add_task.py --wait`, a task failed), 2 bad usage or configuration.
@@ -6,6 +7,7 @@ Exit statuses: 0 success, 1 the dispatcher could not be reached or refused the r
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -88,3 +90,44 @@ def api_call(config: Config, call: Callable[[], T]) -> T:
         raise CliError(unreachable(config, exc)) from None
     except ApiError as exc:
         raise CliError(exc.message) from None
+
+
+# -- argument types (argparse's `type=`; a bad value exits with status 2) ----------------
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None

@@ -36,9 +36,10 @@ import select
 import socket
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
+
+from common.urls import Target, split_urls
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
@@ -68,48 +69,12 @@ class ApiError(Exception):
         self.retry_after = retry_after
 
 
-def split_urls(text: str) -> list[str]:
-    """The base URLs of a DISPATCHER_URL value (a comma-separated list); ValueError names
-    the first bad one."""
-    urls = [u.strip().rstrip("/") for u in text.split(",")]
-    if not any(urls):
-        raise ValueError("names no URL")
-    for url in urls:
-        if not url:
-            raise ValueError(f"{text!r} has an empty entry")
-        _Target.parse(url)
-    return urls
-
-
-@dataclass(frozen=True)
-class _Target:
-    url: str
-    https: bool
-    host: str
-    port: int
-    prefix: str
-
-    @classmethod
-    def parse(cls, url: str) -> _Target:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"{url!r} has a bad port") from None
-        if parts.query or parts.fragment:
-            raise ValueError(f"{url!r} must not have a query or fragment")
-        https = parts.scheme == "https"
-        return cls(url, https, parts.hostname, port or (443 if https else 80), parts.path)
-
-
 class Dispatchers:
     """A list of dispatchers and the one in use, shared by the Clients of a process."""
 
     def __init__(self, urls: str | Sequence[str], start: int | None = None):
         text = urls if isinstance(urls, str) else ",".join(urls)
-        self.targets = [_Target.parse(u) for u in split_urls(text)]
+        self.targets = [Target.parse(u) for u in split_urls(text)]
         n = len(self.targets)
         self.current = random.randrange(n) if start is None else start % n
         self._lock = threading.Lock()

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from common.client import split_urls
+from common.urls import split_urls
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,14 +206,21 @@ def _parse(key: str, raw: str, kind: type):
     return value
 
 
+def print_config_error(exc: ConfigError | ImportError) -> int:
+    """Print the one line that names the bad setting and return the exit status for it,
+    2. An ImportError is a module of TASK_MODULES that would not load."""
+    what = f"TASK_MODULES: {exc}" if isinstance(exc, ImportError) else exc
+    print(f"configuration error: {what}", file=sys.stderr)
+    return 2
+
+
 def main() -> int:
     """`python -m common.config`: exit 0 when the configuration is valid, else print the
     one line that names the bad key and exit 2 (start_cluster.sh checks before starting)."""
     try:
         Config.from_env()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return print_config_error(exc)
     return 0
 
 

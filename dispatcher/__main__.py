@@ -10,7 +10,7 @@ import os
 import re
 import sys
 
-from common.config import Config, ConfigError
+from common.config import Config, ConfigError, print_config_error
 from common.logs import setup_logging
 
 log = logging.getLogger("dispatcher")
@@ -47,12 +47,8 @@ def _prepare(config: Config) -> int:
         import tasks
 
         tasks.load_modules(config.modules)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"configuration error: TASK_MODULES: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, ImportError) as exc:
+        return print_config_error(exc)
     except Exception as exc:  # the database refused: one line, no traceback
         print(f"cannot start: {exc} ({redacted(config.database_url)})", file=sys.stderr)
         return 3
@@ -63,8 +59,7 @@ def main() -> int:
     try:
         config = Config.from_env()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return print_config_error(exc)
     setup_logging(config.log_level)
     status = prepare(config)
     if status:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 def _prepare(argv: list[str]) -> Worker | int:
     """The Worker, ready to run, or the exit status of a bad start."""
     args = parse_args(argv)
-    from common.config import Config, ConfigError
+    from common.config import Config, ConfigError, print_config_error
     from common.logs import setup_logging
 
     overrides = {
@@ -55,12 +55,8 @@ def _prepare(argv: list[str]) -> Worker | int:
         import tasks
 
         tasks.load_modules(config.modules)  # the pool processes load them again
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"configuration error: TASK_MODULES: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, ImportError) as exc:
+        return print_config_error(exc)
     setup_logging(config.log_level)
     from .worker import Worker
 

@@ -23,16 +23,15 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from ..retry import retry_at
-from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result
+from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result, rows
 from .errors import Conflict, LeaseConflict, TaskNotFound, WorkerStopping, WorkerTakenOver
-from .rows import EXPIRED_ERROR, claim_dict, dumps, new_ids, stats_dict, task_dict, worker_dict
+from .rows import EXPIRED_ERROR, dumps
 
 T = TypeVar("T")
 SCHEMA_VERSION = 3  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
-TASK_COLUMNS = """id, type, queue, payload, status, result, error, attempts, max_retries,
-       priority, worker_id, created_at, started_at, finished_at, timeout, run_at"""
+TASK_COLUMNS = ", ".join(["id", *rows.TASK_KEYS])
 
 # -- the schema, in PostgreSQL's words (sqlite.py translates it) ----------------------
 
@@ -292,13 +291,9 @@ class SqlStorage:
     """The operations of the Storage contract; a backend subclasses it."""
 
     q: SimpleNamespace  # the statements, in the backend's dialect
-    backoff_base: float
-    backoff_cap: float
-    refusals: Refusals
 
     def __init__(self, backoff_base: float, backoff_cap: float):
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        self.backoff = (backoff_base, backoff_cap)  # retry_at's, for a failure with retries left
         self.refusals = Refusals()  # writes refused for a full disk or a read-only database
         self.on_change: Callable[[], None] = lambda: None  # Storage.on_change
 
@@ -339,13 +334,16 @@ class SqlStorage:
         """Finished tasks past retention (a batch of them) and their history."""
         raise NotImplementedError
 
+    def set_waiting(self, waiting: bool) -> None:
+        """Nothing by default: a backend whose push reaches every process (NOTIFY)."""
+
     def _stats_rows(self, args: dict) -> tuple[list[Mapping], Mapping]:
         return self._read(self.q.STATS_GROUPS), self._read(self.q.STATS_OTHERS, args)[0]
 
     # -- submission ---------------------------------------------------------------
 
     def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
-        ids = new_ids(len(tasks), now)
+        ids = rows.new_ids(len(tasks), now)
         if not any(task.idempotency_key for task in tasks):  # the bulk path
 
             def insert_all(tx: Tx) -> list[tuple[str, bool]]:
@@ -358,18 +356,10 @@ class SqlStorage:
         def insert_each(tx: Tx) -> list[tuple[str, bool]]:
             out = []
             for task_id, task in zip(ids, tasks, strict=True):
-                args = {
-                    "id": task_id,
-                    "type": task.type,
-                    "queue": task.queue,
-                    "payload": dumps(task.payload),
-                    "priority": task.priority,
-                    "run_at": now + task.delay,
-                    "now": now,
-                    "max_retries": task.max_retries,
-                    "timeout": float(task.timeout),
-                    "idempotency_key": task.idempotency_key,
-                }
+                args = dict(id=task_id, type=task.type, queue=task.queue, now=now)
+                args.update(payload=dumps(task.payload), priority=task.priority)
+                args.update(run_at=now + task.delay, max_retries=task.max_retries)
+                args.update(timeout=float(task.timeout), idempotency_key=task.idempotency_key)
                 if tx.one(self.q.INSERT_TASK, args) is not None:
                     out.append((task_id, True))
                     tx.notify = True
@@ -415,14 +405,8 @@ class SqlStorage:
         """One result, judged alone. `tried_current`: the batch statement already
         found it is not for the task's current lease (or a failure with retries left)."""
         _known_id(item.task_id)
-        args = {
-            "task_id": item.task_id,
-            "lease_token": item.lease_token,
-            "worker_id": item.worker_id,
-            "now": now,
-            "result": dumps(item.result),
-            "error": self._text(item.error),
-        }
+        args = dict(task_id=item.task_id, lease_token=item.lease_token, worker_id=item.worker_id)
+        args.update(now=now, result=dumps(item.result), error=self._text(item.error))
         if item.status == "completed" and not tried_current and self._complete_current(tx, args):
             counts[item.worker_id, "completed"] += 1
             return "completed"
@@ -441,18 +425,11 @@ class SqlStorage:
                 self._end_attempt(tx, args, "completed", counts)
                 return "completed"
         elif status == "in_progress" and row["lease_token"] == item.lease_token:
-            when = retry_at(
-                row["attempts"], row["max_retries"], now, self.backoff_base, self.backoff_cap
-            )
-            if (
-                when is not None
-                and tx.execute(self.q.FAIL_RETRY, {**args, "run_at": when}).rowcount
-            ):
+            when = retry_at(row["attempts"], row["max_retries"], now, *self.backoff)
+            args["run_at"] = when
+            if tx.execute(self.q.FAIL_FINAL if when is None else self.q.FAIL_RETRY, args).rowcount:
                 self._end_attempt(tx, args, "failed", counts)
-                return "pending"
-            if when is None and tx.execute(self.q.FAIL_FINAL, args).rowcount:
-                self._end_attempt(tx, args, "failed", counts)
-                return "failed"
+                return "failed" if when is None else "pending"
         elif status in ("pending", "in_progress"):
             # a failure reported under an earlier lease: history only, the task belongs
             # to its current lease (or waits for its next claim)
@@ -497,9 +474,9 @@ class SqlStorage:
                 if len(claimed) >= max_tasks:
                     break
                 args = {"worker_id": worker_id, "now": now, "lease_s": lease_s, "queue": queue}
-                rows = self._claim_queue(tx, {**args, "max_tasks": max_tasks - len(claimed)})
-                rows.sort(key=lambda r: (-r["priority"], r["run_at"]))
-                claimed.extend(claim_dict(r) for r in rows)
+                got = self._claim_queue(tx, {**args, "max_tasks": max_tasks - len(claimed)})
+                got.sort(key=lambda r: (-r["priority"], r["run_at"]))
+                claimed.extend(rows.claim_dict(r) for r in got)
             return claimed
 
         return self._transact(claim_tasks, fsync=False)
@@ -524,13 +501,8 @@ class SqlStorage:
         worker's row is locked first (PostgreSQL): its calls take turns."""
         if instance_id and tx.one(self.q.RETIRED, {"instance_id": instance_id}):
             raise WorkerTakenOver(worker_id)
-        args = {
-            "worker_id": worker_id,
-            "instance_id": instance_id,
-            "now": now,
-            "status": state or "alive",
-            "queues": None if queues is None else dumps(list(queues)),
-        }
+        args = dict(worker_id=worker_id, instance_id=instance_id, now=now, status=state or "alive")
+        args["queues"] = None if queues is None else dumps(list(queues))
         row = tx.one(self.q.WORKER_LOCKED, args)
         if row is None:
             if tx.one(self.q.REGISTER_WORKER, args):
@@ -566,21 +538,16 @@ class SqlStorage:
                 return []
             args = {"until": until, "ids": self._ids(list(task_ids)), "worker_id": worker_id}
             tx.execute(self.q.EXTEND_LISTED, args)
-            found = {r["id"]: r for r in tx.all(self.q.LISTED_STATES, args)}
-            abandon = []
-            for task_id in task_ids:
-                r = found.get(task_id)
-                mine = (
-                    r is not None and r["status"] == "in_progress" and r["worker_id"] == worker_id
-                )
-                # a late result still counts while the task is pending or failed only by
-                # lease expiry: the worker keeps going
-                still_counts = r is not None and (
-                    r["status"] == "pending" or (r["status"] == "failed" and r["expired_failure"])
-                )
-                if not mine and not still_counts:
-                    abandon.append(task_id)
-            return abandon
+            # keep going: a task still its own, or one a late result still counts for
+            # (pending again, or failed only by lease expiry)
+            keep = {
+                r["id"]
+                for r in tx.all(self.q.LISTED_STATES, args)
+                if (r["status"] == "in_progress" and r["worker_id"] == worker_id)
+                or r["status"] == "pending"
+                or (r["status"] == "failed" and r["expired_failure"])
+            }
+            return [task_id for task_id in task_ids if task_id not in keep]
 
         return self._transact(beat)
 
@@ -588,8 +555,8 @@ class SqlStorage:
         def give_back(tx: Tx) -> int:
             released = 0
             for task_id, lease_token in sorted(tasks):
-                args = {"task_id": task_id, "lease_token": lease_token, "now": now}
-                args.update(worker_id=worker_id, error=None)
+                args = dict(task_id=task_id, lease_token=lease_token, now=now, worker_id=worker_id)
+                args["error"] = None
                 if tx.execute(self.q.RELEASE, args).rowcount:
                     tx.execute(self.q.END_ATTEMPT, {**args, "outcome": "released"})
                     released += 1
@@ -614,12 +581,12 @@ class SqlStorage:
 
             def sweep(tx: Tx) -> ReapReport:  # may run again (a deadlock): its own report
                 found = ReapReport()
-                for row in dead:
-                    args = {"worker_id": row["worker_id"], "cutoff": cutoff_alive}
+                for worker_id in (row["worker_id"] for row in dead):
+                    args = {"worker_id": worker_id, "cutoff": cutoff_alive}
                     if tx.execute(self.q.DECLARE_DEAD, args).rowcount:
-                        found.dead_workers.append(row["worker_id"])
+                        found.dead_workers.append(worker_id)
                         found.rescued += self._rescue_worker_tasks(
-                            tx, row["worker_id"], now, "worker dead"
+                            tx, worker_id, now, "worker dead"
                         )
                 for r in tx.all(self.q.EXPIRED_TASKS, {"now": now}):
                     if self._expire(tx, r, now, "expired"):
@@ -638,14 +605,13 @@ class SqlStorage:
         return report
 
     def _rescue_worker_tasks(self, tx: Tx, worker_id: str, now: float, outcome: str) -> list[str]:
-        rows = tx.all(self.q.WORKER_TASKS, {"worker_id": worker_id})
-        return [r["id"] for r in rows if self._expire(tx, r, now, outcome)]
+        held = tx.all(self.q.WORKER_TASKS, {"worker_id": worker_id})
+        return [r["id"] for r in held if self._expire(tx, r, now, outcome)]
 
     def _expire(self, tx: Tx, row: Mapping, now: float, outcome: str) -> bool:
-        args = {"task_id": row["id"], "lease_token": row["lease_token"], "now": now}
+        args = dict(task_id=row["id"], lease_token=row["lease_token"], now=now, run_at=now)
         args["error"] = EXPIRED_ERROR
         final = row["attempts"] > row["max_retries"]
-        args["run_at"] = now
         if not tx.execute(self.q.EXPIRE_FINAL if final else self.q.FAIL_RETRY, args).rowcount:
             return False
         tx.execute(self.q.END_ATTEMPT, {**args, "outcome": outcome})
@@ -654,77 +620,67 @@ class SqlStorage:
     # -- operator actions ---------------------------------------------------------
 
     def cancel(self, task_id: str, now: float) -> str:
-        _known_id(task_id)
-
-        def cancel_one(tx: Tx) -> str:
-            args = {"task_id": task_id, "now": now}
-            row = tx.one(self.q.TASK_STATUS_LOCKED, args)
-            if row is None:
-                raise TaskNotFound(task_id)
-            if not tx.execute(self.q.CANCEL, args).rowcount:
-                raise Conflict(f"task {task_id} is already {row['status']}; it cannot be cancelled")
-            if row["lease_token"]:
-                args.update(lease_token=row["lease_token"], outcome="cancelled", error=None)
-                tx.execute(self.q.END_ATTEMPT, args)
-            tx.notify = True  # wakes GET /task?wait
-            return "cancelled"
-
-        return self._transact(cancel_one)
+        refusal = "already {}; it cannot be cancelled"
+        return self._operator_move(task_id, now, self.q.CANCEL, "cancelled", refusal)
 
     def retry(self, task_id: str, now: float) -> str:
+        refusal = "{}; only failed or cancelled tasks can be retried"
+        return self._operator_move(task_id, now, self.q.RETRY, "pending", refusal)
+
+    def _operator_move(self, task_id: str, now: float, statement: str, to: str, refusal: str):
+        """cancel (to cancelled) or retry (to pending): one guarded UPDATE, and the
+        running attempt of a cancelled task closed."""
         _known_id(task_id)
 
-        def retry_one(tx: Tx) -> str:
+        def move(tx: Tx) -> str:
             args = {"task_id": task_id, "now": now}
             row = tx.one(self.q.TASK_STATUS_LOCKED, args)
             if row is None:
                 raise TaskNotFound(task_id)
-            if not tx.execute(self.q.RETRY, args).rowcount:
-                raise Conflict(
-                    f"task {task_id} is {row['status']}; only failed or cancelled tasks "
-                    "can be retried"
-                )
-            tx.notify = True
-            return "pending"
+            if not tx.execute(statement, args).rowcount:
+                raise Conflict(f"task {task_id} is " + refusal.format(row["status"]))
+            if row["lease_token"]:  # only an in_progress task has one
+                args.update(lease_token=row["lease_token"], outcome=to, error=None)
+                tx.execute(self.q.END_ATTEMPT, args)
+            tx.notify = True  # new work, or a finished task (GET /task?wait)
+            return to
 
-        return self._transact(retry_one)
+        return self._transact(move)
 
     # -- reading ------------------------------------------------------------------
 
     def get(self, task_id: str) -> dict:
         _known_id(task_id)
-        rows = self._read(self.q.GET_TASK, {"task_id": task_id})
-        if not rows:
+        found = self._read(self.q.GET_TASK, {"task_id": task_id})
+        if not found:
             raise TaskNotFound(task_id)
-        task = task_dict(rows[0])
+        task = rows.task_dict(found[0])
         task["history"] = [dict(r) for r in self._read(self.q.HISTORY, {"task_id": task_id})]
         return task
 
     def status_of(self, task_id: str) -> str:
         _known_id(task_id)
-        rows = self._read(self.q.STATUS_OF, {"task_id": task_id})
-        if not rows:
+        found = self._read(self.q.STATUS_OF, {"task_id": task_id})
+        if not found:
             raise TaskNotFound(task_id)
-        return rows[0]["status"]
+        return found[0]["status"]
 
     def list_tasks(
         self, status: str | None, type_: str | None, limit: int, offset: int
     ) -> list[dict]:
         args = {"status": status, "type": type_, "limit": limit, "offset": offset}
-        return [task_dict(r) for r in self._read(self.q.LIST_TASKS, args)]
+        return [rows.task_dict(r) for r in self._read(self.q.LIST_TASKS, args)]
 
     def stats(self, now: float, dead_after: float) -> dict:
         groups, row = self._stats_rows({"alive_after": now - dead_after, "minute_ago": now - 60})
-        return stats_dict(
-            groups, row["alive"], row["stopped"], row["total"], row["recent"], row["oldest"], now
-        )
+        return rows.stats_dict(groups, row, now)
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
         running: dict[str, list[str]] = {}
         for r in self._read(self.q.RUNNING_BY_WORKER):
             running.setdefault(r["worker_id"], []).append(r["id"])
         return [
-            worker_dict(r, running.get(r["worker_id"], []), now, dead_after)
+            rows.worker_dict(r, running.get(r["worker_id"], []), now, dead_after)
             for r in self._read(self.q.ALL_WORKERS)
         ]
 

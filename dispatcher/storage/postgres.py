@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import psycopg
@@ -75,6 +75,9 @@ SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retri
               %(timeout)s::float8[])
        AS t (id, type, queue, payload, priority, run_at, max_retries, timeout)
 """
+
+INSERT_KEYS = ("type", "queue", "priority", "max_retries")  # as they are in NewTask
+RESULT_KEYS = ("task_id", "lease_token", "worker_id", "status")  # as they are in Result
 
 # pending -> in_progress: one more attempt, a fresh random lease token for each task,
 # and the attempt recorded, in one statement. SKIP LOCKED: rows another claim is taking
@@ -220,11 +223,9 @@ class PostgresStorage(SqlStorage):
         except psycopg.ProgrammingError as exc:
             raise ValueError(f"DATABASE_URL is not a valid PostgreSQL URL: {exc}") from None
         # libpq reads the URL; these fill in only what it does not say
-        self._connect_kwargs: dict[str, Any] = {"autocommit": True}
-        if "connect_timeout" not in params:
-            self._connect_kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
-        if "application_name" not in params:
-            self._connect_kwargs["application_name"] = "taskqueue-dispatcher"
+        unsaid = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "taskqueue-dispatcher"}
+        self._connect_kwargs = {k: v for k, v in unsaid.items() if k not in params}
+        self._connect_kwargs["autocommit"] = True
         self._pool = ConnectionPool(
             url,
             kwargs={**self._connect_kwargs, "row_factory": dict_row},
@@ -320,10 +321,8 @@ class PostgresStorage(SqlStorage):
         with self._listeners_lock:
             listeners = list(self._listeners)
         for conn in listeners:
-            try:
+            with suppress(psycopg.Error):
                 conn.close()  # its listen() ends with an error its Wakeup logs
-            except psycopg.Error:
-                pass
         self._pool.close()
 
     def _migrate(self, tx: Tx) -> None:
@@ -352,20 +351,12 @@ class PostgresStorage(SqlStorage):
     # -- what PostgreSQL does its own way --------------------------------------------
 
     def _insert_many(self, tx: Tx, ids: list[str], tasks: list[NewTask], now: float) -> None:
-        tx.execute(
-            INSERT_TASKS,
-            {
-                "now": now,
-                "id": ids,
-                "type": [t.type for t in tasks],
-                "queue": [t.queue for t in tasks],
-                "payload": [dumps(t.payload) for t in tasks],
-                "priority": [t.priority for t in tasks],
-                "run_at": [now + t.delay for t in tasks],
-                "max_retries": [t.max_retries for t in tasks],
-                "timeout": [float(t.timeout) for t in tasks],
-            },
+        args = {key: [getattr(t, key) for t in tasks] for key in INSERT_KEYS}
+        args.update(now=now, id=ids, payload=[dumps(t.payload) for t in tasks])
+        args.update(
+            run_at=[now + t.delay for t in tasks], timeout=[float(t.timeout) for t in tasks]
         )
+        tx.execute(INSERT_TASKS, args)
 
     def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
         return bool(self._read(READY, {"queues": list(queues), "now": now}))
@@ -378,32 +369,19 @@ class PostgresStorage(SqlStorage):
         FINISH_CURRENT for the first result of each task, from FINISH_CURRENT_MIN tasks
         on; what it did not finish is judged result by result, exactly as if all had been."""
         tx.execute(LOCK_WORKERS, {"ids": sorted({item.worker_id for item in results})})
-        fast: list[int] = []
-        seen: set[str] = set()
-        for i in order:
-            item = results[i]
-            if item.task_id in seen:
-                continue
-            seen.add(item.task_id)
-            if not any("\x00" in text for text in (item.task_id, item.lease_token, item.worker_id)):
+        fast, seen = [], set()
+        for i in order:  # each task's first result, when text can hold its strings
+            r = results[i]
+            if r.task_id not in seen and "\x00" not in r.task_id + r.lease_token + r.worker_id:
                 fast.append(i)
+            seen.add(r.task_id)
         if len(fast) < FINISH_CURRENT_MIN:
             return set(), set()
         items = [results[i] for i in fast]
-        completed = [item.status == "completed" for item in items]
-        args = {
-            "now": now,
-            "task_id": [item.task_id for item in items],
-            "lease_token": [item.lease_token for item in items],
-            "worker_id": [item.worker_id for item in items],
-            "status": [item.status for item in items],
-            "result": [
-                dumps(it.result) if c else None for it, c in zip(items, completed, strict=True)
-            ],
-            "error": [
-                None if c else self._text(it.error) for it, c in zip(items, completed, strict=True)
-            ],
-        }
+        args = {key: [getattr(it, key) for it in items] for key in RESULT_KEYS}
+        args["now"] = now
+        args["result"] = [dumps(it.result) if it.status == "completed" else None for it in items]
+        args["error"] = [None if it.status == "completed" else self._text(it.error) for it in items]
         finished = {row["id"] for row in tx.all(FINISH_CURRENT, args)}
         done = {i for i in fast if results[i].task_id in finished}
         return done, set(fast) - done
@@ -415,18 +393,14 @@ class PostgresStorage(SqlStorage):
         return tx.one(DELETE_FINISHED, {"cutoff": cutoff, "batch": core.DELETE_BATCH})["n"]
 
     def _text(self, value: str | None) -> str | None:
-        """An error message PostgreSQL text can hold: a NUL character becomes U+FFFD (a
-        task's error message is for people; refusing the result would lose the task's
-        outcome over one unprintable character)."""
+        """NUL becomes U+FFFD: text cannot hold it, and an error message is for people."""
         if value is None or "\x00" not in value:
             return value
         return value.replace("\x00", "\ufffd")
 
     def _stats_rows(self, args: dict) -> tuple[list[dict], dict]:
-        # Exact counts read every row (an index-only scan of tasks_counts once vacuum
-        # has marked the pages all-visible). Counted by this backend alone: from about
-        # 10^4 tasks PostgreSQL would plan the scan in parallel, which gives the same
-        # counts for twice the CPU or more (docs/SCALING.md, "What to watch").
+        # by this backend alone: a parallel scan gives the same counts for twice the CPU
+        # or more from about 10^4 tasks (docs/SCALING.md, "What to watch")
         with self._connection() as conn, conn.transaction():
             conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             return conn.execute(Q.STATS_GROUPS).fetchall(), conn.execute(
@@ -443,16 +417,11 @@ class PostgresStorage(SqlStorage):
     # -- wake-ups -----------------------------------------------------------------
 
     def change_counter(self) -> int:
-        """The sequence every notifying transaction bumps: the polling fallback for a
-        notification that was lost (a listener reconnecting). It moves just before the
-        commit is visible, so Wakeup wakes waiters once more a poll later."""
+        """The sequence every notifying transaction bumps (just before its commit shows)."""
         return self._read(CHANGES)[0]["n"]
 
     def listen(self, callback: Callable[[], None], stop: threading.Event) -> None:
-        """Call `callback()` for every notification on this schema until `stop` is set,
-        on a connection of its own (not from the pool). Calls it once as soon as it
-        listens, for what was committed before. Raises DatabaseUnavailable when the
-        connection fails or is lost; the caller logs and listens again."""
+        """NOTIFY on this schema, on a connection of its own (not from the pool)."""
         try:
             conn = psycopg.connect(self.url, **self._connect_kwargs)
         except psycopg.Error as exc:
@@ -474,9 +443,6 @@ class PostgresStorage(SqlStorage):
         finally:
             with self._listeners_lock:
                 self._listeners.discard(conn)
-
-    def set_waiting(self, waiting: bool) -> None:
-        """Nothing to do: every dispatcher LISTENs, and NOTIFY reaches them all."""
 
 
 def _reason(exc: BaseException) -> str:

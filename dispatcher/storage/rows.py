@@ -35,26 +35,17 @@ def new_ids(n: int, now: float) -> list[str]:
     return [prefix + raw[i : i + 10].hex() for i in range(0, 10 * n, 10)]
 
 
+# a task's columns (after its id) in the order GET /task shows them
+TASK_KEYS = """type queue payload status result error attempts max_retries priority worker_id
+    created_at started_at finished_at timeout run_at""".split()
+
+
 def task_dict(r: Mapping) -> dict:
     """A `tasks` row as the storage contract returns it (get, list_tasks)."""
-    return {
-        "task_id": r["id"],
-        "type": r["type"],
-        "queue": r["queue"],
-        "payload": loads(r["payload"]),
-        "status": r["status"],
-        "result": None if r["result"] is None else loads(r["result"]),
-        "error": r["error"],
-        "attempts": r["attempts"],
-        "max_retries": r["max_retries"],
-        "priority": r["priority"],
-        "worker_id": r["worker_id"],
-        "created_at": r["created_at"],
-        "started_at": r["started_at"],
-        "finished_at": r["finished_at"],
-        "timeout": r["timeout"],
-        "run_at": r["run_at"],
-    }
+    task = {"task_id": r["id"], **{key: r[key] for key in TASK_KEYS}}
+    task["payload"] = loads(task["payload"])
+    task["result"] = None if task["result"] is None else loads(task["result"])
+    return task
 
 
 def worker_dict(r: Mapping, running: list[str], now: float, dead_after: float) -> dict:
@@ -78,12 +69,11 @@ def worker_dict(r: Mapping, running: list[str], now: float, dead_after: float) -
     }
 
 
-def stats_dict(
-    groups, alive: int, stopped: int, total: int, recent: int, oldest: float | None, now: float
-) -> dict:
-    """GET /stats from the counts: `groups` are rows of (status, queue, type, n);
-    `oldest` is the earliest run_at of a pending task (its wait counts only once it is
-    ready: submitted, or its delay or back-off over)."""
+def stats_dict(groups, row: Mapping, now: float) -> dict:
+    """GET /stats from the counts: `groups` are rows of (status, queue, type, n); `row`
+    has the workers' (alive, stopped, total), the tasks completed in the last minute
+    (recent) and the earliest run_at of a pending task (oldest: its wait counts only
+    once it is ready, submitted or its delay or back-off over)."""
     tasks = dict.fromkeys(STATUSES, 0)
     queues: dict[str, dict[str, int]] = {}
     types: dict[str, dict[str, int]] = {}
@@ -92,12 +82,12 @@ def stats_dict(
         for table, key in ((queues, r["queue"]), (types, r["type"])):
             counts = table.setdefault(key, dict.fromkeys(STATUSES, 0))
             counts[r["status"]] += r["n"]
-    if oldest is not None and oldest > now:
-        oldest = None
+    oldest = row["oldest"] if row["oldest"] is not None and row["oldest"] <= now else None
+    alive, stopped = row["alive"], row["stopped"]
     return {
         "tasks": tasks,
-        "workers": {"alive": alive, "dead": total - alive - stopped, "stopped": stopped},
-        "throughput_per_minute": recent,
+        "workers": {"alive": alive, "dead": row["total"] - alive - stopped, "stopped": stopped},
+        "throughput_per_minute": row["recent"],
         "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
         "queues": queues,
         "types": types,

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +196,13 @@ class SqliteStorage(SqlStorage):
                 if not fsync:
                     db.execute("PRAGMA synchronous = NORMAL")
                 try:
-                    with self._transaction(db):
-                        yield db
+                    _begin_immediate(db)
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # a failed COMMIT (a full disk) may have ended it
+                        db.execute("ROLLBACK")
+                    raise
                 finally:
                     if not fsync:
                         db.execute("PRAGMA synchronous = FULL")
@@ -211,18 +216,6 @@ class SqliteStorage(SqlStorage):
             raise
         finally:
             self._write_lock.release()
-
-    @contextmanager
-    def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
-        _begin_immediate(db)
-        try:
-            yield
-            db.execute("COMMIT")
-        except BaseException:
-            # a failed COMMIT (a full disk) may have ended the transaction already
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def _transact(self, body: Callable[[Tx], Any], fsync: bool = True) -> Any:
         with self._write(fsync) as db:
@@ -251,10 +244,8 @@ class SqliteStorage(SqlStorage):
                 idle.append(self._watch_db)
                 self._watch_db = None
         for db in idle:
-            try:
+            with suppress(sqlite3.Error):
                 db.close()
-            except sqlite3.Error:
-                pass
 
     def _migrate(self) -> None:
         """Create the schema in a new file, or bring an older one up to SCHEMA_VERSION.
@@ -332,9 +323,7 @@ class SqliteStorage(SqlStorage):
     # -- wake-ups -----------------------------------------------------------------
 
     def change_counter(self) -> int:
-        """PRAGMA data_version: it changes whenever another connection (in any process)
-        commits. Read on a connection of its own (the counter is per connection), by
-        one thread."""
+        """PRAGMA data_version, on a connection of its own (the counter is per connection)."""
         try:
             if self._watch_db is None:
                 self._watch_db = self._open()
@@ -343,15 +332,13 @@ class SqliteStorage(SqlStorage):
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
     def listen(self, callback: Callable[[], None], stop: threading.Event) -> None:
-        """Call back when another process announces a commit (see localwake.py)."""
+        """Another process's commit arrives as a datagram (localwake.py)."""
         self._wake.listen(callback, stop)
 
     def announce(self) -> None:
-        """Tell the other processes on this file that have waiters: we committed."""
         self._wake.announce()
 
     def set_waiting(self, waiting: bool) -> None:
-        """Whether this process has long polls held, for the other processes' announce()."""
         self._wake.set_waiting(waiting)
 
 

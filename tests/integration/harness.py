@@ -1,5 +1,6 @@
 """Real processes on free ports: the dispatcher and workers started by the project's own
-scripts, each in its own process group so a test can `kill -9` the whole group."""
+scripts, each in its own process group so a test can `kill -9` the whole group (the
+processes themselves are common/procs.py's, which the benchmarks use too)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,16 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from common.bootstrap import REEXEC_MARK
 from common.client import Client, DispatcherUnreachable
-from common.config import PROJECT_ROOT, Config
+from common.procs import Proc, clean_environ, established_ports, poll, wait_healthy
 from dispatcher.localwake import LocalWake
-
-CONFIG_KEYS = {f.name.upper() for f in fields(Config)}
 
 # Short timings so crash and outage tests finish in seconds; a test overrides what it needs.
 FAST = {
@@ -50,67 +46,7 @@ def wait_for(
     predicate: Callable[[], object], timeout: float, describe: Callable[[], str], every=0.05
 ):
     """Poll `predicate` until it returns something truthy; fail with the state seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout} s: {describe()}")
-        time.sleep(every)  # polling interval, not synchronisation
-
-
-class Proc:
-    def __init__(self, name: str, args: list[str], env: dict, log_path: Path):
-        self.name = name
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.popen = subprocess.Popen(
-            args,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        """kill -9 of the whole process group (gunicorn master and workers, or a
-        worker and its pool processes)."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait(timeout=10)
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout=timeout)
-
-    def log(self, tail: int = 40) -> str:
-        self._log.flush()
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-tail:])
-
-    def close(self) -> None:
-        if self.alive():
-            self.kill9()
-        else:
-            try:  # pool processes or gunicorn workers may outlive their parent
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._log.close()
+    return poll(predicate, timeout, describe, pytest.fail, every)
 
 
 class Cluster:
@@ -136,15 +72,12 @@ class Cluster:
         return self.settings["DISPATCHER_URL"]
 
     def env(self, **extra: str) -> dict:
-        base = {k: v for k, v in os.environ.items() if k not in CONFIG_KEYS}
-        return {**base, **self.settings, **{k: str(v) for k, v in extra.items()}}
+        return {**clean_environ(), **self.settings, **{k: str(v) for k, v in extra.items()}}
 
     def user_env(self) -> dict:
         """What a user's shell gives a CLI: none of our settings but DISPATCHER_URL, and no
         sign of a venv (so the system python3 re-runs itself inside .venv)."""
-        drop = CONFIG_KEYS | {REEXEC_MARK, "VIRTUAL_ENV"}
-        base = {k: v for k, v in os.environ.items() if k not in drop}
-        return {**base, "DISPATCHER_URL": self.url}
+        return {**clean_environ({REEXEC_MARK, "VIRTUAL_ENV"}), "DISPATCHER_URL": self.url}
 
     def _start(self, name: str, args: list[str], **extra: str) -> Proc:
         proc = Proc(name, args, self.env(**extra), self.tmp / f"{name}.log")
@@ -159,17 +92,8 @@ class Cluster:
     def start_dispatcher(self, name: str = "dispatcher", port: int | None = None) -> Proc:
         port = port or self.port
         proc = self.launch_dispatcher(name, port)
-
-        def healthy():
-            if not proc.alive():
-                pytest.fail(f"{name} exited with {proc.popen.returncode}:\n{proc.log()}")
-            try:
-                with Client(f"http://127.0.0.1:{port}") as client:
-                    return client.call("GET", "/health")["status"] in ("ok", "degraded")
-            except DispatcherUnreachable:
-                return False
-
-        wait_for(healthy, 60, lambda: f"{name} never became healthy:\n{proc.log()}")
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(proc, url, 60, pytest.fail, statuses=("ok", "degraded"))
         return proc
 
     def start_worker(self, worker_id: str, *args: str, **extra: str) -> Proc:
@@ -247,60 +171,10 @@ class SeededRandom(random.Random):
         print(f"{label}: random seed {self.seed_value} (TEST_SEED={self.seed_value} repeats it)")
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Every live process of a process group (a Proc's group id is its pid)."""
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def group_rss_kb(pgid: int) -> int:
-    """Resident memory of a whole process group (VmRSS summed), in kB."""
-    total = 0
-    for pid in group_pids(pgid):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
-
-
 def group_connections(pgid: int, port: int) -> int:
     """Established TCP connections from a process group to 127.0.0.1:`port` (a worker
     holding a long poll has one for its fetcher besides its heartbeat's)."""
-    inodes = set()
-    for pid in group_pids(pgid):
-        try:
-            for fd in os.scandir(f"/proc/{pid}/fd"):
-                target = os.readlink(fd.path)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            remote_port = int(cols[2].rsplit(":", 1)[1], 16)
-            if remote_port == port and cols[3] == "01" and cols[9] in inodes:
-                count += 1
-    return count
+    return established_ports(pgid).count(port)
 
 
 def pause(proc: Proc) -> None:

@@ -10,9 +10,10 @@ import random
 import threading
 import time
 
-from harness import SeededRandom, all_tasks, fetch_tasks, group_rss_kb, wait_for
+from harness import SeededRandom, all_tasks, fetch_tasks, wait_for
 
 from common.client import Client
+from common.procs import group_rss_kib
 
 LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "12"))
 CLIENTS = 16
@@ -102,7 +103,7 @@ def test_load_held_no_errors_every_task_once_memory_flat(make_cluster):
     start = time.monotonic()
     try:
         while (elapsed := time.monotonic() - start) < LOAD_SECONDS and not load.errors:
-            samples.append((elapsed, group_rss_kb(dispatcher.pid)))
+            samples.append((elapsed, group_rss_kib(dispatcher.pid)))
             load.stop.wait(0.25)  # the sampling period; the load runs meanwhile
     finally:
         load.stop.set()
