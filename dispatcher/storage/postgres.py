@@ -34,25 +34,18 @@ log = logging.getLogger("dispatcher")
 CHANNEL = "taskqueue"  # NOTIFY channel; the payload names the schema that changed
 CONNECT_TIMEOUT_S = 5  # libpq connect_timeout unless DATABASE_URL sets one
 POOL_WAIT_S = 5.0  # longest wait for a pooled connection before the client sees a 503
-# The pool retries a lost connection with a doubling back-off (1, 2, 4 s...) and gives
-# up after this long; the next request then starts a fresh attempt at once. Short, so
-# that after a long outage the database's return is noticed within seconds.
+# The pool retries a lost connection (1, 2, 4 s...) this long, then the next request
+# starts afresh: short, so that a database back after an outage is seen within seconds.
 RECONNECT_TIMEOUT_S = 10.0
 LISTEN_TICK_S = 0.5  # how often a listener looks at its stop event
-CHANGE_POLL_S = 0.5  # the polling fallback's period (Wakeup reads it from the storage)
 TX_ATTEMPTS = 3  # a transaction PostgreSQL rolled back (deadlock) runs again this often
-# finish() takes the set-based FINISH_CURRENT from this many tasks in one batch; below
-# it, one statement per result is cheaper (FINISH_CURRENT costs ~0.5 ms to plan; the
-# two cost about the same at 4 results, measured 2026-11-23)
+# finish() takes FINISH_CURRENT from this many tasks in a batch; below, one statement per
+# result is cheaper (FINISH_CURRENT takes ~0.5 ms to plan: even at 4, 2026-11-23)
 FINISH_CURRENT_MIN = 5
 
 SCHEMA = [
-    """
-    CREATE TABLE meta (
-        singleton      BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
-        schema_version INTEGER NOT NULL
-    )
-    """,
+    """CREATE TABLE meta (singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+                          schema_version INTEGER NOT NULL)""",
     *core.SCHEMA,
     # bumped by every transaction that notifies: the polling fallback's change counter
     "CREATE SEQUENCE changes",
@@ -73,8 +66,7 @@ SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retri
   FROM unnest(%(id)s::text[], %(type)s::text[], %(queue)s::text[], %(payload)s::text[],
               %(priority)s::int[], %(run_at)s::float8[], %(max_retries)s::int[],
               %(timeout)s::float8[])
-       AS t (id, type, queue, payload, priority, run_at, max_retries, timeout)
-"""
+       AS t (id, type, queue, payload, priority, run_at, max_retries, timeout)"""
 
 INSERT_KEYS = ("type", "queue", "priority", "max_retries")  # as they are in NewTask
 RESULT_KEYS = ("task_id", "lease_token", "worker_id", "status")  # as they are in Result
@@ -105,8 +97,7 @@ WITH picked AS MATERIALIZED (
     INSERT INTO attempts (task_id, attempt, lease_token, worker_id, started_at)
     SELECT id, attempts, lease_token, %(worker_id)s, %(now)s FROM claimed
 )
-SELECT * FROM claimed
-"""
+SELECT * FROM claimed"""
 
 # in_progress -> completed by its current lease, and its attempt closed: the common
 # case, judged by this statement alone (a row back means done)
@@ -121,8 +112,7 @@ WITH done AS (
 )
 UPDATE attempts SET finished_at = %(now)s, outcome = 'completed', error = NULL
  WHERE task_id IN (SELECT id FROM done) AND lease_token = %(lease_token)s
-RETURNING 1
-"""
+RETURNING 1"""
 
 # The same transitions for a whole batch in one statement: in_progress -> completed,
 # and in_progress -> failed when no retries are left, for each result under its task's
@@ -164,8 +154,7 @@ WITH r AS (
               FROM closed GROUP BY worker_id) n
      WHERE w.worker_id = n.worker_id
 )
-SELECT id FROM done
-"""
+SELECT id FROM done"""
 
 # finished tasks past retention, with their history; rows another reaper is deleting
 # are skipped
@@ -180,23 +169,19 @@ WITH picked AS MATERIALIZED (
 ), history AS (
     DELETE FROM attempts WHERE task_id IN (SELECT id FROM gone)
 )
-SELECT count(*) AS n FROM gone
-"""
+SELECT count(*) AS n FROM gone"""
 
 # the dispatchers' wake-up: delivered to every LISTENer when the transaction commits
 NOTIFY = "SELECT pg_notify(%(channel)s, %(schema)s), nextval('changes')"
 
 READY = """
 SELECT 1 FROM tasks WHERE status = 'pending' AND queue = ANY(%(queues)s) AND run_at <= %(now)s
- LIMIT 1
-"""
+ LIMIT 1"""
 NEXT_RUN_AT = """
-SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = ANY(%(queues)s)
-"""
+SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = ANY(%(queues)s)"""
 # the workers of a batch of results, locked first, as every other path takes them
 LOCK_WORKERS = """
-SELECT 1 FROM workers WHERE worker_id = ANY(%(ids)s) ORDER BY worker_id COLLATE "C" FOR UPDATE
-"""
+SELECT 1 FROM workers WHERE worker_id = ANY(%(ids)s) ORDER BY worker_id COLLATE "C" FOR UPDATE"""
 CHANGES = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM changes"
 
 Q = statements(CLAIM=CLAIM)
@@ -205,7 +190,7 @@ T = TypeVar("T")
 
 class PostgresStorage(SqlStorage):
     q = Q
-    change_poll_s = CHANGE_POLL_S
+    change_poll_s = 0.5  # the polling fallback's period (Wakeup reads it)
     marks_waiters = False  # NOTIFY reaches every listener
 
     def __init__(

@@ -8,9 +8,7 @@ processes on the same file (localwake.py) and to this one (`on_change`).
 
 Its own: the claim (by rowid, and no write at all for an empty poll of a live worker),
 the bulk insert, retention's delete, the schema (`PRAGMA user_version`), the lock waits,
-and what a full disk or a read-only file means.
-
-Times are REAL epoch seconds (UTC). Payloads and results are JSON text.
+and what a full disk or a read-only file means. Times are REAL epoch seconds (UTC).
 """
 
 from __future__ import annotations
@@ -53,8 +51,7 @@ MIGRATIONS: dict[int, list[str]] = {
 INSERT_TASKS = """
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
                    max_retries, timeout)
-VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)
-"""
+VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"""
 
 # pending -> in_progress: one more attempt, a fresh random lease token for each task
 # By rowid, not id: the subquery is answered from tasks_ready alone (the rowid is in
@@ -68,18 +65,15 @@ UPDATE tasks
  WHERE rowid IN (SELECT rowid FROM tasks
                   WHERE status = 'pending' AND queue = :queue AND run_at <= :now
                   ORDER BY priority DESC, run_at LIMIT :max_tasks)
-RETURNING id, type, payload, attempts, timeout, lease_token, lease_expires_at, priority, run_at
-"""
+RETURNING id, type, payload, attempts, timeout, lease_token, lease_expires_at, priority, run_at"""
 
 RECORD_ATTEMPT = """
 INSERT INTO attempts (task_id, attempt, lease_token, worker_id, started_at)
-VALUES (?, ?, ?, ?, ?)
-"""
+VALUES (?, ?, ?, ?, ?)"""
 
 WORKER = "SELECT instance_id, status, last_heartbeat FROM workers WHERE worker_id = :worker_id"
 READY_IN = """
-SELECT 1 FROM tasks WHERE status = 'pending' AND queue = :queue AND run_at <= :now LIMIT 1
-"""
+SELECT 1 FROM tasks WHERE status = 'pending' AND queue = :queue AND run_at <= :now LIMIT 1"""
 NEXT_IN = "SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = :queue"
 
 # finished tasks past retention, a batch at a time, with their history
@@ -87,8 +81,7 @@ PAST_RETENTION = """
 SELECT json_group_array(id) AS ids FROM (
     SELECT id FROM tasks
      WHERE finished_at < :cutoff AND status IN ('completed', 'failed', 'cancelled')
-     LIMIT :batch)
-"""
+     LIMIT :batch)"""
 DELETE_HISTORY = "DELETE FROM attempts WHERE task_id IN (SELECT value FROM json_each(:ids))"
 DELETE_TASKS = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(:ids))"
 
@@ -96,8 +89,7 @@ DELETE_TASKS = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(:ids)
 # planner walks tasks_counts and reads every pending row (0.6 ms at 5,000 pending, where
 # peerbench polls /stats every 10 ms while the workers run)
 OLDEST_PENDING = """
-SELECT min(run_at) FROM tasks INDEXED BY tasks_pending_age WHERE status = 'pending'
-"""
+SELECT min(run_at) FROM tasks INDEXED BY tasks_pending_age WHERE status = 'pending'"""
 
 
 def for_sqlite(sql: str) -> str:
@@ -292,10 +284,9 @@ class SqliteStorage(SqlStorage):
         instance we know (a new, retired or dead one takes the write path)."""
         if self.has_ready(queues, now):
             return False
-        rows = self._read(WORKER, {"worker_id": worker_id})
-        if not rows:
+        row = next(iter(self._read(WORKER, {"worker_id": worker_id})), None)
+        if row is None:
             return False
-        row = rows[0]
         same = not instance_id or row["instance_id"] == instance_id
         if same and row["status"] in STOPPING:
             raise WorkerStopping(worker_id)
