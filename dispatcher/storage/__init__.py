@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from common.config import Config, ConfigError
+from common.statuses import FINISHED, STATUSES  # noqa: F401 (the storage's statuses too)
 
-FINISHED = ("completed", "failed", "cancelled")
-STATUSES = ("pending", "in_progress", *FINISHED)
 STOPPING = ("stopping", "stopped")  # a worker's status once it said it is shutting down
 WORKER_STATES = STOPPING  # what a heartbeat's `state` may say
 
