@@ -1,4 +1,4 @@
-"""`python -m worker WORKER_ID [--concurrency N] [--queues a,b] [--prefetch N|auto]`."""
+"""`python -m worker WORKER_ID [--concurrency N] [--queues a,b] [--prefetch N|auto] [--burst]`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", help="tasks run at once (WORKER_CONCURRENCY)")
     p.add_argument("--queues", help="comma list of queues, in order (WORKER_QUEUES)")
     p.add_argument("--prefetch", help="tasks claimed ahead: a number or auto (WORKER_PREFETCH)")
+    p.add_argument(
+        "--burst",
+        action="store_true",
+        help="run what its queues have ready now, then exit: 0 when every task it took "
+        "completed or failed by itself, 1 when the dispatcher could not be reached",
+    )
     return p.parse_args(argv)
 
 
@@ -26,16 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     # frozen (W1 times four workers from launch; this is ~7 % of their imports).
     gc.disable()
     try:
-        worker = _prepare(sys.argv[1:] if argv is None else argv)
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        worker = _prepare(args)
     finally:
         gc.freeze()  # start-up's objects live for good: full collections skip them
         gc.enable()
-    return worker if isinstance(worker, int) else worker.run()
+    return worker if isinstance(worker, int) else worker.run(burst=args.burst)
 
 
-def _prepare(argv: list[str]) -> Worker | int:
+def _prepare(args: argparse.Namespace) -> Worker | int:
     """The Worker, ready to run, or the exit status of a bad start."""
-    args = parse_args(argv)
     from common.config import Config, ConfigError, print_config_error
     from common.logs import setup_logging
 

@@ -29,7 +29,10 @@ class Reporter:
         retry_interval: float,
         ttl: float,
         clock: Callable[[], float] = time.time,
+        on_answer: Callable[[dict, dict], None] | None = None,
     ):
+        """`on_answer(result, answer)` is called for each result the dispatcher answered
+        (the answer is `{"task_id", "status"}` or `{"task_id", "error", "code"}`)."""
         self.client = client
         self.cache = cache
         self.worker_id = worker_id
@@ -37,7 +40,10 @@ class Reporter:
         self.retry_interval = retry_interval
         self.ttl = ttl
         self.clock = clock
+        self.on_answer = on_answer
         self.queue: queue.Queue[dict] = queue.Queue()
+        self._in_hand = 0  # results put() and not yet delivered or cached
+        self._settled = threading.Condition()
         self._closing = threading.Event()
         self._next_flush = 0.0  # flush the cache at start-up
         self._cached = len(cache)  # entries on disk, kept here so the hot path lists nothing
@@ -49,7 +55,19 @@ class Reporter:
         self._thread.start()
 
     def put(self, result: dict) -> None:
+        with self._settled:
+            self._in_hand += 1
         self.queue.put(result)
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Until every result put() so far is delivered or cached; False on timeout."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._in_hand == 0, timeout)
+
+    def _settle(self, count: int) -> None:
+        with self._settled:
+            self._in_hand -= count
+            self._settled.notify_all()
 
     def close(self, timeout: float) -> None:
         """Deliver (or cache) everything queued, then stop. What is still queued when
@@ -63,7 +81,10 @@ class Reporter:
             if item:
                 left.append(item)
         if left:
-            self._cache(left, "the worker is stopping and the dispatcher is slow")
+            try:
+                self._cache(left, "the worker is stopping and the dispatcher is slow")
+            finally:
+                self._settle(len(left))
 
     def _run(self) -> None:
         while True:
@@ -89,7 +110,10 @@ class Reporter:
                 break
             if item:
                 batch.append(item)
-        delivered = self._deliver(batch) if batch else None
+        try:
+            delivered = self._deliver(batch) if batch else None
+        finally:
+            self._settle(len(batch))
         if self._cached and (delivered or time.monotonic() >= self._next_flush):
             self.flush_cache()
         return self._closing.is_set() and self.queue.empty()
@@ -106,7 +130,7 @@ class Reporter:
             self._cache(batch, exc)
             return False
         for r, answer in zip(batch, answers, strict=True):
-            _log_answer(r, answer, self.worker_id)
+            self._answered(r, answer)
         return True
 
     def _deliver_alone(self, result: dict, client: Client) -> bool:
@@ -134,10 +158,15 @@ class Reporter:
             except (DispatcherUnreachable, ApiError) as again:
                 self._cache([failed], again)
                 return False
-        _log_answer(result, answer, self.worker_id)
+        self._answered(result, answer)
         return True
 
-    def _cache(self, batch: list[dict], reason: Exception) -> None:
+    def _answered(self, result: dict, answer: dict, cached: bool = False) -> None:
+        _log_answer(result, answer, self.worker_id, cached)
+        if self.on_answer is not None:
+            self.on_answer(result, answer)
+
+    def _cache(self, batch: list[dict], reason: Exception | str) -> None:
         now = self.clock()
         for r in batch:
             with self._count_lock:
@@ -194,7 +223,7 @@ class Reporter:
                 log.info("cache re-send postponed worker=%s: %s", self.worker_id, exc)
                 return
             for (path, entry), answer in zip(chunk, answers, strict=True):
-                _log_answer(entry, answer, self.worker_id, cached=True)
+                self._answered(entry, answer, cached=True)
                 self.cache.remove(path)
 
 

@@ -7,6 +7,17 @@ Threads, each with its own HTTP connection:
 - the heartbeat thread extends leases and abandons what the dispatcher says to.
 A network error costs a log line and a capped back-off; nothing a task does (raise,
 time out, crash its process) stops the worker.
+
+Burst mode (`run(burst=True)`, `--burst`; RQ's `work(burst=True)`): claims never wait
+(`wait` 0); once a claim made with nothing running, nothing buffered and every result
+delivered or cached comes back empty, the queues have nothing ready for this worker
+(tasks scheduled for later and tasks held by other workers do not count) and it stops
+as on SIGTERM, delivering its results and its cache first. Exit status 0 when every task
+it took ended with its result taken by the dispatcher (completed, or failed by the
+task's own doing: an error, a timeout, a crash of its process); 1 when the dispatcher
+could not be reached for WORKER_DEAD_AFTER seconds (by then it counts the worker dead
+anyway), refused a claim, or a task it took did not end here (cancelled, leased to
+another worker, given back at a signal, its result refused or left in the cache).
 """
 
 from __future__ import annotations
@@ -78,6 +89,10 @@ class Worker:
         self.stopping = threading.Event()  # no more claims
         self.stopped = threading.Event()  # shutdown complete: heartbeats end too
         self.exit_code = 0
+        self.burst = False
+        self.owed: set[str] = set()  # burst: tasks taken whose result is not taken yet
+        self.taken = 0  # burst: claims of tasks it ran or held
+        self._finished = 0  # pool calls ended (a burst fetcher waits for one)
         self.cv = threading.Condition()
         self.buffer: deque[dict] = deque()  # claimed, not started (prefetch)
         self.running: dict[str, Running] = {}  # task id -> its chunk's call
@@ -100,6 +115,7 @@ class Worker:
             retry_interval=config.cache_retry_interval,
             ttl=config.cache_ttl_seconds,
             clock=clock,
+            on_answer=self._answered,
         )
         self._fetch_client = Client(self.dispatchers, config.api_token)
         self._fetcher = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
@@ -107,14 +123,18 @@ class Worker:
 
     # -- the main loop ------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, burst: bool = False) -> int:
+        """Work until stop() (a signal), or with `burst` until the queues have nothing
+        ready (see the module docstring); the exit status."""
+        self.burst = burst
         log.info(
-            "worker %s starting (instance %s) dispatcher=%s concurrency=%d queues=%s",
+            "worker %s starting (instance %s) dispatcher=%s concurrency=%d queues=%s%s",
             self.worker_id,
             self.instance_id,
             self.config.dispatcher_url,
             self.config.worker_concurrency,
             ",".join(self.config.queues),
+            " burst" if burst else "",
         )
         self.pool.warm()
         self.reporter.flush_cache()  # results a previous run could not deliver
@@ -140,6 +160,8 @@ class Worker:
                     len(shed),
                     self.worker_id,
                 )
+                with self.cv:  # given back by choice: no result owed
+                    self.owed.difference_update(c["task_id"] for c in shed)
                 self._release(client, shed)
         self._shutdown(client)
         client.close()
@@ -237,6 +259,8 @@ class Worker:
             self.running[claim["task_id"]] = Running(claim, future, started)
         self.inflight += 1
         future.add_done_callback(lambda f: self._done(chunk, f, timeout, started))
+        if len(chunk) > 1:
+            log.debug("chunk of %d tasks to one pool call worker=%s", len(chunk), self.worker_id)
         if log.isEnabledFor(logging.INFO):
             for claim in chunk:
                 log.info(
@@ -283,6 +307,7 @@ class Worker:
                     del self.running[claim["task_id"]]
                 self.abandoned.discard(claim["task_id"])
             self.inflight -= 1
+            self._finished += 1
             self.buffer.extendleft(dict(c, solo=True) for c in reversed(again))
             self.cv.notify_all()
 
@@ -298,6 +323,12 @@ class Worker:
         result["lease_token"] = claim["lease_token"]
         result.update(body)
         self.reporter.put(result)
+
+    def _answered(self, result: dict, answer: dict) -> None:
+        """Reporter callback: the dispatcher answered a result (burst accounting)."""
+        if self.burst and "error" not in answer:
+            with self.cv:
+                self.owed.discard(result["task_id"])
 
     # -- claiming -----------------------------------------------------------------
 
@@ -319,6 +350,8 @@ class Worker:
         than the running tasks stay short: a claim held past that would take back the
         very tasks given back for being stuck behind a long one (_to_shed)."""
         poll = self.config.worker_poll_interval
+        if self.burst:  # a claim that waits could not tell "nothing ready" from "later"
+            return 0.0
         if self.inflight < self.config.worker_concurrency or not self.prefetch.auto:
             return poll
         left = PREFETCH_TARGET_S - SHED_MARGIN_S - self._longest_running()
@@ -348,7 +381,8 @@ class Worker:
                 hold = self._hold()
             if self.stopping.is_set():
                 break
-            if outage and self.reporter.has_cached:
+            quiet = self.burst and self._settle_for_burst()
+            if (outage or quiet) and self.reporter.has_cached:
                 self.reporter.flush_cache(client)  # deliver what was cached before claiming
             try:
                 claims = client.get_task(
@@ -364,10 +398,25 @@ class Worker:
                 outage = True
                 outage_since = outage_since or time.monotonic()
                 delay = backoff.next()
+                if self.burst:
+                    left = self.config.worker_dead_after - (time.monotonic() - outage_since)
+                    if left <= 0:
+                        log.error("dispatcher unreachable worker=%s: %s", self.worker_id, exc)
+                        self.stop(
+                            "burst: the dispatcher did not answer for "
+                            f"{self.config.worker_dead_after:g} s (WORKER_DEAD_AFTER)",
+                            exit_code=1,
+                        )
+                        break
+                    delay = min(delay, left)
                 log.warning("dispatcher unreachable, retrying in %.1f s: %s", delay, exc)
                 self.stopping.wait(delay)
                 continue
             except ApiError as exc:
+                if self.burst and exc.status not in (409, 429):  # refused: give up now
+                    log.error("dispatcher refused the claim worker=%s: %s", self.worker_id, exc)
+                    self.stop("burst: the dispatcher refused the claim", exit_code=1)
+                    break
                 self._api_refused(exc)
                 continue
             if outage_since is not None:
@@ -383,12 +432,22 @@ class Worker:
             if claims and self.stopping.is_set():  # claimed while stopping: give them back
                 self._release(client, claims)
                 break
+            if self.burst and not claims:
+                if quiet:  # nothing in hand, every result handed over, nothing ready
+                    self.stop("burst: its queues have nothing ready")
+                    break
+                self._await_progress()
+                continue
             with self.cv:
                 if self.stopping.is_set():  # stopped while the poll was held: give back
                     late = claims
                 else:
                     late = []
-                    self.buffer.extend(self._new_claims(claims))
+                    fresh = self._new_claims(claims)
+                    if self.burst:
+                        self.owed.update(c["task_id"] for c in fresh)
+                        self.taken += len(fresh)
+                    self.buffer.extend(fresh)
                     while self._can_start():
                         self._start_or_stop(self._take_chunk())  # not one thread hop later
                 self.cv.notify_all()
@@ -396,6 +455,31 @@ class Worker:
                 self._release(client, late)
                 break
         client.close()
+
+    def _settle_for_burst(self) -> bool:
+        """Burst, before a claim: with nothing running or buffered, wait until the
+        reporter has handed over every result (a failure with retries left may make its
+        task ready again). True when a claim that comes back empty now means the queues
+        have nothing ready for this worker (the cache is re-sent before it)."""
+        with self.cv:
+            if self.running or self.buffer:
+                return False
+        return self.reporter.wait_settled(timeout=self.config.worker_poll_interval)
+
+    def _await_progress(self) -> None:
+        """Burst, after an empty claim with work still in hand: wait until a pool call
+        ends (its task may fail with retries left, or more work may have come), or at
+        most a poll interval (a slot may be free meanwhile)."""
+        with self.cv:
+            seen = self._finished
+            self.cv.wait_for(
+                lambda: (
+                    self.stopping.is_set()
+                    or self._finished != seen
+                    or not (self.running or self.buffer)
+                ),
+                timeout=self.config.worker_poll_interval,
+            )
 
     def _api_refused(self, exc: ApiError) -> None:
         if exc.status == 409:  # the worker id was taken over by a newer instance
@@ -478,10 +562,44 @@ class Worker:
         self._release(client, unfinished)
         self._fetcher.join(timeout=self.config.worker_poll_interval + 10)
         self.reporter.close(timeout=30)
+        if self.burst:
+            self._burst_outcome(client)
         self.stopped.set()
         self._say(client, "stopped")  # shown as stopped, not dead
         self.pool.stop()
         log.info("worker %s stopped", self.worker_id)
+
+    def _burst_outcome(self, client: Client) -> None:
+        """Burst, at the end: one last re-send of the cache, then exit status 1 when a
+        result is still cached or a task taken did not end with its result taken."""
+        if self.reporter.has_cached:
+            self.reporter.flush_cache(client)
+        cached = len(self.reporter.cache)
+        with self.cv:
+            owed = sorted(self.owed)
+        if cached:
+            log.error(
+                "burst worker=%s: %d result(s) not delivered, kept in %s for its next start",
+                self.worker_id,
+                cached,
+                self.reporter.cache.directory,
+            )
+        if owed:
+            log.error(
+                "burst worker=%s: %d task(s) taken did not end here with their result "
+                "taken (cancelled, leased elsewhere, given back or refused): %s",
+                self.worker_id,
+                len(owed),
+                ", ".join(owed[:20]) + (" ..." if len(owed) > 20 else ""),
+            )
+        if cached or owed:
+            self.exit_code = 1
+        log.info(
+            "burst worker=%s ended: %d task(s) taken, exit status %d",
+            self.worker_id,
+            self.taken,
+            self.exit_code,
+        )
 
     def _say(self, client: Client, state: str) -> None:
         """Tell the dispatcher this worker is stopping or has stopped (best effort: a
