@@ -1,37 +1,25 @@
-"""Request bodies -> typed values. Every failure is a BadRequest naming the field."""
+"""Request bodies -> typed values, through the Structs of bodies.py. Every failure is a
+BadRequest naming the field and the rule it broke."""
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from typing import Any
 
-from common.config import MAX_QUEUES, Config
+import msgspec
+from msgspec import inspect as mi
+
+from common.config import MAX_QUEUES, Config  # noqa: F401  (re-exported for the tests)
 from tasks import Registry
 
+from . import bodies
+from .bodies import MAX_DEPTH, MAX_ERROR_LENGTH  # noqa: F401  (MAX_DEPTH: for the tests)
 from .errors import BadRequest, QueueError
-from .storage import STATUSES, WORKER_STATES, NewTask, Result
+from .storage import STATUSES, NewTask, Result
 
-MAX_ID_LENGTH = 200
-MAX_KEY_LENGTH = 200
-MAX_ERROR_LENGTH = 10_000
-MAX_PRIORITY = 1_000_000
-MAX_RETRIES = 100
-MAX_DELAY = 365 * 86_400.0  # a year
-MIN_TIMEOUT = 0.001
-MAX_TIMEOUT = 7 * 86_400.0  # a week
 MAX_OFFSET = 10**12  # GET /tasks paging
-MAX_DEPTH = 100  # nesting of a stored payload or result: JSON must hold it on the way out
-BARE_TASK = frozenset({"type", "payload"})  # a task naming no option
-TASK_FIELDS = {
-    "type",
-    "payload",
-    "queue",
-    "max_retries",
-    "timeout",
-    "priority",
-    "delay",
-    "idempotency_key",
-}
 
 
 def body(data: Any) -> dict:
@@ -40,17 +28,119 @@ def body(data: Any) -> dict:
     return data
 
 
-def string(data: dict, key: str, *, required: bool = True, max_len: int = MAX_ID_LENGTH):
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise BadRequest(f"'{key}' is required")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f"'{key}' must be a non-empty string")
-    if len(value) > max_len:
-        raise BadRequest(f"'{key}' must be at most {max_len} characters")
-    return storable(value, key)
+def convert(data: Any, kind: type, what: str = "request body") -> Any:
+    """`data` as a `kind` Struct. JSON has one number type, so 3.0 is the whole number 3:
+    msgspec's ints refuse floats, so a refused body gets one more try with its whole
+    floats made ints where an int is declared."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError:
+        pass
+    try:
+        return msgspec.convert(_whole(data, _info(kind)), kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(_explain(str(exc), data, kind, what)) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _info(kind: type) -> mi.Type:
+    return mi.type_info(kind)
+
+
+def _plain(t: mi.Type) -> mi.Type:
+    """The type under its metadata, and under the None of a nullable field."""
+    while True:
+        if isinstance(t, mi.Metadata):
+            t = t.type
+        elif isinstance(t, mi.UnionType):
+            kinds = [k for k in t.types if not isinstance(k, mi.NoneType)]
+            if len(kinds) != 1:
+                return t
+            t = kinds[0]
+        else:
+            return t
+
+
+def _whole(value: Any, t: mi.Type) -> Any:
+    t = _plain(t)
+    if isinstance(value, float) and isinstance(t, mi.IntType) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict) and isinstance(t, mi.StructType):
+        kinds = {f.encode_name: f.type for f in t.fields}
+        return {k: _whole(v, kinds[k]) if k in kinds else v for k, v in value.items()}
+    if isinstance(value, list) and isinstance(t, mi.ListType):
+        return [_whole(v, t.item_type) for v in value]
+    return value
+
+
+STEP = re.compile(r"\[(\d+)\]|(\w+)")
+
+
+def _explain(text: str, data: Any, kind: type, what: str) -> str:
+    """msgspec's complaint (`Expected ... - at `$.tasks[1].priority``), told as the rule of
+    the field it is about, as bodies.py declares it."""
+    text, _, where = text.partition(" - at `$")
+    where = where.rstrip("`").lstrip(".")
+    t, value = _info(kind), data
+    for index, name in STEP.findall(where):
+        t = _plain(t)
+        if index:
+            t, value = t.item_type, value[int(index)]
+        else:
+            t, value = next(f.type for f in t.fields if f.encode_name == name), value[name]
+    field = text.split("`")[1] if text.startswith("Object ") else ""
+    if text.startswith("Object missing required field"):
+        rule = f"'{field}' is required"
+    elif text.startswith("Object contains unknown field"):
+        noun = _plain(t).cls.__name__.removeprefix("New").lower()
+        rule = f"unknown field '{field}' in {noun}"
+    else:
+        head, _, field = where.rpartition(".")
+        rule = (
+            f"'{field}' {_rule(_plain(t), text, value)}"
+            if field
+            else f"{what} {_rule(t, text, value)}"
+        )
+        where = head
+    return f"{where}: {rule}" if where else rule
+
+
+def _rule(t: mi.Type, text: str, value: Any) -> str:
+    wrong_type = ", got `" in text
+    if isinstance(t, mi.IntType):
+        return "must be a whole number" if wrong_type else f"must be between {t.ge} and {t.le}"
+    if isinstance(t, mi.FloatType):
+        return "must be a number" if wrong_type else f"must be between {t.ge:g} and {t.le:g}"
+    if isinstance(t, mi.StrType):
+        if "length <=" in text:
+            return f"must be at most {t.max_length} characters"
+        return "must be a non-empty string" if t.min_length else "must be a string"
+    if isinstance(t, mi.ListType):
+        if "length <=" in text:
+            return f"holds {len(value)} items; at most {t.max_length} per call"
+        return "must be a non-empty list" if t.min_length else "must be a list"
+    if isinstance(t, mi.LiteralType):
+        return "must be " + " or ".join(repr(v) for v in t.values)
+    if isinstance(t, (mi.DictType, mi.StructType, mi.AnyType)):
+        return "must be a JSON object"
+    return f"is not valid ({text})"
+
+
+@functools.lru_cache(maxsize=256)
+def _defaults(kind: type) -> tuple[tuple[str, Any], ...]:
+    """The fields of `kind` whose default is not null, with that default."""
+    return tuple(
+        (f.name, f.default)
+        for f in msgspec.structs.fields(kind)
+        if f.default not in (None, msgspec.NODEFAULT)
+    )
+
+
+def _null_means_default(item: Any) -> Any:
+    for name, default in _defaults(type(item)):
+        if getattr(item, name) is None:
+            setattr(item, name, default)
+    return item
 
 
 def storable(value: str, key: str, nul: bool = False) -> str:
@@ -65,36 +155,6 @@ def storable(value: str, key: str, nul: bool = False) -> str:
     if not nul and "\x00" in value:
         raise BadRequest(f"'{key}' holds a NUL character, which is not valid text")
     return value
-
-
-def integer(data: dict, key: str, default: int, low: int, high: int) -> int:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 3.0 is 3
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"'{key}' must be a whole number")
-    if not low <= value <= high:
-        raise BadRequest(f"'{key}' must be between {low} and {high}")
-    return value
-
-
-def number(data: dict, key: str, default: float, low: float, high: float) -> float:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"'{key}' must be a number")
-    try:
-        value = float(value)
-    except OverflowError:  # an int too big for any float
-        raise BadRequest(f"'{key}' must be between {low:g} and {high:g}") from None
-    if not math.isfinite(value):
-        raise BadRequest(f"'{key}' must be a number")
-    if not low <= value <= high:
-        raise BadRequest(f"'{key}' must be between {low:g} and {high:g}")
-    return float(value)
 
 
 def shallow(value: Any, key: str) -> Any:
@@ -119,128 +179,106 @@ def shallow(value: Any, key: str) -> Any:
     return value
 
 
-def batch(data: dict, key: str, config: Config) -> list:
-    items = data.get(key)
-    if not isinstance(items, list) or not items:
-        raise BadRequest(f"'{key}' must be a non-empty list")
-    if len(items) > config.max_batch:
-        raise BadRequest(f"'{key}' holds {len(items)} items; at most {config.max_batch} per call")
-    return items
+# -- the bodies ---------------------------------------------------------------------
 
 
-def new_task(
-    data: Any, config: Config, registry: Registry, defaults: tuple | None = None
-) -> NewTask:
-    """A submission, validated by its task type. `defaults`: the options of a task that
-    names none (new_tasks works them out once per batch)."""
-    data = body(data)
-    if not TASK_FIELDS.issuperset(data):
-        raise BadRequest(f"unknown field '{sorted(set(data) - TASK_FIELDS)[0]}' in task")
-    type_ = string(data, "type")
-    payload = data.get("payload", {})
-    if not isinstance(payload, dict):
-        raise BadRequest("'payload' must be a JSON object")
-    payload = shallow(registry.validate(type_, payload, config), "payload")
-    if defaults is None or not BARE_TASK.issuperset(data):
-        defaults = _options(data, config)
-    return NewTask(type_, payload, *defaults)
+def new_task(data: Any, config: Config, registry: Registry) -> NewTask:
+    """A submission (POST /submit-task), validated by its task type."""
+    return _stored(convert(data, bodies.requests(config).new_task), config, registry)
 
 
-def new_tasks(items: list, config: Config, registry: Registry) -> list[NewTask]:
-    """A batch of submissions; the first bad one is refused with its position. The
-    options of tasks that name none are worked out once for the batch."""
-    defaults = _options({}, config)
+def new_tasks(data: Any, config: Config, registry: Registry) -> list[NewTask]:
+    """A batch of submissions (POST /submit-tasks); the first bad one is refused with its
+    position."""
     tasks = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(convert(data, bodies.requests(config).new_tasks).tasks):
         try:
-            tasks.append(new_task(item, config, registry, defaults))
+            tasks.append(_stored(item, config, registry))
         except (QueueError, ValueError) as exc:
             raise BadRequest(f"tasks[{i}]: {exc}") from None
     return tasks
 
 
-def _options(data: dict, config: Config) -> tuple:
-    """A submission's options, in NewTask's order after type and payload."""
-    return (
-        string(data, "queue", required=False) or "default",
-        integer(data, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY),
-        number(data, "delay", 0.0, 0.0, MAX_DELAY),
-        integer(data, "max_retries", config.default_max_retries, 0, MAX_RETRIES),
-        number(data, "timeout", config.default_task_timeout, MIN_TIMEOUT, MAX_TIMEOUT),
-        string(data, "idempotency_key", required=False, max_len=MAX_KEY_LENGTH),
+def _stored(task: Any, config: Config, registry: Registry) -> NewTask:
+    payload = shallow(registry.validate(task.type, task.payload, config), "payload")
+    if None in (task.queue, task.priority, task.delay, task.max_retries, task.timeout):
+        _null_means_default(task)
+    if task.queue != "default" or task.idempotency_key is not None:  # most tasks: neither
+        storable(task.queue, "queue")
+        if task.idempotency_key is not None:
+            storable(task.idempotency_key, "idempotency_key")
+    return NewTask(
+        task.type,
+        payload,
+        task.queue,
+        task.priority,
+        task.delay,
+        task.max_retries,
+        task.timeout,
+        task.idempotency_key,
     )
 
 
-def queues(data: dict) -> tuple[str, ...]:
-    value = data.get("queues")
-    if value is None:
-        return ("default",)
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(q, str) and q and len(q) <= MAX_ID_LENGTH for q in value)
-    ):
-        raise BadRequest("'queues' must be a non-empty list of queue names")
-    if len(value) > MAX_QUEUES:
-        raise BadRequest(f"'queues' names {len(value)} queues; at most {MAX_QUEUES}")
-    for name in value:
-        storable(name, "queues")
-    return tuple(dict.fromkeys(value))
+def claim(data: Any, config: Config) -> Any:
+    """POST /get-task: worker_id, instance_id ("" if none), queues (a tuple, each named
+    once), wait and max_tasks."""
+    body = _worker(_null_means_default(convert(data, bodies.requests(config).claim)))
+    if body.queues is None:
+        body.queues = ("default",)
+    else:
+        body.queues = tuple(dict.fromkeys(storable(q, "queues") for q in body.queues))
+    return body
+
+
+def heartbeat(data: Any) -> Any:
+    """POST /heartbeat: worker_id, instance_id ("" if none), task_ids, state."""
+    beat = _worker(convert(data, bodies.Heartbeat))
+    for task_id in beat.task_ids or ():
+        storable(task_id, "task_ids")
+    return beat
+
+
+def _worker(body: Any) -> Any:
+    storable(body.worker_id, "worker_id")
+    body.instance_id = storable(body.instance_id, "instance_id") if body.instance_id else ""
+    return body
+
+
+def release(data: Any, config: Config) -> tuple[str, list[tuple[str, str]]]:
+    """POST /release: the worker, and the (task_id, lease_token) of each task."""
+    body = convert(data, bodies.requests(config).release)
+    items = [
+        (storable(t.task_id, "task_id"), storable(t.lease_token, "lease_token")) for t in body.tasks
+    ]
+    return storable(body.worker_id, "worker_id"), items
+
+
+def results(data: Any, config: Config) -> list:
+    """POST /submit-results: the items, each to be read by `result` on its own."""
+    return convert(data, bodies.requests(config).results).results
 
 
 def result(data: Any) -> Result:
-    data = body(data)
-    status = data.get("status")
-    if status not in ("completed", "failed"):
-        raise BadRequest("'status' must be 'completed' or 'failed'")
-    error = data.get("error")
-    if error is not None and not isinstance(error, str):
-        raise BadRequest("'error' must be a string")
+    """One result (POST /submit-result, or an item of /submit-results)."""
+    item = convert(data, bodies.Result, "a result")
+    for key in ("task_id", "lease_token", "worker_id"):
+        storable(getattr(item, key), key)
+    error = item.error
     if error:
         storable(error, "error", nul=True)
-    if status == "failed" and not error:
+    if item.status == "failed" and not error:
         error = "failed (no error message)"
     return Result(
-        task_id=string(data, "task_id"),
-        lease_token=string(data, "lease_token"),
-        worker_id=string(data, "worker_id"),
-        status=status,
-        result=shallow(data.get("result"), "result"),
+        task_id=item.task_id,
+        lease_token=item.lease_token,
+        worker_id=item.worker_id,
+        status=item.status,
+        result=shallow(item.result, "result"),
         error=error[:MAX_ERROR_LENGTH] if error else None,
     )
 
 
-def task_ids(data: dict) -> list[str] | None:
-    value = data.get("task_ids")
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(
-        isinstance(t, str) and len(t) <= MAX_ID_LENGTH for t in value
-    ):
-        raise BadRequest("'task_ids' must be a list of task ids")
-    for task_id in value:
-        storable(task_id, "task_ids")
-    return value
-
-
-def worker_state(data: dict) -> str | None:
-    """A heartbeat's optional `state`: stopping (shutting down, claims nothing more) or
-    stopped (gone, not dead)."""
-    value = data.get("state")
-    if value is None:
-        return None
-    if value not in WORKER_STATES:
-        raise BadRequest(f"'state' must be one of {', '.join(WORKER_STATES)}")
-    return value
-
-
-def release_items(data: dict, config: Config) -> list[tuple[str, str]]:
-    out = []
-    for item in batch(data, "tasks", config):
-        if not isinstance(item, dict):
-            raise BadRequest("each item of 'tasks' must be an object with task_id and lease_token")
-        out.append((string(item, "task_id"), string(item, "lease_token")))
-    return out
+# -- query parameters (GET /task/<id>, GET /tasks) ------------------------------------
 
 
 def status_filter(value: str | None) -> str | None:
@@ -255,16 +293,27 @@ def _query_value(args, key: str, what: str) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise BadRequest(f"'{key}' must be {what}") from None
+        value = math.nan
+    if not math.isfinite(value) or (what == "a whole number" and not value.is_integer()):
+        raise BadRequest(f"'{key}' must be {what}")
+    return value
 
 
 def query_number(args, key: str, default: float, low: float, high: float) -> float:
     value = _query_value(args, key, "a number")
-    return number({key: value}, key, default, low, high)
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise BadRequest(f"'{key}' must be between {low:g} and {high:g}")
+    return value
 
 
 def query_integer(args, key: str, default: int, low: int, high: int) -> int:
     value = _query_value(args, key, "a whole number")
-    return integer({key: value}, key, default, low, high)
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise BadRequest(f"'{key}' must be between {low} and {high}")
+    return int(value)

@@ -94,8 +94,7 @@ def submit_task():
 @bp.post("/submit-tasks")
 def submit_tasks():
     c = ctx()
-    items = parse.batch(json_body(), "tasks", c.config)
-    tasks = parse.new_tasks(items, c.config, c.registry)
+    tasks = parse.new_tasks(json_body(), c.config, c.registry)
     ids = c.storage.submit(tasks, now=c.clock())
     if log.isEnabledFor(logging.INFO):
         for (task_id, created), task in zip(ids, tasks, strict=True):
@@ -110,12 +109,9 @@ def submit_tasks():
 @bp.post("/get-task")
 def get_task():
     c = ctx()
-    data = json_body()
-    worker_id = parse.string(data, "worker_id")
-    instance_id = parse.string(data, "instance_id", required=False) or ""
-    queues = parse.queues(data)
-    wait = parse.number(data, "wait", 0.0, 0.0, c.config.max_wait_seconds)
-    max_tasks = parse.integer(data, "max_tasks", 1, 1, c.config.max_batch)
+    body = parse.claim(json_body(), c.config)
+    worker_id, instance_id, queues = body.worker_id, body.instance_id, body.queues
+    wait, max_tasks = body.wait, body.max_tasks
     claim = {"queues": queues, "max_tasks": max_tasks, "lease_s": c.config.lease_seconds}
 
     def take() -> list[dict]:
@@ -147,7 +143,7 @@ def submit_result():
 @bp.post("/submit-results")
 def submit_results():
     c = ctx()
-    raw = parse.batch(json_body(), "results", c.config)
+    raw = parse.results(json_body(), c.config)
     answers: list[dict | None] = [None] * len(raw)
     good, positions = [], []
     for i, data in enumerate(raw):
@@ -179,9 +175,7 @@ def submit_results():
 @bp.post("/release")
 def release():
     c = ctx()
-    data = json_body()
-    worker_id = parse.string(data, "worker_id")
-    items = parse.release_items(data, c.config)
+    worker_id, items = parse.release(json_body(), c.config)
     released = c.storage.release(worker_id, items, now=c.clock())
     log.info("released %d of %d tasks worker=%s", released, len(items), worker_id)
     return {"released": released}
@@ -190,15 +184,13 @@ def release():
 @bp.post("/heartbeat")
 def heartbeat():
     c = ctx()
-    data = json_body()
-    worker_id = parse.string(data, "worker_id")
-    instance_id = parse.string(data, "instance_id", required=False) or ""
-    state = parse.worker_state(data)
+    beat = parse.heartbeat(json_body())
+    worker_id, instance_id, state = beat.worker_id, beat.instance_id, beat.state
     now = c.clock()
     abandon = c.storage.heartbeat(
         worker_id,
         instance_id,
-        parse.task_ids(data),
+        beat.task_ids,
         now=now,
         lease_s=c.config.lease_seconds,
         state=state,

@@ -123,7 +123,7 @@ def test_limits_come_from_the_running_configuration(make_app):
     post = {path: op for path, method, op in operations(doc) if method == "post"}
 
     def body(path: str) -> dict:
-        return post[path]["requestBody"]["content"]["application/json"]["schema"]
+        return resolve(doc, post[path]["requestBody"]["content"]["application/json"]["schema"])
 
     assert body("/submit-tasks")["properties"]["tasks"]["maxItems"] == 7
     assert body("/submit-results")["properties"]["results"]["maxItems"] == 7

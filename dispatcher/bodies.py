@@ -1,0 +1,326 @@
+"""The JSON bodies of the HTTP API, declared once as msgspec Structs.
+
+parse.py converts each request body into its Struct (msgspec checks types, bounds and
+required fields) and openapi.py publishes the same Structs, answers included, as the
+components of GET /openapi.json. Some request bounds and defaults come from the running
+configuration (MAX_BATCH, MAX_WAIT_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TASK_TIMEOUT):
+`requests(config)` declares those bodies for one configuration.
+
+A field sent as null means the same as a field left out. What a type cannot say is
+checked by parse.py: a whole number written as 3.0, text a database cannot hold, nesting.
+"""
+
+# No `from __future__ import annotations`: the Structs made in _requests() annotate with
+# its arguments, which must be values when the class is made.
+
+import functools
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+from msgspec import Meta, Struct, UnsetType
+
+from common.config import MAX_QUEUES, Config
+
+from .storage import STATUSES, WORKER_STATES
+
+MAX_ID_LENGTH = 200
+MAX_KEY_LENGTH = 200
+MAX_ERROR_LENGTH = 10_000
+MAX_PRIORITY = 1_000_000
+MAX_RETRIES = 100
+MAX_DELAY = 365 * 86_400.0  # a year
+MIN_TIMEOUT = 0.001
+MAX_TIMEOUT = 7 * 86_400.0  # a week
+MAX_DEPTH = 100  # nesting of a stored payload or result: JSON must hold it on the way out
+
+# At least one character that Python's str.isspace() does not call white space.
+NOT_BLANK = (
+    "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
+
+
+def _name(description: str, max_len: int = MAX_ID_LENGTH) -> Any:
+    """A string the client chooses: not blank, at most `max_len` characters."""
+    return Annotated[
+        str, Meta(min_length=1, max_length=max_len, pattern=NOT_BLANK, description=description)
+    ]
+
+
+def _field(kind: Any, description: str, **rules: Any) -> Any:
+    """`kind` with a description and rules (msgspec.Meta's: ge, le, min_length, ...)."""
+    return Annotated[kind, Meta(description=description, **rules)]
+
+
+WorkerId = _name("the worker's name")
+InstanceId = _name("the worker process's random id")
+TaskId = _name("the task")
+QueueName = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+HeldId = Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
+ResultItem = _field(
+    Any,
+    "a result as for /submit-result (schema Result); "
+    "an item that is not one gets its own answer with code 400",
+)
+
+# -- request bodies that no setting changes ------------------------------------------
+
+
+class Body(Struct, gc=False):
+    """A request body: made from JSON and dropped with the request, never part of a
+    reference cycle, so the garbage collector need not track it (a batch makes 1,000)."""
+
+
+class Result(Body):
+    task_id: TaskId
+    worker_id: _name("the worker reporting")
+    lease_token: _name("the token of the claim this result comes from")
+    status: Literal["completed", "failed"]
+    result: _field(Any, f"what the task returned: any JSON, at most {MAX_DEPTH} levels deep") = None
+    error: _field(str, f"why it failed; cut at {MAX_ERROR_LENGTH} characters") | None = None
+
+
+class Lease(Body):
+    task_id: TaskId
+    lease_token: _name("its lease")
+
+
+class Heartbeat(Body):
+    worker_id: WorkerId
+    instance_id: InstanceId | None = None
+    task_ids: _field(list[HeldId], "the tasks it holds; default: all of them") | None = None
+    state: (
+        _field(
+            Literal[WORKER_STATES],
+            "stopping: shutting down, give it no more tasks; "
+            "stopped: gone (shown as stopped, not dead)",
+        )
+        | None
+    ) = None
+
+
+# -- request bodies whose bounds or defaults are settings ----------------------------
+
+
+class Requests(NamedTuple):
+    new_task: type
+    new_tasks: type
+    claim: type
+    results: type
+    release: type
+
+
+def requests(config: Config) -> Requests:
+    """The request bodies of a dispatcher running with `config`."""
+    return _requests(
+        config.max_batch,
+        config.max_wait_seconds,
+        config.default_max_retries,
+        config.default_task_timeout,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _requests(batch: int, max_wait: float, retries: int, task_timeout: float) -> Requests:
+    class NewTask(Body, forbid_unknown_fields=True):
+        type: _field(
+            str,
+            "a registered task type (built-in or from TASK_MODULES)",
+            min_length=1,
+            max_length=MAX_ID_LENGTH,
+        )
+        payload: _field(
+            dict, f"checked by the task type (see docs/TASKS.md); nested at most {MAX_DEPTH} levels"
+        ) = {}
+        queue: _name("the queue it waits in") | None = "default"
+        priority: _field(int, "higher runs first", ge=-MAX_PRIORITY, le=MAX_PRIORITY) | None = 0
+        delay: _field(float, "seconds before the first claim", ge=0, le=MAX_DELAY) | None = 0.0
+        max_retries: _field(int, "retries after a failure", ge=0, le=MAX_RETRIES) | None = retries
+        timeout: _field(float, "seconds", ge=MIN_TIMEOUT, le=MAX_TIMEOUT) | None = task_timeout
+        idempotency_key: (
+            _name("a key used before returns the first task", MAX_KEY_LENGTH) | None
+        ) = None
+
+    class NewTasks(Body):
+        tasks: _field(list[NewTask], "stored all or nothing", min_length=1, max_length=batch)
+
+    class Claim(Body):
+        worker_id: WorkerId
+        instance_id: InstanceId | None = None
+        queues: (
+            _field(
+                list[QueueName],
+                'in order of preference; default ["default"]',
+                min_length=1,
+                max_length=MAX_QUEUES,
+            )
+            | None
+        ) = None
+        wait: (
+            _field(float, "seconds to hold the request while nothing is ready", ge=0, le=max_wait)
+            | None
+        ) = 0.0
+        max_tasks: _field(int, "tasks to claim at most", ge=1, le=batch) | None = 1
+
+    class Results(Body):
+        results: _field(list[ResultItem], "each judged alone", min_length=1, max_length=batch)
+
+    class Release(Body):
+        worker_id: WorkerId
+        tasks: _field(list[Lease], "tasks to give back", min_length=1, max_length=batch)
+
+    return Requests(NewTask, NewTasks, Claim, Results, Release)
+
+
+# -- answers (declared for the document; the routes build plain dicts) -----------------
+
+
+class Answer(Struct, forbid_unknown_fields=True, kw_only=True):
+    """An answer: every field it has is listed."""
+
+
+Time = Annotated[
+    str, Meta(extra_json_schema={"format": "date-time", "description": "ISO 8601, UTC"})
+]
+Count = Annotated[int, Meta(ge=0)]
+Status = Literal[STATUSES]
+AnswerId = _field(str, "opaque: compare it, don't parse it")
+# What an attempt in a task's history ended with (null while it runs).
+OUTCOMES = (
+    "completed",
+    "failed",
+    "expired",
+    "worker dead",
+    "worker restarted",
+    "released",
+    "cancelled",
+    "superseded",
+)
+
+
+class Error(Answer):
+    error: _field(str, "one clear sentence", min_length=1)
+
+
+class Submitted(Answer):
+    task_id: AnswerId
+    status: Literal["pending"]
+
+
+class TaskStatus(Answer):
+    task_id: AnswerId
+    status: Status
+
+
+class Cancelled(Answer):
+    task_id: AnswerId
+    status: Literal["cancelled"]
+
+
+class Refusal(Answer):
+    task_id: _field(str, "null when the item had no string task_id") | None
+    error: Annotated[str, Meta(min_length=1)]
+    code: Literal[400, 404, 409]
+
+
+class Attempt(Answer):
+    attempt: Annotated[int, Meta(ge=1)]
+    worker_id: str
+    started_at: Time
+    finished_at: Time | None
+    outcome: Literal[OUTCOMES] | None
+    error: str | None
+
+
+class TaskSummary(Answer):
+    task_id: AnswerId
+    type: str
+    queue: str
+    payload: _field(dict, "as submitted, defaults filled in")
+    status: Status
+    result: _field(Any, "what the task returned (any JSON), null until completed")
+    error: str | None
+    attempts: Count
+    max_retries: Count
+    priority: int
+    worker_id: str | None
+    created_at: Time
+    started_at: Time | None
+    finished_at: Time | None
+
+
+class Task(TaskSummary):
+    history: list[Attempt]
+
+
+class TaskList(Answer):
+    tasks: list[TaskSummary]
+    limit: int
+    offset: int
+
+
+class ClaimedTask(Answer):
+    task_id: AnswerId
+    type: str
+    payload: dict
+    attempt: Annotated[int, Meta(ge=1)]
+    timeout: _field(float, "seconds")
+    lease_token: str
+    lease_expires_at: Time
+
+
+class Claimed(Answer):
+    tasks: list[ClaimedTask]
+
+
+class TaskIds(Answer):
+    task_ids: list[str]
+
+
+class Released(Answer):
+    released: Count
+
+
+class Beat(Answer):
+    worker_id: str
+    abandon: list[str]
+    lease_expires_at: Time
+
+
+Counts = msgspec.defstruct("Counts", [(status, Count) for status in STATUSES], bases=(Answer,))
+
+
+class WorkerCounts(Answer):
+    alive: Count
+    dead: Count
+    stopped: Count
+
+
+class Stats(Answer):
+    tasks: Counts
+    workers: WorkerCounts
+    throughput_per_minute: Count
+    oldest_pending_age_seconds: Annotated[float, Meta(ge=0)] | None
+    queues: dict[str, Counts]
+    types: dict[str, Counts]
+
+
+class Worker(Answer):
+    worker_id: str
+    instance_id: _field(str, "empty if none was sent")
+    status: Literal["alive", "stopping", "stopped", "dead"]
+    first_seen: Time
+    last_heartbeat: Time
+    current_tasks: list[AnswerId]
+    queues: _field(list[str], "the queues of its last claim; null before its first") | None
+    attempts_completed: _field(int, "attempts it ran to completion (not tasks)", ge=0)
+    attempts_failed: _field(int, "attempts it reported failed (a task retried counts each)", ge=0)
+
+
+class Workers(Answer):
+    workers: list[Worker]
+
+
+class Health(Answer):
+    status: Literal["ok", "degraded"]
+    error: str | UnsetType = msgspec.UNSET
