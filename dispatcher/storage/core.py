@@ -264,8 +264,7 @@ SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at
 
 
 def statements(translate: Callable[[str], str] = lambda sql: sql, **own: str) -> SimpleNamespace:
-    """The shared statements in one database's words (`translate`, applied once, here),
-    with the backend's `own` statements added or put in their place (untranslated)."""
+    """SHARED in one database's words (translated once, here), and the backend's `own`."""
     return SimpleNamespace(**{**{k: translate(v) for k, v in SHARED.items()}, **own})
 
 
@@ -628,8 +627,7 @@ class SqlStorage:
         return self._operator_move(task_id, now, self.q.RETRY, "pending", refusal)
 
     def _operator_move(self, task_id: str, now: float, statement: str, to: str, refusal: str):
-        """cancel (to cancelled) or retry (to pending): one guarded UPDATE, and the
-        running attempt of a cancelled task closed."""
+        """cancel or retry: one guarded UPDATE; a cancelled task's running attempt closed."""
         _known_id(task_id)
 
         def move(tx: Tx) -> str:

@@ -55,6 +55,13 @@ MIGRATIONS: dict[int, list[str]] = {2: [core.WORKER_QUEUES_COLUMN]}
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('taskqueue migrate ' || %s))"
+TABLES = "SELECT to_regclass('meta') AS meta, to_regclass('tasks') AS tasks"
+META_VERSION = "SELECT schema_version AS v FROM meta"
+SET_VERSION = """INSERT INTO meta (schema_version) VALUES (%(v)s)
+ON CONFLICT (singleton) DO UPDATE SET schema_version = excluded.schema_version"""
+CURRENT_SCHEMA = "SELECT current_schema() AS s"
+READ_ONLY = "SELECT current_setting('transaction_read_only') = 'on' AS ro"
+NO_PARALLEL_SCAN = "SET LOCAL max_parallel_workers_per_gather = 0"
 
 # -- PostgreSQL's own statements ----------------------------------------------------
 
@@ -233,7 +240,7 @@ class PostgresStorage(SqlStorage):
             self._pool.close()
             raise DatabaseUnavailable(f"database unavailable: {_reason(exc)}") from exc
         try:
-            self.schema = self._read("SELECT current_schema() AS s")[0]["s"]
+            self.schema = self._read(CURRENT_SCHEMA)[0]["s"]
             if self.schema is None:
                 raise RuntimeError(
                     "DATABASE_URL: no schema of the search_path exists in this database"
@@ -314,21 +321,22 @@ class PostgresStorage(SqlStorage):
         """Create the schema, or bring an older one up to SCHEMA_VERSION, under an
         advisory lock: dispatchers starting together do it once, one after the other."""
         tx.execute(MIGRATION_LOCK, (self.schema,))
-        if tx.one("SELECT to_regclass('meta') AS t")["t"] is None:
-            if tx.one("SELECT to_regclass('tasks') AS t")["t"] is not None:
+        tables = tx.one(TABLES)
+        if tables["meta"] is None:
+            if tables["tasks"] is not None:
                 raise RuntimeError(
                     f"schema {self.schema} has a tasks table but no meta table; "
                     "it was not made by this program"
                 )
             for statement in SCHEMA:
                 tx.execute(statement)
-            tx.execute("INSERT INTO meta (schema_version) VALUES (%s)", (SCHEMA_VERSION,))
+            tx.execute(SET_VERSION, {"v": SCHEMA_VERSION})
             self.created_schema = True
             log.info("created schema version %d in %s", SCHEMA_VERSION, self.schema)
             return
-        version = tx.one("SELECT schema_version FROM meta")["schema_version"]
+        version = tx.one(META_VERSION)["v"]
         if version != SCHEMA_VERSION:  # else nothing written: a read-only database starts
-            tx.execute("UPDATE meta SET schema_version = %s", (upgrade(tx, version, MIGRATIONS),))
+            tx.execute(SET_VERSION, {"v": upgrade(tx, version, MIGRATIONS)})
             log.info(
                 "migrated schema %s from version %d to %d", self.schema, version, SCHEMA_VERSION
             )
@@ -387,15 +395,14 @@ class PostgresStorage(SqlStorage):
         # by this backend alone: a parallel scan gives the same counts for twice the CPU
         # or more from about 10^4 tasks (docs/SCALING.md, "What to watch")
         with self._connection() as conn, conn.transaction():
-            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            conn.execute(NO_PARALLEL_SCAN)
             return conn.execute(Q.STATS_GROUPS).fetchall(), conn.execute(
                 Q.STATS_OTHERS, args
             ).fetchone()
 
     def health(self) -> str | None:
         """A read-only server says so in a read; a full disk by the writes it refused lately."""
-        row = self._read("SELECT current_setting('transaction_read_only') AS ro")[0]
-        if row["ro"] == "on":
+        if self._read(READ_ONLY)[0]["ro"]:
             return str(ReadOnly("transaction_read_only is on"))
         return self.refusals.recent()
 

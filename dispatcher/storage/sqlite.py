@@ -53,10 +53,9 @@ INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_a
                    max_retries, timeout)
 VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"""
 
-# pending -> in_progress: one more attempt, a fresh random lease token for each task
-# By rowid, not id: the subquery is answered from tasks_ready alone (the rowid is in
-# every index entry) and the update finds each row without a second B-tree (the id
-# index); at 10^6 pending tasks this halves the statement's cost (docs/PERFORMANCE.md).
+# pending -> in_progress: one more attempt, a fresh random lease token for each task. By
+# rowid: the subquery is answered from tasks_ready alone and the update finds each row
+# without the id index; at 10^6 pending tasks this halves its cost (docs/PERFORMANCE.md).
 CLAIM = """
 UPDATE tasks
    SET status = 'in_progress', attempts = attempts + 1, worker_id = :worker_id,
@@ -71,6 +70,7 @@ RECORD_ATTEMPT = """
 INSERT INTO attempts (task_id, attempt, lease_token, worker_id, started_at)
 VALUES (?, ?, ?, ?, ?)"""
 
+HAS_TASKS = "SELECT 1 FROM sqlite_master WHERE name = 'tasks'"
 WORKER = "SELECT instance_id, status, last_heartbeat FROM workers WHERE worker_id = :worker_id"
 READY_IN = """
 SELECT 1 FROM tasks WHERE status = 'pending' AND queue = :queue AND run_at <= :now LIMIT 1"""
@@ -247,10 +247,7 @@ class SqliteStorage(SqlStorage):
             return
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if (
-                not version
-                and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone()
-            ):
+            if not version and not db.execute(HAS_TASKS).fetchone():
                 for statement in SCHEMA:
                     db.execute(statement)
                 version = SCHEMA_VERSION
@@ -279,9 +276,8 @@ class SqliteStorage(SqlStorage):
         return rows
 
     def _idle_poll(self, worker_id: str, instance_id: str, queues, now: float) -> bool:
-        """A claim that would change nothing but its worker's last_heartbeat, refreshed
-        less than TOUCH_EVERY_S ago: nothing is ready, and the worker is the live
-        instance we know (a new, retired or dead one takes the write path)."""
+        """A claim that would only refresh a last_heartbeat younger than TOUCH_EVERY_S:
+        nothing ready, the live instance we know (new, retired, dead ones write)."""
         if self.has_ready(queues, now):
             return False
         row = next(iter(self._read(WORKER, {"worker_id": worker_id})), None)
