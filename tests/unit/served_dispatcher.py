@@ -26,6 +26,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from common.client import Client
 from common.config import Config
+from common.procs import poll
 from dispatcher.app import create_app
 from tasks import TaskType, accept_object, registry
 from worker.worker import Worker
@@ -72,14 +73,7 @@ class _Handler(WSGIRequestHandler):
 
 def wait_for(predicate: Callable[[], object], timeout: float, describe: Callable[[], str]):
     """Poll `predicate` until it returns something truthy; fail with the state seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout} s: {describe()}")
-        time.sleep(0.01)  # polling interval, not synchronisation
+    return poll(predicate, timeout, describe, pytest.fail, every=0.01)
 
 
 def free_port() -> int:
