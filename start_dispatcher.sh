@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the dispatcher (gunicorn, gthread) on DISPATCHER_HOST:DISPATCHER_PORT.
+# Start the dispatcher (gunicorn, gevent workers) on DISPATCHER_HOST:DISPATCHER_PORT.
 # Creates .venv and installs requirements.txt on first use.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
