@@ -287,7 +287,8 @@ class Tx:
 
 
 class SqlStorage:
-    """The operations of the Storage contract; a backend subclasses it."""
+    """The operations of the Storage contract (the Protocol in __init__.py declares their
+    types and documents each); a backend subclasses it."""
 
     q: SimpleNamespace  # the statements, in the backend's dialect
 
@@ -453,15 +454,7 @@ class SqlStorage:
 
     # -- workers and leases -------------------------------------------------------
 
-    def claim(
-        self,
-        worker_id: str,
-        instance_id: str,
-        queues: tuple[str, ...],
-        max_tasks: int,
-        now: float,
-        lease_s: float,
-    ) -> list[dict]:
+    def claim(self, worker_id, instance_id, queues, max_tasks, now, lease_s) -> list[dict]:
         """The commit need not be fsynced: a claim lost in a power cut only puts its
         tasks back to pending (docs/RELIABILITY.md)."""
 
@@ -519,15 +512,7 @@ class SqlStorage:
         tx.execute(self.q.TOUCH_WORKER, args)
         return args["status"]
 
-    def heartbeat(
-        self,
-        worker_id: str,
-        instance_id: str,
-        task_ids: list[str] | None,
-        now: float,
-        lease_s: float,
-        state: str | None = None,
-    ) -> list[str]:
+    def heartbeat(self, worker_id, instance_id, task_ids, now, lease_s, state=None) -> list[str]:
         until = now + lease_s
 
         def beat(tx: Tx) -> list[str]:
