@@ -24,6 +24,11 @@ process moves on with it and logs one line saying so. What may be sent again:
   DispatcherUnreachable, as with one URL: the task may or may not have been stored.
 - an HTTP answer, even a 5xx, is the dispatcher's word: it goes back to the caller.
 With one URL nothing is ever sent twice, exactly as before lists existed.
+
+A worker gives its Clients one shared CircuitBreaker (common/breaker.py): each call is
+one success (any answer below 500) or one failure (DispatcherUnreachable), whatever URLs
+it tried; while the breaker is open a call raises DispatcherUnreachable at once, without
+a connection attempt. The CLIs use no breaker.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from common.breaker import BreakerOpen, CircuitBreaker
 from common.urls import Target, split_urls
 
 CONNECT_TIMEOUT = 5.0
@@ -104,10 +110,19 @@ class Dispatchers:
 
 
 class Client:
-    def __init__(self, base_url: str | Dispatchers, token: str = ""):
+    def __init__(
+        self,
+        base_url: str | Dispatchers,
+        token: str = "",
+        breaker: CircuitBreaker | None = None,
+    ):
         """`base_url`: one URL or a comma-separated list (DISPATCHER_URL), or a
         Dispatchers shared with other Clients (a worker's threads share one, so they
-        move together; tests use one to choose the start)."""
+        move together; tests use one to choose the start). `breaker`: a circuit breaker
+        shared by the process's Clients (the worker's); while it is open, calls raise
+        DispatcherUnreachable at once, without touching the network."""
+        self.breaker = breaker
+        self._aborted = False  # abort() ended the request in flight
         if isinstance(base_url, Dispatchers):
             self.dispatchers = base_url
         else:
@@ -160,7 +175,42 @@ class Client:
     ) -> Any:
         """One request, to the dispatcher in use or, when it does not answer, the next.
         `repeatable`: may it be sent again after its reply was lost (default: reads and
-        the REPEATABLE paths)?"""
+        the REPEATABLE paths)? With a breaker, one call (whatever URLs it tried) is one
+        success (any answer below 500) or one failure (DispatcherUnreachable)."""
+        breaker = self.breaker
+        if breaker is None:
+            return self._send(method, path, body, params, read_timeout, repeatable)
+        try:
+            breaker.allow()
+        except BreakerOpen as exc:
+            raise DispatcherUnreachable(str(exc)) from None
+        self._aborted = False
+        try:
+            data = self._send(method, path, body, params, read_timeout, repeatable)
+        except DispatcherUnreachable as exc:
+            if self._aborted:  # ended by abort(): says nothing about the dispatcher
+                breaker.release()
+            else:
+                breaker.failure(exc)
+            raise
+        except ApiError:
+            breaker.success()  # a 4xx (429 too) is the dispatcher answering
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.success()
+        return data
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: dict | None,
+        read_timeout: float,
+        repeatable: bool | None,
+    ) -> Any:
         if repeatable is None:
             repeatable = method in ("GET", "HEAD") or path in REPEATABLE
         query = f"?{urlencode(params)}" if params else ""
@@ -221,6 +271,7 @@ class Client:
         conn = self._conn
         sock = conn.sock if conn is not None else None
         if sock is not None:
+            self._aborted = True
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:

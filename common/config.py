@@ -60,6 +60,8 @@ class Config:
     worker_prefetch: str = "auto"
     worker_max_tasks_per_child: int = 0
     worker_shutdown_grace: float = 30.0
+    worker_breaker_failures: int = 5
+    worker_breaker_max_backoff: float = 30.0
     worker_queues: str = "default"
     task_modules: str = ""
     database_pool_size: int = 10
@@ -109,6 +111,8 @@ class Config:
             "max_batch",
             "reap_interval",
             "retry_backoff_cap",
+            "worker_breaker_failures",
+            "worker_breaker_max_backoff",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from pebble import ProcessFuture
 
+from common.breaker import CircuitBreaker
 from common.client import ApiError, Client, Dispatchers, DispatcherUnreachable
 from common.config import Config
 
@@ -103,12 +104,17 @@ class Worker:
         self.completed: OrderedDict[str, None] = OrderedDict()
         # one list position for all of this worker's connections: they move together
         self.dispatchers = Dispatchers(config.dispatcher_url)
+        # one circuit breaker for all of them: after WORKER_BREAKER_FAILURES failed calls
+        # in a row, no thread calls the dispatcher until the breaker's back-off is over
+        self.breaker = CircuitBreaker(
+            config.worker_breaker_failures, config.worker_breaker_max_backoff
+        )
         self.prefetch = Prefetch(config.prefetch, config.worker_concurrency, config.max_batch)
         self.pool = TaskPool(
             config.worker_concurrency, config.worker_max_tasks_per_child, config.modules
         )
         self.reporter = Reporter(
-            Client(self.dispatchers, config.api_token),
+            self._client(),
             ResultCache(config.cache_dir() / worker_id),
             worker_id,
             max_batch=config.max_batch,
@@ -117,9 +123,14 @@ class Worker:
             clock=clock,
             on_answer=self._answered,
         )
-        self._fetch_client = Client(self.dispatchers, config.api_token)
+        self._fetch_client = self._client()
         self._fetcher = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
         self._beater = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+
+    def _client(self) -> Client:
+        """A Client for one thread: its own connection, the shared list position and
+        circuit breaker."""
+        return Client(self.dispatchers, self.config.api_token, self.breaker)
 
     # -- the main loop ------------------------------------------------------------
 
@@ -141,7 +152,7 @@ class Worker:
         self.reporter.start()
         self._beater.start()
         self._fetcher.start()
-        client = Client(self.dispatchers, self.config.api_token)
+        client = self._client()
         while True:
             with self.cv:
                 ready = self.cv.wait_for(
@@ -384,6 +395,8 @@ class Worker:
             quiet = self.burst and self._settle_for_burst()
             if (outage or quiet) and self.reporter.has_cached:
                 self.reporter.flush_cache(client)  # deliver what was cached before claiming
+            if outage:  # the first claim after an outage (maybe the breaker's probe) is quick
+                hold = 0.0
             try:
                 claims = client.get_task(
                     self.worker_id,
@@ -397,7 +410,8 @@ class Worker:
                     break
                 outage = True
                 outage_since = outage_since or time.monotonic()
-                delay = backoff.next()
+                # not before the circuit breaker lets a call out again (its probe)
+                delay = max(backoff.next(), self.breaker.retry_in())
                 if self.burst:
                     left = self.config.worker_dead_after - (time.monotonic() - outage_since)
                     if left <= 0:
@@ -499,7 +513,7 @@ class Worker:
         self._guarded("heartbeat", self._heartbeats)
 
     def _heartbeats(self) -> None:
-        client = Client(self.dispatchers, self.config.api_token)
+        client = self._client()
         while True:
             with self.cv:
                 task_ids = [*self.running, *(c["task_id"] for c in self.buffer)]
