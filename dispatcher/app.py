@@ -10,11 +10,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask, request
+from flask import Flask, g, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
 
 import tasks
+from common import logs
 from common.config import Config
 from common.logs import setup_logging
 
@@ -48,7 +49,9 @@ def create_app(
 ) -> Flask:
     """Open storage, register routes and error handlers; with `background`, start the
     reaper thread (expired leases, dead workers, retention)."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
+    if config.log_format == "json":
+        logs.set_request_id_source(current_request_id)
     tasks.load_modules(config.modules)
     storage = open_storage(config)
     app = Flask(__name__, static_folder=None)  # no files to serve: no /static route
@@ -66,6 +69,8 @@ def create_app(
         ReadyCache(storage, clock),
     )
     app.extensions["taskqueue"] = ctx
+    app.before_request(_take_request_id)  # first: even a 401 or a 413 carries it
+    app.after_request(_send_request_id)
     if config.api_token:
         app.before_request(_require_token(config.api_token))
     app.before_request(_refuse_large_bodies(config.max_request_bytes))
@@ -86,6 +91,26 @@ class StrictJSONProvider(DefaultJSONProvider):
 
 def _not_json(constant: str):
     raise ValueError(f"{constant} is not valid JSON")
+
+
+def _take_request_id() -> None:
+    """The client's X-Request-ID when it is valid (1-128 of [A-Za-z0-9._-]), else a new
+    one; the response echoes it and the log lines of this request carry it."""
+    given = request.headers.get("X-Request-ID")
+    g.request_id = given if logs.valid_request_id(given) else logs.new_request_id()
+
+
+def _send_request_id(response):
+    rid = g.get("request_id")
+    if rid is None:  # a request that failed before the first before_request ran
+        rid = g.request_id = logs.new_request_id()
+    response.headers["X-Request-ID"] = rid
+    return response
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served (None outside one: the reaper, start-up)."""
+    return g.get("request_id") if has_request_context() else None
 
 
 def _require_token(token: str):
@@ -141,11 +166,19 @@ def _reaper(ctx: Context) -> None:
                 forget_after=config.worker_forget_after or float("inf"),
             )
             for worker_id in report.dead_workers:
-                log.warning("worker %s declared dead (no heartbeat)", worker_id)
+                log.warning(
+                    "worker %s declared dead (no heartbeat)",
+                    worker_id,
+                    extra={"worker_id": worker_id},
+                )
             for task_id in report.rescued:
-                log.warning("task %s back to the queue: its worker is dead", task_id)
+                log.warning(
+                    "task %s back to the queue: its worker is dead",
+                    task_id,
+                    extra={"task_id": task_id},
+                )
             for task_id in report.expired:
-                log.warning("task %s lease expired", task_id)
+                log.warning("task %s lease expired", task_id, extra={"task_id": task_id})
             if report.forgotten:
                 log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
             if report.deleted:
