@@ -35,11 +35,11 @@ import random
 import select
 import socket
 import threading
-import uuid
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from common.logs import new_request_id
 from common.urls import Target, split_urls
 
 CONNECT_TIMEOUT = 5.0
@@ -169,7 +169,7 @@ class Client:
         payload = None if body is None else json.dumps(body).encode()
         # one id per call (kept when the call goes to the next dispatcher): the
         # dispatcher's log lines for it carry it, and it echoes it back
-        self.last_request_id = uuid.uuid4().hex
+        self.last_request_id = new_request_id()
         headers = {**self._headers, "X-Request-ID": self.last_request_id}
         order = self.dispatchers.order()
         several = len(order) > 1

