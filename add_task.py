@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import queue
 import random
 import re
@@ -39,7 +40,7 @@ from rich.progress import (  # noqa: E402
 )
 from rich.table import Table  # noqa: E402
 
-from common import cli  # noqa: E402
+from common import cli, logs  # noqa: E402
 from common.client import ApiError, Client, DispatcherUnreachable  # noqa: E402
 from common.config import Config  # noqa: E402
 from common.statuses import FINISHED  # noqa: E402
@@ -421,10 +422,11 @@ def warn_unserved(client: Client, tasks: list[dict]) -> None:
     except (DispatcherUnreachable, ApiError):
         return
     for name in missing:
-        print(
-            f"warning: no alive worker takes tasks from queue '{name}'; they wait until "
+        cli.say(
+            f"no alive worker takes tasks from queue '{name}'; they wait until "
             f"one does (./start_worker.sh ID --queues {name})",
-            file=sys.stderr,
+            logging.WARNING,
+            "warning: ",
         )
 
 
@@ -541,12 +543,12 @@ def run(args: argparse.Namespace) -> int:
         print_ids(task_ids, args.json)
         return cli.EXIT_OK
     if not args.json:
-        print(f"submitted {_plural(len(task_ids), 'task')}", file=sys.stderr)
-    try:
-        finished = wait_with_progress(config, task_ids, show=True)
+        cli.say(f"submitted {_plural(len(task_ids), 'task')}")
+    try:  # no progress bar among JSON log lines
+        finished = wait_with_progress(config, task_ids, show=not logs.json_mode())
     except KeyboardInterrupt:  # the tasks keep running: print what the user needs to find them
         print_ids(task_ids, args.json)
-        print(f"interrupted; {_plural(len(task_ids), 'task')} keep running", file=sys.stderr)
+        cli.say(f"interrupted; {_plural(len(task_ids), 'task')} keep running", logging.WARNING)
         return cli.EXIT_INTERRUPTED
     except (DispatcherUnreachable, ApiError) as exc:
         print_ids(task_ids, args.json)

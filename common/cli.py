@@ -8,10 +8,12 @@ Exit statuses: 0 success, 1 the dispatcher could not be reached or refused the r
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from common import logs
 from common.client import ApiError, Client, DispatcherUnreachable
 from common.config import Config, ConfigError
 
@@ -21,6 +23,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("cli")
 
 
 class CliError(Exception):
@@ -33,10 +37,24 @@ class CliError(Exception):
 
 
 def load_config() -> Config:
+    """The configuration; with LOG_FORMAT=json, what the CLI says on stderr from now on
+    (its errors, warnings and notes, the client's) is JSON log lines."""
     try:
-        return Config.from_env()
+        config = Config.from_env()
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE, prefix="configuration error: ") from None
+    if config.log_format == "json":
+        logs.setup_logging(config.log_level, "json")
+    return config
+
+
+def say(message: str, level: int = logging.INFO, prefix: str = "") -> None:
+    """One line for the user on stderr: `prefix` + `message`, or with LOG_FORMAT=json a
+    JSON log line at `level`."""
+    if logs.json_mode():
+        log.log(level, message)
+    else:
+        print(f"{prefix}{message}", file=sys.stderr)
 
 
 def connect(config: Config) -> Client:
@@ -75,10 +93,10 @@ def run(main: Callable[[], int]) -> int:
     try:
         return main()
     except CliError as exc:
-        print(f"{exc.prefix}{exc}", file=sys.stderr)
+        say(str(exc), logging.ERROR, exc.prefix)
         return exc.status
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say("interrupted", logging.WARNING)
         return EXIT_INTERRUPTED
 
 

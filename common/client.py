@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from common.breaker import BreakerOpen, CircuitBreaker
+from common.logs import new_request_id
 from common.urls import Target, split_urls
 
 CONNECT_TIMEOUT = 5.0
@@ -135,6 +136,7 @@ class Client:
             self._headers["Authorization"] = f"Bearer {token}"
         self._conn: http.client.HTTPConnection | None = None
         self._conn_index = -1  # which target self._conn talks to
+        self.last_request_id = ""  # the X-Request-ID of the latest call
 
     @property
     def base_url(self) -> str:
@@ -215,6 +217,10 @@ class Client:
             repeatable = method in ("GET", "HEAD") or path in REPEATABLE
         query = f"?{urlencode(params)}" if params else ""
         payload = None if body is None else json.dumps(body).encode()
+        # one id per call (kept when the call goes to the next dispatcher): the
+        # dispatcher's log lines for it carry it, and it echoes it back
+        self.last_request_id = new_request_id()
+        headers = {**self._headers, "X-Request-ID": self.last_request_id}
         order = self.dispatchers.order()
         several = len(order) > 1
         failures: list[tuple[str, str]] = []
@@ -223,7 +229,7 @@ class Client:
             try:  # until the whole request is written, the dispatcher has not seen it
                 conn = self._connection(index)
                 conn.sock.settimeout(read_timeout)
-                conn.request(method, target.prefix + path + query, payload, self._headers)
+                conn.request(method, target.prefix + path + query, payload, headers)
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 failures.append((target.url, _why(exc)))

@@ -19,6 +19,7 @@ from common.urls import split_urls
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 MAX_QUEUES = 100  # queue names one worker takes tasks from (and one claim names)
 
 
@@ -52,6 +53,7 @@ class Config:
     dispatcher_connections: int = 1000
     dispatcher_read_timeout: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "text"
     max_wait_seconds: float = 30.0
     max_batch: int = 1000
     reap_interval: float = 5.0
@@ -130,6 +132,10 @@ class Config:
             raise ConfigError("DISPATCHER_PORT must be between 1 and 65535")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}"
+            )
         if self.worker_prefetch != "auto":
             try:
                 if int(self.worker_prefetch) < 0:

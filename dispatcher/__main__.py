@@ -60,7 +60,7 @@ def main() -> int:
         config = Config.from_env()
     except ConfigError as exc:
         return print_config_error(exc)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     status = prepare(config)
     if status:
         return status

@@ -10,11 +10,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask, request
+from flask import Flask, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
 
 import tasks
+from common import logs
 from common.config import Config
 from common.logs import setup_logging
 
@@ -48,7 +49,9 @@ def create_app(
 ) -> Flask:
     """Open storage, register routes and error handlers; with `background`, start the
     reaper thread (expired leases, dead workers, retention)."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
+    if config.log_format == "json":
+        logs.set_request_id_source(current_request_id)
     tasks.load_modules(config.modules)
     storage = open_storage(config)
     app = Flask(__name__, static_folder=None)  # no files to serve: no /static route
@@ -66,6 +69,7 @@ def create_app(
         ReadyCache(storage, clock),
     )
     app.extensions["taskqueue"] = ctx
+    app.wsgi_app = RequestIds(app.wsgi_app)  # outermost: every response carries one
     if config.api_token:
         app.before_request(_require_token(config.api_token))
     app.before_request(_refuse_large_bodies(config.max_request_bytes))
@@ -86,6 +90,36 @@ class StrictJSONProvider(DefaultJSONProvider):
 
 def _not_json(constant: str):
     raise ValueError(f"{constant} is not valid JSON")
+
+
+REQUEST_ID_KEY = "taskqueue.request_id"  # where the WSGI environ holds it
+
+
+class RequestIds:
+    """WSGI middleware: the request's id is the client's X-Request-ID when valid (1-128
+    of [A-Za-z0-9._-]), else a new one; every response (errors too) carries it back, and
+    the log lines of the request carry it (current_request_id). Cheaper than Flask's
+    before/after_request hooks: no context proxies, one header appended."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        rid = environ.get("HTTP_X_REQUEST_ID")
+        if rid is None or not logs.valid_request_id(rid):
+            rid = logs.new_request_id()
+        environ[REQUEST_ID_KEY] = rid
+
+        def start(status, headers, exc_info=None):
+            headers.append(("X-Request-ID", rid))
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served (None outside one: the reaper, start-up)."""
+    return request.environ.get(REQUEST_ID_KEY) if has_request_context() else None
 
 
 def _require_token(token: str):
@@ -141,11 +175,19 @@ def _reaper(ctx: Context) -> None:
                 forget_after=config.worker_forget_after or float("inf"),
             )
             for worker_id in report.dead_workers:
-                log.warning("worker %s declared dead (no heartbeat)", worker_id)
+                log.warning(
+                    "worker %s declared dead (no heartbeat)",
+                    worker_id,
+                    extra={"worker_id": worker_id},
+                )
             for task_id in report.rescued:
-                log.warning("task %s back to the queue: its worker is dead", task_id)
+                log.warning(
+                    "task %s back to the queue: its worker is dead",
+                    task_id,
+                    extra={"task_id": task_id},
+                )
             for task_id in report.expired:
-                log.warning("task %s lease expired", task_id)
+                log.warning("task %s lease expired", task_id, extra={"task_id": task_id})
             if report.forgotten:
                 log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
             if report.deleted:

@@ -85,7 +85,13 @@ def submit_task():
     task = parse.new_task(json_body(), c.config, c.registry)
     [(task_id, created)] = c.storage.submit([task], now=c.clock())
     if created:
-        log.info("submitted task %s type=%s queue=%s", task_id, task.type, task.queue)
+        log.info(
+            "submitted task %s type=%s queue=%s",
+            task_id,
+            task.type,
+            task.queue,
+            extra={"task_id": task_id, "queue": task.queue},
+        )
         return {"task_id": task_id, "status": "pending"}, 201
     log.info("idempotent repeat of task %s key=%s", task_id, task.idempotency_key)
     return {"task_id": task_id, "status": c.storage.status_of(task_id)}, 200
@@ -99,7 +105,13 @@ def submit_tasks():
     if log.isEnabledFor(logging.INFO):
         for (task_id, created), task in zip(ids, tasks, strict=True):
             if created:
-                log.info("submitted task %s type=%s queue=%s", task_id, task.type, task.queue)
+                log.info(
+                    "submitted task %s type=%s queue=%s",
+                    task_id,
+                    task.type,
+                    task.queue,
+                    extra={"task_id": task_id, "queue": task.queue},
+                )
     return {"task_ids": [task_id for task_id, _ in ids]}, 201
 
 
@@ -124,7 +136,13 @@ def get_task():
         tasks = []
     if tasks and log.isEnabledFor(logging.INFO):
         for t in tasks:
-            log.info("claimed task %s worker=%s attempt=%d", t["task_id"], worker_id, t["attempt"])
+            log.info(
+                "claimed task %s worker=%s attempt=%d",
+                t["task_id"],
+                worker_id,
+                t["attempt"],
+                extra={"task_id": t["task_id"], "worker_id": worker_id, "attempt": t["attempt"]},
+            )
     return {"tasks": [with_iso(t) for t in tasks]}
 
 
@@ -133,10 +151,19 @@ def submit_result():
     c = ctx()
     item = parse.result(json_body())
     [outcome] = c.storage.finish([item], now=c.clock())
+    known = {"task_id": item.task_id, "worker_id": item.worker_id}
     if isinstance(outcome, Exception):
-        log.warning("refused result task %s worker=%s: %s", item.task_id, item.worker_id, outcome)
+        log.warning(
+            "refused result task %s worker=%s: %s",
+            item.task_id,
+            item.worker_id,
+            outcome,
+            extra=known,
+        )
         raise outcome
-    log.info("result task %s worker=%s status=%s", item.task_id, item.worker_id, outcome)
+    log.info(
+        "result task %s worker=%s status=%s", item.task_id, item.worker_id, outcome, extra=known
+    )
     return {"task_id": item.task_id, "status": outcome}
 
 
@@ -157,9 +184,14 @@ def submit_results():
             answers[i] = {"task_id": task_id, "error": str(exc), "code": http_status(exc)}
     outcomes = c.storage.finish(good, now=c.clock()) if good else []
     for i, item, outcome in zip(positions, good, outcomes, strict=True):
+        known = {"task_id": item.task_id, "worker_id": item.worker_id}
         if isinstance(outcome, Exception):
             log.warning(
-                "refused result task %s worker=%s: %s", item.task_id, item.worker_id, outcome
+                "refused result task %s worker=%s: %s",
+                item.task_id,
+                item.worker_id,
+                outcome,
+                extra=known,
             )
             answers[i] = {
                 "task_id": item.task_id,
@@ -167,7 +199,13 @@ def submit_results():
                 "code": http_status(outcome),
             }
         else:
-            log.info("result task %s worker=%s status=%s", item.task_id, item.worker_id, outcome)
+            log.info(
+                "result task %s worker=%s status=%s",
+                item.task_id,
+                item.worker_id,
+                outcome,
+                extra=known,
+            )
             answers[i] = {"task_id": item.task_id, "status": outcome}
     return {"results": answers}
 
@@ -177,7 +215,13 @@ def release():
     c = ctx()
     worker_id, items = parse.release(json_body(), c.config)
     released = c.storage.release(worker_id, items, now=c.clock())
-    log.info("released %d of %d tasks worker=%s", released, len(items), worker_id)
+    log.info(
+        "released %d of %d tasks worker=%s",
+        released,
+        len(items),
+        worker_id,
+        extra={"worker_id": worker_id},
+    )
     return {"released": released}
 
 
@@ -196,7 +240,7 @@ def heartbeat():
         state=state,
     )
     if state is not None:  # from now on its claims get nothing (the worker ends its own)
-        log.info("worker %s is %s", worker_id, state)
+        log.info("worker %s is %s", worker_id, state, extra={"worker_id": worker_id})
     log.debug("heartbeat worker=%s abandon=%s", worker_id, abandon)
     return {
         "worker_id": worker_id,
@@ -245,7 +289,7 @@ def list_tasks():
 def cancel_task(task_id: str):
     c = ctx()
     status = c.storage.cancel(task_id, now=c.clock())
-    log.info("cancelled task %s", task_id)
+    log.info("cancelled task %s", task_id, extra={"task_id": task_id})
     return {"task_id": task_id, "status": status}
 
 
@@ -253,7 +297,7 @@ def cancel_task(task_id: str):
 def retry_task(task_id: str):
     c = ctx()
     status = c.storage.retry(task_id, now=c.clock())
-    log.info("retry of task %s", task_id)
+    log.info("retry of task %s", task_id, extra={"task_id": task_id})
     return {"task_id": task_id, "status": status}
 
 

@@ -27,10 +27,11 @@ import time
 
 import gevent
 from gevent import socket as gsocket
-from gunicorn import http, util
+from gunicorn import glogging, http, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
+from common import logs
 from common.config import Config
 
 KEEPALIVE_S = 75  # an idle kept-alive connection is closed after this
@@ -55,6 +56,7 @@ class Server(BaseApplication):
             "loglevel": c.log_level.lower(),
             "proc_name": "taskqueue-dispatcher",
             "control_socket_disable": True,  # one shared path would clash between dispatchers
+            "logger_class": GunicornLogger,  # its lines in LOG_FORMAT too (no access log)
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
@@ -68,6 +70,17 @@ class Server(BaseApplication):
         # submission otherwise, once every few calls).
         gc.freeze()
         return app
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's error log (start, stop, worker boots and crashes) in LOG_FORMAT: with
+    `json`, each of its lines is a JSON object like ours. Its access log stays off."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        if logs.json_mode():
+            for handler in self.error_log.handlers:
+                logs.use_format(handler, "json")
 
 
 def raise_open_files_limit(connections: int, processes: int) -> None:
@@ -147,6 +160,7 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     body = json.dumps({"error": message}).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"X-Request-ID: {logs.new_request_id()}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     try:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def _prepare(args: argparse.Namespace) -> Worker | int:
     """The Worker, ready to run, or the exit status of a bad start."""
     from common.config import Config, ConfigError, print_config_error
-    from common.logs import setup_logging
+    from common.logs import set_fields, setup_logging
 
     overrides = {
         "WORKER_CONCURRENCY": args.concurrency,
@@ -63,7 +63,8 @@ def _prepare(args: argparse.Namespace) -> Worker | int:
         tasks.load_modules(config.modules)  # the pool processes load them again
     except (ConfigError, ImportError) as exc:
         return print_config_error(exc)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
+    set_fields(worker_id=args.worker_id)
     from .worker import Worker
 
     worker = Worker(config, args.worker_id)

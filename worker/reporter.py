@@ -150,6 +150,7 @@ class Reporter:
                 result["task_id"],
                 self.worker_id,
                 exc,
+                extra={"task_id": result["task_id"]},
             )
             failed = dict(result, status="failed", result=None)
             failed["error"] = f"the worker's result was refused by the dispatcher: {exc.message}"
@@ -177,6 +178,7 @@ class Reporter:
                 r["task_id"],
                 self.worker_id,
                 reason,
+                extra={"task_id": r["task_id"]},
             )
 
     @property
@@ -241,12 +243,14 @@ def _log_answer(result: dict, answer: dict, worker_id: str, cached: bool = False
             worker_id,
             answer.get("code"),
             answer["error"],
+            extra={"task_id": result["task_id"]},
         )
-    else:
+    elif log.isEnabledFor(logging.INFO):
         log.info(
             "%s of task %s delivered worker=%s status=%s",
             source,
             result["task_id"],
             worker_id,
             answer.get("status"),
+            extra={"task_id": result["task_id"]},
         )

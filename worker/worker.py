@@ -280,6 +280,11 @@ class Worker:
                     self.worker_id,
                     claim["type"],
                     claim["attempt"],
+                    extra={
+                        "task_id": claim["task_id"],
+                        "worker_id": self.worker_id,
+                        "attempt": claim["attempt"],
+                    },
                 )
 
     def _done(
@@ -329,7 +334,14 @@ class Worker:
                 self.completed[task_id] = None
                 while len(self.completed) > REMEMBER_COMPLETED:
                     self.completed.popitem(last=False)
-        log.info("task %s %s worker=%s in %.3f s", task_id, body["status"], self.worker_id, elapsed)
+        log.info(
+            "task %s %s worker=%s in %.3f s",
+            task_id,
+            body["status"],
+            self.worker_id,
+            elapsed,
+            extra={"task_id": task_id, "worker_id": self.worker_id, "attempt": claim["attempt"]},
+        )
         result = {"task_id": task_id, "worker_id": self.worker_id}
         result["lease_token"] = claim["lease_token"]
         result.update(body)

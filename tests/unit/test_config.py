@@ -35,6 +35,7 @@ def test_values_are_parsed_and_fractional_seconds_are_accepted():
         ("MAX_BATCH", "1.5"),
         ("MAX_BATCH", "0"),
         ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
         ("WORKER_PREFETCH", "-3"),
         ("WORKER_PREFETCH", "lots"),
         ("WORKER_QUEUES", " , "),
