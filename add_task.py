@@ -51,6 +51,7 @@ ALGORITHMS = ("sieve", "trial_division")
 WAIT_PER_REQUEST = 10.0  # seconds one GET /task/<id>?wait= may be held
 WAIT_THREADS = 4  # tasks waited on at once (each holds one dispatcher thread)
 RANDOM_DEFAULT_COUNT = 10
+RETRY_FOR_DEFAULT = 60.0  # --retry-for: seconds to keep trying while the queue is full (429)
 
 
 class InputError(Exception):
@@ -325,6 +326,15 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
         "exit status 1 if any task failed or was cancelled",
     )
     parser.add_argument(
+        "--retry-for",
+        type=cli.non_negative_float,
+        default=RETRY_FOR_DEFAULT,
+        metavar="S",
+        help="when the queue is full (429, MAX_PENDING_TASKS), keep trying for S seconds, "
+        f"saying so on stderr, before giving up with exit status 1 (default {RETRY_FOR_DEFAULT:g}; "
+        "0 gives up at once)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help='print JSON on stdout: {"task_ids": [...]}, or with --wait '
@@ -530,14 +540,24 @@ def print_ids(task_ids: list[str], as_json: bool) -> None:
     print(json.dumps({"task_ids": task_ids}) if as_json else "\n".join(task_ids), flush=True)
 
 
+def _queue_full(exc: ApiError, delay: float) -> None:
+    """A 429 (the queue is full, MAX_PENDING_TASKS): say so on stderr before waiting."""
+    cli.say(f"{exc.message}; trying again in {delay:.1f} s", logging.WARNING, "waiting: ")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         tasks = build_tasks(args)
     except InputError as exc:
         raise cli.CliError(str(exc), cli.EXIT_USAGE) from None
     config = cli.load_config()
-    client = cli.connect(config)
-    task_ids = submit(config, client, tasks, args.json)
+    client = cli.connect(config, retry_429_for=args.retry_for, on_429=_queue_full)
+    try:
+        task_ids = submit(config, client, tasks, args.json)
+    except cli.CliError as exc:
+        if "MAX_PENDING_TASKS" in str(exc):
+            raise cli.CliError(f"{exc} (gave up after --retry-for {args.retry_for:g} s)") from None
+        raise
     warn_unserved(client, tasks)
     if not args.wait:
         print_ids(task_ids, args.json)

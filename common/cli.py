@@ -57,8 +57,9 @@ def say(message: str, level: int = logging.INFO, prefix: str = "") -> None:
         print(f"{prefix}{message}", file=sys.stderr)
 
 
-def connect(config: Config) -> Client:
-    return Client(config.dispatcher_url, config.api_token)
+def connect(config: Config, **options) -> Client:
+    """A Client for DISPATCHER_URL; `options` go to Client (retry_429_for, on_429)."""
+    return Client(config.dispatcher_url, config.api_token, **options)
 
 
 def unreachable(config: Config, exc: DispatcherUnreachable) -> str:

@@ -40,7 +40,8 @@ import random
 import select
 import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -116,13 +117,25 @@ class Client:
         base_url: str | Dispatchers,
         token: str = "",
         breaker: CircuitBreaker | None = None,
+        retry_429_for: float = 0.0,
+        pause: Callable[[float], bool] | None = None,
+        on_429: Callable[[ApiError, float], None] | None = None,
     ):
         """`base_url`: one URL or a comma-separated list (DISPATCHER_URL), or a
         Dispatchers shared with other Clients (a worker's threads share one, so they
         move together; tests use one to choose the start). `breaker`: a circuit breaker
         shared by the process's Clients (the worker's); while it is open, calls raise
-        DispatcherUnreachable at once, without touching the network."""
+        DispatcherUnreachable at once, without touching the network.
+
+        `retry_429_for`: for this many seconds from a call's first 429 (a full queue,
+        MAX_PENDING_TASKS, or a dispatcher holding all the polls it may), the call is
+        sent again after the reply's Retry-After; then the 429 is raised as ApiError.
+        `pause(seconds)` waits (True: stop waiting and raise now; default time.sleep),
+        `on_429(exc, seconds)` is told before each wait."""
         self.breaker = breaker
+        self.retry_429_for = retry_429_for
+        self._pause = pause
+        self._on_429 = on_429
         self._aborted = False  # abort() ended the request in flight
         if isinstance(base_url, Dispatchers):
             self.dispatchers = base_url
@@ -178,7 +191,41 @@ class Client:
         """One request, to the dispatcher in use or, when it does not answer, the next.
         `repeatable`: may it be sent again after its reply was lost (default: reads and
         the REPEATABLE paths)? With a breaker, one call (whatever URLs it tried) is one
-        success (any answer below 500) or one failure (DispatcherUnreachable)."""
+        success (any answer below 500) or one failure (DispatcherUnreachable). A 429
+        is tried again for up to `retry_429_for` seconds (see __init__)."""
+        if self.retry_429_for <= 0:
+            return self._call_once(method, path, body, params, read_timeout, repeatable)
+        deadline = None
+        while True:
+            try:
+                return self._call_once(method, path, body, params, read_timeout, repeatable)
+            except ApiError as exc:
+                if exc.status != 429:
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.retry_429_for
+                left = deadline - now
+                if left <= 0:
+                    raise
+                # nothing of a 429 was stored: sending it again is always safe
+                delay = min(left, (exc.retry_after or 1.0) * random.uniform(1.0, 1.25))
+                if self._on_429 is not None:
+                    self._on_429(exc, delay)
+                if self._pause is None:
+                    time.sleep(delay)
+                elif self._pause(delay):
+                    raise
+
+    def _call_once(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: dict | None,
+        read_timeout: float,
+        repeatable: bool | None,
+    ) -> Any:
         breaker = self.breaker
         if breaker is None:
             return self._send(method, path, body, params, read_timeout, repeatable)

@@ -56,6 +56,7 @@ class Config:
     log_format: str = "text"
     max_wait_seconds: float = 30.0
     max_batch: int = 1000
+    max_pending_tasks: int = 0
     reap_interval: float = 5.0
     retry_backoff_base: float = 1.0
     retry_backoff_cap: float = 300.0

@@ -16,6 +16,7 @@ from .storage.errors import (  # noqa: F401  (re-exported: the app's names for t
     DatabaseUnavailable,
     DiskFull,
     LeaseConflict,
+    QueueFull,
     ReadOnly,
     StorageError,
     TaskNotFound,
@@ -61,9 +62,12 @@ STORAGE_STATUS: tuple[tuple[type[StorageError], int], ...] = (
     (TaskNotFound, 404),
     (Conflict, 409),
     (WorkerStopping, 409),
+    (QueueFull, 429),
     (BadValue, 400),
     (DatabaseUnavailable, 503),
 )
+
+QUEUE_FULL_RETRY_AFTER = 1  # seconds a refused submission waits before it tries again
 
 CLIENT_ERRORS = (QueueError, StorageError, InvalidPayload)
 
@@ -90,6 +94,8 @@ def register(app: Flask) -> None:
         headers = {}
         if isinstance(exc, TooManyHeld):
             headers["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, QueueFull):  # the queue drains at the workers' pace: soon
+            headers["Retry-After"] = str(QUEUE_FULL_RETRY_AFTER)
         return {"error": str(exc)}, http_status(exc), headers
 
     @app.errorhandler(HTTPException)

@@ -84,6 +84,10 @@ TASK_ID_PARAM = {"name": "task_id", "in": "path", "required": True, "schema": {"
 UNAVAILABLE = _shared("Unavailable")
 NOT_FOUND = _shared("NotFound")
 BUSY = _error("this dispatcher process holds all the waiting requests it may; see Retry-After")
+QUEUE_FULL = _error(
+    "the queue holds MAX_PENDING_TASKS pending tasks (or this submission would pass it): "
+    "nothing stored; see Retry-After"
+)
 TAKEN_OVER = _error("this worker instance was taken over by a newer one")
 
 
@@ -144,6 +148,7 @@ def _operations(config: Config, requests: b.Requests) -> dict:
                     b.TaskStatus,
                 ),
             },
+            {"429": QUEUE_FULL},
             examples=EXAMPLE_TASKS,
             links=_task_links("$response.body#/task_id"),
         ),
@@ -151,6 +156,7 @@ def _operations(config: Config, requests: b.Requests) -> dict:
             "Store many tasks, all or nothing",
             requests.new_tasks,
             {"201": _reply("stored; ids in the order given", b.TaskIds)},
+            {"429": QUEUE_FULL},
             examples={"two": {"tasks": [EXAMPLE_TASKS["primes"], EXAMPLE_TASKS["sleep"]]}},
             links=_task_links("$response.body#/task_ids/0"),
         ),

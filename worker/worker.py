@@ -45,6 +45,8 @@ from .reporter import Reporter
 
 log = logging.getLogger("worker")
 
+RETRY_429_FOR = 30.0  # seconds a call answered 429 is tried again before it counts as refused
+
 SHED_CHECK_S = 0.25  # how often a busy worker checks whether to give prefetched work back
 # Chunks: tasks whose measured average is under CHUNK_TASK_MAX_S go to a pool process
 # several at a time, about CHUNK_TARGET_S of work per call. A chunk may run for
@@ -130,7 +132,22 @@ class Worker:
     def _client(self) -> Client:
         """A Client for one thread: its own connection, the shared list position and
         circuit breaker."""
-        return Client(self.dispatchers, self.config.api_token, self.breaker)
+        return Client(
+            self.dispatchers,
+            self.config.api_token,
+            self.breaker,
+            retry_429_for=RETRY_429_FOR,
+            pause=self.stopping.wait,  # a stopping worker waits no more: results are cached
+            on_429=self._busy,
+        )
+
+    def _busy(self, exc: ApiError, delay: float) -> None:
+        log.info(
+            "dispatcher answered 429, trying again in %.1f s worker=%s: %s",
+            delay,
+            self.worker_id,
+            exc.message,
+        )
 
     # -- the main loop ------------------------------------------------------------
 

@@ -94,11 +94,24 @@ class Storage(Protocol):
     """How often Wakeup reads `change_counter` while a request waits."""
     marks_waiters: bool
     """True when the push reaches only processes marked by `set_waiting`."""
+    max_pending: int
+    """MAX_PENDING_TASKS: the most pending tasks `submit` lets the queue hold; 0, no
+    limit (and no cost)."""
 
     def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
         """(nothing) -> pending, all in one transaction: `(task_id, created)` each, in
         order. A task whose idempotency_key is taken gives that task's id and
-        `created` False, and stores nothing."""
+        `created` False, and stores nothing.
+
+        With `max_pending` set, a submission whose created tasks would take the pending
+        count past it raises QueueFull and stores nothing (a repeat that creates nothing
+        always passes). The count is exact, inside the transaction, and bounded (at most
+        max_pending + 1 entries of the pending index); it is made only when this
+        process's estimate (its last count, at most ESTIMATE_AGE old, plus what it
+        submitted since) says the submission may reach NEAR_LIMIT of the limit.
+        SQLite's write lock makes a count exact against concurrent submissions; on
+        PostgreSQL, dispatchers submitting at the same moment may each pass the check,
+        and so overshoot the limit by what they submit together."""
 
     def claim(
         self,
@@ -213,16 +226,18 @@ def open_storage(config: Config) -> Storage:
     if config.database_url.startswith("sqlite:///"):
         from .sqlite import SqliteStorage
 
-        return SqliteStorage(
+        storage: Storage = SqliteStorage(
             config.database_path(),
             backoff_base=config.retry_backoff_base,
             backoff_cap=config.retry_backoff_cap,
         )
+        storage.max_pending = config.max_pending_tasks
+        return storage
     if config.database_url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStorage
 
         try:
-            return PostgresStorage(
+            storage = PostgresStorage(
                 config.database_url,
                 pool_size=config.database_pool_size,
                 backoff_base=config.retry_backoff_base,
@@ -230,6 +245,8 @@ def open_storage(config: Config) -> Storage:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        storage.max_pending = config.max_pending_tasks
+        return storage
     raise ConfigError(
         "DATABASE_URL must be sqlite:///relative/path.db, sqlite:////absolute/path.db "
         "or postgresql://..."

@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 
 from ..retry import retry_at
 from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result, rows
-from .errors import Conflict, LeaseConflict, TaskNotFound, WorkerStopping, WorkerTakenOver
+from .errors import (
+    Conflict,
+    LeaseConflict,
+    QueueFull,
+    TaskNotFound,
+    WorkerStopping,
+    WorkerTakenOver,
+)
 from .rows import EXPIRED_ERROR, dumps
 
 T = TypeVar("T")
@@ -94,6 +101,10 @@ VALUES (%(id)s, %(type)s, %(queue)s, %(payload)s, 'pending', %(priority)s, %(run
         %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s)
 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id""",
     TASK_BY_KEY="SELECT id FROM tasks WHERE idempotency_key = %(key)s",
+    # (read) pending tasks, counted up to %(cap)s only: at most `cap` entries of a partial
+    # index on pending rows, never the whole table (MAX_PENDING_TASKS)
+    PENDING_UP_TO="""
+SELECT count(*) AS n FROM (SELECT 1 FROM tasks WHERE status = 'pending' LIMIT %(cap)s) AS p""",
     # in_progress -> completed by its current lease: the common case, judged by this
     # statement alone. The lease's attempt is the task's only open one (every way out of
     # in_progress closes the attempt it leaves), so no other attempt needs closing.
@@ -296,6 +307,11 @@ class SqlStorage:
         self.backoff = (backoff_base, backoff_cap)  # retry_at's, for a failure with retries left
         self.refusals = Refusals()  # writes refused for a full disk or a read-only database
         self.on_change: Callable[[], None] = lambda: None  # Storage.on_change
+        self.max_pending = 0  # Storage.max_pending (MAX_PENDING_TASKS); 0: no limit
+        # this process's estimate of the pending count: the last exact count, when it
+        # was made (`now` of that submission), and what this process submitted since
+        self._pending_seen: tuple[int, float] | None = None
+        self._pending_added = 0
 
     # -- what a backend supplies ----------------------------------------------------
 
@@ -344,16 +360,23 @@ class SqlStorage:
 
     def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
         ids = rows.new_ids(len(tasks), now)
+        limit = self.max_pending  # 0: no limit, and not one instruction more below
         if not any(task.idempotency_key for task in tasks):  # the bulk path
 
             def insert_all(tx: Tx) -> list[tuple[str, bool]]:
+                if limit:
+                    self._check_room(tx, len(tasks), len(tasks), now)
                 self._insert_many(tx, ids, tasks, now)
                 tx.notify = bool(tasks)
                 return [(task_id, True) for task_id in ids]
 
-            return self._transact(insert_all)
+            out = self._transact(insert_all)
+            if limit:
+                self._pending_added += len(tasks)
+            return out
 
         def insert_each(tx: Tx) -> list[tuple[str, bool]]:
+            pending = self._pending_before(tx, len(tasks), now) if limit else None
             out = []
             for task_id, task in zip(ids, tasks, strict=True):
                 args = dict(id=task_id, type=task.type, queue=task.queue, now=now)
@@ -366,9 +389,40 @@ class SqlStorage:
                 else:  # the key is taken (a concurrent insert has committed by now)
                     row = tx.one(self.q.TASK_BY_KEY, {"key": task.idempotency_key})
                     out.append((row["id"], False))
+            created = sum(fresh for _, fresh in out)
+            if pending is not None and created and pending + created > limit:
+                raise QueueFull(pending, created, limit)  # the rollback stores none of it
             return out
 
-        return self._transact(insert_each)
+        out = self._transact(insert_each)
+        if limit:
+            self._pending_added += sum(fresh for _, fresh in out)
+        return out
+
+    # MAX_PENDING_TASKS: the exact count (bounded) only when it may matter
+    NEAR_LIMIT = 0.9  # an estimate past this share of the limit makes every submission count
+    ESTIMATE_AGE = 1.0  # seconds an exact count stands in for the pending count, at most
+
+    def _pending_before(self, tx: Tx, adding: int, now: float) -> int | None:
+        """The pending count inside the submit transaction, counted (at most limit + 1
+        index entries) when this process's estimate is stale or says `adding` tasks may
+        come near the limit; None when the estimate says they cannot."""
+        limit = self.max_pending
+        seen = self._pending_seen
+        if (
+            seen is not None
+            and 0 <= now - seen[1] < self.ESTIMATE_AGE
+            and seen[0] + self._pending_added + adding <= limit * self.NEAR_LIMIT
+        ):
+            return None
+        pending = tx.one(self.q.PENDING_UP_TO, {"cap": limit + 1})["n"]
+        self._pending_seen, self._pending_added = (pending, now), 0
+        return pending
+
+    def _check_room(self, tx: Tx, adding: int, created: int, now: float) -> None:
+        pending = self._pending_before(tx, adding, now)
+        if pending is not None and pending + created > self.max_pending:
+            raise QueueFull(pending, created, self.max_pending)
 
     # -- results ------------------------------------------------------------------
 

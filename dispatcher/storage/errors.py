@@ -36,6 +36,20 @@ class WorkerStopping(StorageError):
         super().__init__(f"worker {worker_id} is stopping: it claims nothing more")
 
 
+class QueueFull(StorageError):
+    """A submission would take the pending count past MAX_PENDING_TASKS: none of it was
+    stored; the client tries again later."""
+
+    def __init__(self, pending: int, adding: int, limit: int):
+        self.pending, self.adding, self.limit = pending, adding, limit
+        held = f"more than {limit}" if pending > limit else str(pending)
+        more = "" if pending >= limit else f" and this submission adds {adding}"
+        super().__init__(
+            f"the queue holds {held} pending tasks{more}, the limit (MAX_PENDING_TASKS) is "
+            f"{limit}: try again later"
+        )
+
+
 class BadValue(StorageError):
     """A value the database cannot hold (PostgreSQL text and a NUL character)."""
 

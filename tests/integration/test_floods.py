@@ -109,7 +109,8 @@ def test_a_slow_client_is_cut_off_after_the_read_timeout(make_cluster):
 def test_polls_over_the_cap_get_429_and_a_worker_waits_then_claims(make_cluster):
     """DISPATCHER_CONNECTIONS=20: the process holds at most 10 polls (one process, so
     that every connection meets the same count). A worker that starts while it is full
-    is told 429, waits, and claims once a poll ends."""
+    is told 429, waits (its client tries the claim again after Retry-After), and claims
+    once a poll ends."""
     cluster = make_cluster(DISPATCHER_CONNECTIONS="20", DISPATCHER_PROCESSES="1")
     cluster.start_dispatcher()
     with HeldPolls(cluster.port, 40, wait=POLL_WAIT_S, queue="idle") as polls:
@@ -125,7 +126,7 @@ def test_polls_over_the_cap_get_429_and_a_worker_waits_then_claims(make_cluster)
         assert "retry after" in refused[0][1]["error"]
         worker = cluster.start_worker("w1")  # nothing to do: it asks to wait
         wait_for(
-            lambda: "dispatcher busy, polling again" in worker.log(200),
+            lambda: "dispatcher answered 429, trying again" in worker.log(200),
             30,
             lambda: f"the worker never met the cap:\n{worker.log()}",
         )

@@ -19,6 +19,7 @@ from common.config import Config
 from dispatcher.errors import (
     Conflict,
     LeaseConflict,
+    QueueFull,
     TaskNotFound,
     WorkerStopping,
     WorkerTakenOver,
@@ -1057,3 +1058,74 @@ def test_workers_gone_longer_than_forget_after_are_forgotten(storage):
     report = storage.reap(now=T0 + 1001, dead_after=600, retention_s=0, forget_after=1000)
     assert report.forgotten == 2
     assert [w["worker_id"] for w in storage.workers(T0 + 1001, 600)] == ["w-alive"]
+
+
+# -- MAX_PENDING_TASKS ---------------------------------------------------------------------
+
+
+def pending_count(storage) -> int:
+    return storage.stats(now=T0, dead_after=FOREVER)["tasks"]["pending"]
+
+
+@pytest.fixture
+def capped(storage):  # a queue that may hold 3 pending tasks
+    storage.max_pending = 3
+    return storage
+
+
+def test_a_submission_up_to_the_limit_passes(capped):
+    capped.submit([new_task(), new_task()], now=T0)
+    capped.submit([new_task()], now=T0)  # the third: at the limit, not past it
+    assert pending_count(capped) == 3
+
+
+def test_a_submission_past_the_limit_is_refused_and_stores_nothing(capped):
+    capped.submit([new_task() for _ in range(3)], now=T0)
+    with pytest.raises(QueueFull) as refused:
+        capped.submit([new_task(idempotency_key="k1")], now=T0)
+    assert "MAX_PENDING_TASKS" in str(refused.value) and "3" in str(refused.value)
+    assert http_status(refused.value) == 429
+    with pytest.raises(QueueFull):
+        capped.submit([new_task()], now=T0)  # the bulk path too
+    assert pending_count(capped) == 3 and total(capped) == 3
+
+
+def test_a_batch_that_would_cross_the_limit_is_refused_whole(capped):
+    capped.submit([new_task()], now=T0)
+    with pytest.raises(QueueFull) as refused:
+        capped.submit([new_task() for _ in range(3)], now=T0)
+    assert "adds 3" in str(refused.value)
+    with pytest.raises(QueueFull):  # with keys: the rollback undoes the inserted ones
+        capped.submit([new_task(idempotency_key=f"b{i}") for i in range(3)], now=T0)
+    assert pending_count(capped) == 1 and total(capped) == 1
+    [(_, created)] = capped.submit([new_task(idempotency_key="b0")], now=T0)
+    assert created  # b0 was not kept by the refused batch
+
+
+def test_claimed_tasks_make_room_and_a_repeat_is_never_refused(capped):
+    [(first, _)] = capped.submit([new_task(idempotency_key="same")], now=T0)
+    capped.submit([new_task(), new_task()], now=T0)
+    assert capped.submit([new_task(idempotency_key="same")], now=T0) == [(first, False)]
+    with pytest.raises(QueueFull):
+        capped.submit([new_task()], now=T0)
+    assert len(claim(capped, max_tasks=2)) == 2  # no longer pending
+    capped.submit([new_task(), new_task()], now=T0 + 1)
+    assert pending_count(capped) == 3
+
+
+def test_far_below_the_limit_submissions_do_not_count_each_time(storage):
+    storage.max_pending = 1000
+    counts = []
+    real = storage._pending_before
+
+    def counting(tx, adding, now):
+        pending = real(tx, adding, now)
+        counts.append(pending)
+        return pending
+
+    storage._pending_before = counting
+    for _ in range(10):
+        storage.submit([new_task()], now=T0)
+    assert counts[0] == 0 and counts[1:] == [None] * 9  # one count, then the estimate
+    storage.submit([new_task()], now=T0 + 2)  # the estimate is too old: counted again
+    assert counts[-1] == 10
