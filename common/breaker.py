@@ -51,6 +51,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         name: str = "dispatcher",
+        on_failure: Callable[[], None] | None = None,
     ):
         if failures < 1:
             raise ValueError("failures must be at least 1")
@@ -66,6 +67,7 @@ class CircuitBreaker:
         self._until = 0.0  # open: no call before this time (clock)
         self._probe = False  # half-open: the probe call is out
         self._lock = threading.Lock()
+        self.on_failure = on_failure  # called for each failed call (the worker's metrics)
 
     @property
     def state(self) -> str:
@@ -122,6 +124,8 @@ class CircuitBreaker:
 
     def failure(self, why: object = "") -> None:
         """The call got no answer, or a 5xx."""
+        if self.on_failure is not None:
+            self.on_failure()
         with self._lock:
             if self._state is CLOSED:
                 self._failures += 1

@@ -65,6 +65,7 @@ class Config:
     worker_shutdown_grace: float = 30.0
     worker_breaker_failures: int = 5
     worker_breaker_max_backoff: float = 30.0
+    worker_metrics_port: int = 0
     worker_queues: str = "default"
     task_modules: str = ""
     database_pool_size: int = 10
@@ -131,6 +132,8 @@ class Config:
             )
         if not 0 < self.dispatcher_port < 65536:
             raise ConfigError("DISPATCHER_PORT must be between 1 and 65535")
+        if not 0 <= self.worker_metrics_port < 65536:
+            raise ConfigError("WORKER_METRICS_PORT must be between 0 (off) and 65535")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 
 from common.config import Config, ConfigError, print_config_error
 from common.logs import setup_logging
@@ -55,6 +57,33 @@ def _prepare(config: Config) -> int:
     return 0
 
 
+METRICS_PREFIX = "taskqueue-metrics-"
+
+
+def metrics_directory() -> str:
+    """A fresh, empty directory for Prometheus's multiprocess files, named after this
+    process; those of dispatchers no longer running (killed with -9, so they could not
+    remove theirs) are removed first."""
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        if not name.startswith(METRICS_PREFIX):
+            continue
+        pid = name[len(METRICS_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    return True
+
+
 def main() -> int:
     try:
         config = Config.from_env()
@@ -82,7 +111,15 @@ def main() -> int:
             "listening on %s without API_TOKEN: anyone who can reach this port can use the API",
             host,
         )
-    Server(config).run()
+    # Prometheus's multiprocess mode: a fresh, empty directory per start, made before
+    # the server forks and before anything imports prometheus_client (it reads the
+    # variable at import); removed when the server stops.
+    metrics_dir = metrics_directory()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        Server(config).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -19,10 +19,11 @@ from common import logs
 from common.config import Config
 from common.logs import setup_logging
 
-from . import errors, routes
+from . import errors, metrics, routes
 from .errors import Unauthorized
 from .longpoll import Held, ReadyCache
 from .storage import Storage, open_storage
+from .storage.errors import DatabaseUnavailable
 from .wakeup import Wakeup
 
 log = logging.getLogger("dispatcher")
@@ -42,6 +43,7 @@ class Context:
     clock: Callable[[], float]
     held: Held
     ready: ReadyCache
+    metrics: metrics.Exposition
 
 
 def create_app(
@@ -67,8 +69,10 @@ def create_app(
         clock,
         Held(config.dispatcher_connections // 2),
         ReadyCache(storage, clock),
+        metrics.Exposition(lambda: storage.stats(now=clock(), dead_after=config.worker_dead_after)),
     )
     app.extensions["taskqueue"] = ctx
+    app.wsgi_app = metrics.Timing(app.wsgi_app, current_rule)
     app.wsgi_app = RequestIds(app.wsgi_app)  # outermost: every response carries one
     if config.api_token:
         app.before_request(_require_token(config.api_token))
@@ -120,6 +124,14 @@ class RequestIds:
 def current_request_id() -> str | None:
     """The id of the request being served (None outside one: the reaper, start-up)."""
     return request.environ.get(REQUEST_ID_KEY) if has_request_context() else None
+
+
+def current_rule() -> str | None:
+    """The rule of the route being served (None when no route matched)."""
+    if not has_request_context():
+        return None
+    rule = request.url_rule
+    return None if rule is None else rule.rule
 
 
 def _require_token(token: str):
@@ -192,6 +204,10 @@ def _reaper(ctx: Context) -> None:
                 log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
             if report.deleted:
                 log.info("deleted %d finished tasks past retention", report.deleted)
+            if report.expired:
+                metrics.LEASE_EXPIRATIONS.inc(len(report.expired))
         except Exception as exc:  # the reaper never dies; the next sweep tries again
+            if isinstance(exc, DatabaseUnavailable):
+                metrics.DATABASE_ERRORS.inc()
             log.error("reap failed: %s", exc)
         time.sleep(config.reap_interval)

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from tasks import InvalidPayload
 
+from . import metrics
 from .storage.errors import (  # noqa: F401  (re-exported: the app's names for them)
     BadValue,
     Conflict,
@@ -92,6 +93,8 @@ def register(app: Flask) -> None:
     @app.errorhandler(InvalidPayload)
     def client_error(exc: Exception):
         headers = {}
+        if isinstance(exc, DatabaseUnavailable):
+            metrics.DATABASE_ERRORS.inc()
         if isinstance(exc, TooManyHeld):
             headers["Retry-After"] = str(exc.retry_after)
         elif isinstance(exc, QueueFull):  # the queue drains at the workers' pace: soon

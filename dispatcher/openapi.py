@@ -282,6 +282,17 @@ def _operations(config: Config, requests: b.Requests) -> dict:
             },
             security=[],
         ),
+        "/metrics": _operation(
+            "get",
+            "Prometheus metrics (text format 0.0.4); docs/API.md lists the names",
+            {
+                "200": {
+                    "description": "counters summed over the server processes, gauges read "
+                    "from storage at most once a second",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        ),
         "/openapi.json": {
             "get": {
                 "summary": "This document",

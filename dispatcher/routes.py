@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
-from . import longpoll, openapi, parse
+from . import longpoll, metrics, openapi, parse
 from .errors import CLIENT_ERRORS, RequestTimeout, WorkerStopping, http_status
 from .storage import FINISHED
 
@@ -85,6 +85,7 @@ def submit_task():
     task = parse.new_task(json_body(), c.config, c.registry)
     [(task_id, created)] = c.storage.submit([task], now=c.clock())
     if created:
+        metrics.SUBMITTED.labels(task.queue, task.type).inc()
         log.info(
             "submitted task %s type=%s queue=%s",
             task_id,
@@ -102,6 +103,7 @@ def submit_tasks():
     c = ctx()
     tasks = parse.new_tasks(json_body(), c.config, c.registry)
     ids = c.storage.submit(tasks, now=c.clock())
+    metrics.count_submitted(tasks, (created for _, created in ids))
     if log.isEnabledFor(logging.INFO):
         for (task_id, created), task in zip(ids, tasks, strict=True):
             if created:
@@ -151,6 +153,7 @@ def submit_result():
     c = ctx()
     item = parse.result(json_body())
     [outcome] = c.storage.finish([item], now=c.clock())
+    metrics.count_results((outcome,), is_fenced)
     known = {"task_id": item.task_id, "worker_id": item.worker_id}
     if isinstance(outcome, Exception):
         log.warning(
@@ -183,6 +186,7 @@ def submit_results():
                 task_id = None
             answers[i] = {"task_id": task_id, "error": str(exc), "code": http_status(exc)}
     outcomes = c.storage.finish(good, now=c.clock()) if good else []
+    metrics.count_results(outcomes, is_fenced)
     for i, item, outcome in zip(positions, good, outcomes, strict=True):
         known = {"task_id": item.task_id, "worker_id": item.worker_id}
         if isinstance(outcome, Exception):
@@ -289,6 +293,7 @@ def list_tasks():
 def cancel_task(task_id: str):
     c = ctx()
     status = c.storage.cancel(task_id, now=c.clock())
+    metrics.FINISHED.labels("cancelled").inc()
     log.info("cancelled task %s", task_id, extra={"task_id": task_id})
     return {"task_id": task_id, "status": status}
 
@@ -321,6 +326,15 @@ def health():
     if problem is None:
         return {"status": "ok"}
     return {"status": "degraded", "error": problem}
+
+
+@bp.get("/metrics")
+def metrics_text():
+    return ctx().metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE}
+
+
+def is_fenced(exc: Exception) -> bool:
+    return http_status(exc) == 409
 
 
 @bp.get("/openapi.json")

@@ -57,6 +57,7 @@ class Server(BaseApplication):
             "proc_name": "taskqueue-dispatcher",
             "control_socket_disable": True,  # one shared path would clash between dispatchers
             "logger_class": GunicornLogger,  # its lines in LOG_FORMAT too (no access log)
+            "child_exit": child_exit,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
@@ -70,6 +71,13 @@ class Server(BaseApplication):
         # submission otherwise, once every few calls).
         gc.freeze()
         return app
+
+
+def child_exit(server, worker) -> None:
+    """A server process ended: its metrics files are marked dead (metrics.py)."""
+    from .metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
 
 
 class GunicornLogger(glogging.Logger):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from common.client import ApiError, Client, DispatcherUnreachable
 
+from . import metrics
 from .cache import ResultCache
 
 log = logging.getLogger("worker")
@@ -173,6 +174,7 @@ class Reporter:
             with self._count_lock:
                 self.cache.put(r, now)
                 self._cached += 1
+            metrics.RESULTS_CACHED.inc()
             log.warning(
                 "result of task %s cached worker=%s: dispatcher did not take it (%s)",
                 r["task_id"],

@@ -37,6 +37,7 @@ from common.breaker import CircuitBreaker
 from common.client import ApiError, Client, Dispatchers, DispatcherUnreachable
 from common.config import Config
 
+from . import metrics
 from .cache import ResultCache
 from .pool import TaskPool, outcomes
 from .prefetch import TARGET_S as PREFETCH_TARGET_S
@@ -109,7 +110,9 @@ class Worker:
         # one circuit breaker for all of them: after WORKER_BREAKER_FAILURES failed calls
         # in a row, no thread calls the dispatcher until the breaker's back-off is over
         self.breaker = CircuitBreaker(
-            config.worker_breaker_failures, config.worker_breaker_max_backoff
+            config.worker_breaker_failures,
+            config.worker_breaker_max_backoff,
+            on_failure=lambda: metrics.DISPATCHER_ERRORS.inc(),
         )
         self.prefetch = Prefetch(config.prefetch, config.worker_concurrency, config.max_batch)
         self.pool = TaskPool(
@@ -164,6 +167,9 @@ class Worker:
             ",".join(self.config.queues),
             " burst" if burst else "",
         )
+        if self.config.worker_metrics_port:
+            metrics.serve(self.config.worker_metrics_port, "0.0.0.0", lambda: self.breaker.state)
+            log.info("worker metrics on port %d", self.config.worker_metrics_port)
         self.pool.warm()
         self.reporter.flush_cache()  # results a previous run could not deliver
         self.reporter.start()
@@ -330,8 +336,11 @@ class Worker:
         else:
             if isinstance(bodies, str):
                 bodies = [{"status": "failed", "error": bodies}]
+            each = elapsed / len(chunk)
             for claim, body in zip(chunk, bodies, strict=True):
                 if claim["task_id"] not in abandoned:
+                    metrics.TASKS_RUN.labels(claim["type"], body["status"]).inc()
+                    metrics.TASK_SECONDS.labels(claim["type"]).observe(each)
                     self._report(claim, body, elapsed)
         with self.cv:
             for claim in chunk:

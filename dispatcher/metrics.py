@@ -1,0 +1,176 @@
+"""GET /metrics: Prometheus counters and histograms kept by the request path, and gauges
+read from storage at scrape time.
+
+Across gunicorn's processes the counters use prometheus_client's multiprocess mode:
+`python -m dispatcher` makes a fresh PROMETHEUS_MULTIPROC_DIR before the server forks
+(see __main__.py), each process writes its values there, and a scrape, answered by any
+process, adds them up. Without that variable (the tests that call create_app in-process)
+the counters live in prometheus_client's default registry.
+
+Label sets, honestly: a result names only its task id, so the counters fed by results,
+cancellations and the reaper (finished, retries, lease expirations) carry no queue or
+type label; submissions carry both (docs/API.md lists every name).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from .storage.errors import DatabaseUnavailable
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+GAUGE_CACHE_S = 1.0  # storage is read at most once a second, whatever the scrape rate
+
+SUBMITTED = Counter("taskqueue_tasks_submitted", "Tasks created by submissions", ["queue", "type"])
+FINISHED = Counter(
+    "taskqueue_tasks_finished",
+    "Tasks finished: results accepted as completed or (finally) failed, and cancellations",
+    ["outcome"],
+)
+RETRIES = Counter("taskqueue_task_retries", "Failed results sent back to pending for a retry")
+LEASE_EXPIRATIONS = Counter("taskqueue_lease_expirations", "Leases found expired by the reaper")
+FENCED = Counter("taskqueue_fenced_results", "Results refused with 409 (fenced)")
+DATABASE_ERRORS = Counter(
+    "taskqueue_database_errors", "Requests or reaper sweeps that lost the database"
+)
+REQUEST_DURATION = Histogram(
+    "taskqueue_http_request_duration_seconds",
+    "Time to answer a request, by route rule",
+    ["endpoint", "method", "status"],
+)
+
+
+def count_submitted(tasks: Iterable, created: Iterable[bool]) -> None:
+    tally = Tally((t.queue, t.type) for t, new in zip(tasks, created, strict=True) if new)
+    for (queue, type_), n in tally.items():
+        SUBMITTED.labels(queue, type_).inc(n)
+
+
+def count_results(outcomes: Iterable[str | Exception], is_fenced: Callable) -> None:
+    completed = failed = retried = fenced = 0
+    for o in outcomes:
+        if o == "completed":
+            completed += 1
+        elif o == "failed":
+            failed += 1
+        elif o == "pending":
+            retried += 1
+        elif isinstance(o, Exception) and is_fenced(o):
+            fenced += 1
+    if completed:
+        FINISHED.labels("completed").inc(completed)
+    if failed:
+        FINISHED.labels("failed").inc(failed)
+    if retried:
+        RETRIES.inc(retried)
+    if fenced:
+        FENCED.inc(fenced)
+
+
+class StorageCollector:
+    """taskqueue_tasks, taskqueue_oldest_pending_age_seconds and taskqueue_workers from
+    storage.stats(), cached for GAUGE_CACHE_S."""
+
+    def __init__(self, stats: Callable[[], dict], clock: Callable[[], float] = time.monotonic):
+        self.stats = stats
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.cached: dict | None = None
+        self.read_at = float("-inf")
+
+    def current(self) -> dict:
+        with self.lock:
+            if self.cached is None or self.clock() - self.read_at >= GAUGE_CACHE_S:
+                self.cached = self.stats()
+                self.read_at = self.clock()
+            return self.cached
+
+    def collect(self):
+        try:
+            s = self.current()
+        except DatabaseUnavailable:  # the counters still go out; the gauges are missing
+            DATABASE_ERRORS.inc()
+            return
+        tasks = GaugeMetricFamily(
+            "taskqueue_tasks", "Tasks by queue and status", labels=["queue", "status"]
+        )
+        for queue, counts in sorted(s["queues"].items()):
+            for status, n in counts.items():
+                tasks.add_metric([queue, status], n)
+        yield tasks
+        age = s["oldest_pending_age_seconds"]
+        yield GaugeMetricFamily(
+            "taskqueue_oldest_pending_age_seconds",
+            "Wait of the oldest ready pending task, all queues (0 when none)",
+            value=age or 0.0,
+        )
+        workers = GaugeMetricFamily("taskqueue_workers", "Workers by status", labels=["status"])
+        for status in ("alive", "dead", "stopped"):
+            workers.add_metric([status], s["workers"][status])
+        yield workers
+
+
+class Exposition:
+    """What GET /metrics answers: the counters (summed over the server processes in
+    multiprocess mode) and this app's storage gauges."""
+
+    def __init__(self, stats: Callable[[], dict]):
+        self.gauges = CollectorRegistry(auto_describe=False)
+        self.collector = StorageCollector(stats)
+        self.gauges.register(self.collector)
+        self.shared: CollectorRegistry | None = None
+        if os.environ.get(MULTIPROC_ENV):
+            self.shared = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(self.shared)
+
+    def render(self) -> bytes:
+        counters = generate_latest(self.shared if self.shared is not None else REGISTRY)
+        return counters + generate_latest(self.gauges)
+
+
+class Timing:
+    """WSGI middleware: one histogram observation per request, labelled with the route's
+    rule (not the raw path, so task ids do not make new series)."""
+
+    def __init__(self, app, current_rule: Callable[[], str | None]):
+        self.app = app
+        self.current_rule = current_rule
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        seen = {}
+
+        def start(status, headers, exc_info=None):
+            seen["status"] = status[:3]
+            seen["rule"] = self.current_rule()
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, start)
+        finally:
+            REQUEST_DURATION.labels(
+                seen.get("rule") or "unmatched",
+                environ.get("REQUEST_METHOD", ""),
+                seen.get("status", "500"),
+            ).observe(time.perf_counter() - started)
+
+
+def mark_process_dead(pid: int) -> None:
+    """gunicorn's child_exit hook: the live-gauge files of a dead process go."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
