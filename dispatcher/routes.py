@@ -86,16 +86,15 @@ def submit_task():
     [(task_id, created)] = c.storage.submit([task], now=c.clock())
     if created:
         metrics.SUBMITTED.labels(task.queue, task.type).inc()
-        log.info(
-            "submitted task %s type=%s queue=%s",
-            task_id,
-            task.type,
-            task.queue,
-            extra={"task_id": task_id, "queue": task.queue},
-        )
+        _log_submitted(task_id, task)
         return {"task_id": task_id, "status": "pending"}, 201
     log.info("idempotent repeat of task %s key=%s", task_id, task.idempotency_key)
     return {"task_id": task_id, "status": c.storage.status_of(task_id)}, 200
+
+
+def _log_submitted(task_id: str, task) -> None:
+    extra = {"task_id": task_id, "queue": task.queue}
+    log.info("submitted task %s type=%s queue=%s", task_id, task.type, task.queue, extra=extra)
 
 
 @bp.post("/submit-tasks")
@@ -107,13 +106,7 @@ def submit_tasks():
     if log.isEnabledFor(logging.INFO):
         for (task_id, created), task in zip(ids, tasks, strict=True):
             if created:
-                log.info(
-                    "submitted task %s type=%s queue=%s",
-                    task_id,
-                    task.type,
-                    task.queue,
-                    extra={"task_id": task_id, "queue": task.queue},
-                )
+                _log_submitted(task_id, task)
     return {"task_ids": [task_id for task_id, _ in ids]}, 201
 
 
