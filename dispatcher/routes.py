@@ -141,25 +141,25 @@ def get_task():
     return {"tasks": [with_iso(t) for t in tasks]}
 
 
+def _log_result(item, outcome: str | Exception) -> None:
+    known = {"task_id": item.task_id, "worker_id": item.worker_id}
+    if isinstance(outcome, Exception):
+        message = "refused result task %s worker=%s: %s"
+        log.warning(message, item.task_id, item.worker_id, outcome, extra=known)
+    else:
+        message = "result task %s worker=%s status=%s"
+        log.info(message, item.task_id, item.worker_id, outcome, extra=known)
+
+
 @bp.post("/submit-result")
 def submit_result():
     c = ctx()
     item = parse.result(json_body())
     [outcome] = c.storage.finish([item], now=c.clock())
     metrics.count_results((outcome,), is_fenced)
-    known = {"task_id": item.task_id, "worker_id": item.worker_id}
+    _log_result(item, outcome)
     if isinstance(outcome, Exception):
-        log.warning(
-            "refused result task %s worker=%s: %s",
-            item.task_id,
-            item.worker_id,
-            outcome,
-            extra=known,
-        )
         raise outcome
-    log.info(
-        "result task %s worker=%s status=%s", item.task_id, item.worker_id, outcome, extra=known
-    )
     return {"task_id": item.task_id, "status": outcome}
 
 
@@ -181,28 +181,14 @@ def submit_results():
     outcomes = c.storage.finish(good, now=c.clock()) if good else []
     metrics.count_results(outcomes, is_fenced)
     for i, item, outcome in zip(positions, good, outcomes, strict=True):
-        known = {"task_id": item.task_id, "worker_id": item.worker_id}
+        _log_result(item, outcome)
         if isinstance(outcome, Exception):
-            log.warning(
-                "refused result task %s worker=%s: %s",
-                item.task_id,
-                item.worker_id,
-                outcome,
-                extra=known,
-            )
             answers[i] = {
                 "task_id": item.task_id,
                 "error": str(outcome),
                 "code": http_status(outcome),
             }
         else:
-            log.info(
-                "result task %s worker=%s status=%s",
-                item.task_id,
-                item.worker_id,
-                outcome,
-                extra=known,
-            )
             answers[i] = {"task_id": item.task_id, "status": outcome}
     return {"results": answers}
 
