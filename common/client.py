@@ -360,14 +360,22 @@ class Client:
         return self.call("POST", "/submit-results", {"results": results})["results"]
 
     def heartbeat(
-        self, worker_id: str, instance_id: str, task_ids: list[str], state: str | None = None
+        self,
+        worker_id: str,
+        instance_id: str,
+        task_ids: list[str],
+        state: str | None = None,
+        concurrency: int | None = None,
     ) -> dict:
-        """`state`: "stopping" (claims nothing more) or "stopped" (gone, not dead)."""
+        """`state`: "stopping" (claims nothing more) or "stopped" (gone, not dead);
+        `concurrency`: the tasks it runs at once (shown by GET /workers)."""
         body: dict[str, Any] = {"worker_id": worker_id, "task_ids": task_ids}
         if instance_id:
             body["instance_id"] = instance_id
         if state:
             body["state"] = state
+        if concurrency:
+            body["concurrency"] = concurrency
         return self.call("POST", "/heartbeat", body)
 
     def release(self, worker_id: str, tasks: list[tuple[str, str]]) -> int:

@@ -97,6 +97,7 @@ class Heartbeat(Body):
         )
         | None
     ) = None
+    concurrency: _field(int, "tasks it runs at once (GET /workers shows it)", ge=1) | None = None
 
 
 # -- request bodies whose bounds or defaults are settings ----------------------------
@@ -303,6 +304,10 @@ class Stats(Answer):
     oldest_pending_age_seconds: Annotated[float, Meta(ge=0)] | None
     queues: dict[str, Counts]
     types: dict[str, Counts]
+    queue_oldest_pending_age_seconds: _field(
+        dict[str, Annotated[float, Meta(ge=0)]],
+        "each queue's oldest ready pending task's wait (queues with none left out)",
+    )
 
 
 class Worker(Answer):
@@ -315,6 +320,7 @@ class Worker(Answer):
     queues: _field(list[str], "the queues of its last claim; null before its first") | None
     attempts_completed: _field(int, "attempts it ran to completion (not tasks)", ge=0)
     attempts_failed: _field(int, "attempts it reported failed (a task retried counts each)", ge=0)
+    concurrency: _field(int, "tasks it runs at once, as its heartbeats say", ge=1) | None
 
 
 class Workers(Answer):

@@ -113,12 +113,15 @@ class StorageCollector:
             for status, n in counts.items():
                 tasks.add_metric([queue, status], n)
         yield tasks
-        age = s["oldest_pending_age_seconds"]
-        yield GaugeMetricFamily(
+        ages = s["queue_oldest_pending_age_seconds"]
+        age = GaugeMetricFamily(
             "taskqueue_oldest_pending_age_seconds",
-            "Wait of the oldest ready pending task, all queues (0 when none)",
-            value=age or 0.0,
+            "Wait of the queue's oldest ready pending task (0 when none)",
+            labels=["queue"],
         )
+        for queue in sorted(s["queues"]):
+            age.add_metric([queue], ages.get(queue, 0.0))
+        yield age
         workers = GaugeMetricFamily("taskqueue_workers", "Workers by status", labels=["status"])
         for status in ("alive", "dead", "stopped"):
             workers.add_metric([status], s["workers"][status])

@@ -221,6 +221,7 @@ def heartbeat():
         now=now,
         lease_s=c.config.lease_seconds,
         state=state,
+        concurrency=beat.concurrency,
     )
     if state is not None:  # from now on its claims get nothing (the worker ends its own)
         log.info("worker %s is %s", worker_id, state, extra={"worker_id": worker_id})

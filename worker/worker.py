@@ -556,7 +556,12 @@ class Worker:
             with self.cv:
                 task_ids = [*self.running, *(c["task_id"] for c in self.buffer)]
             try:
-                reply = client.heartbeat(self.worker_id, self.instance_id, task_ids)
+                reply = client.heartbeat(
+                    self.worker_id,
+                    self.instance_id,
+                    task_ids,
+                    concurrency=self.config.worker_concurrency,
+                )
             except DispatcherUnreachable as exc:
                 log.warning("heartbeat failed worker=%s: %s", self.worker_id, exc)
             except ApiError as exc:

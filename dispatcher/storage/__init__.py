@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -152,12 +152,14 @@ class Storage(Protocol):
         now: float,
         lease_s: float,
         state: str | None = None,
+        concurrency: int | None = None,
     ) -> list[str]:
         """Registers or refreshes the worker and extends to now + lease_s the leases of
         the listed tasks it holds in_progress (without a list: all of them). Returns the
         listed tasks it should abandon (cancelled, finished, deleted, leased to
         another). `state`: stopping (give it no more tasks) or stopped (it is gone,
-        not dead). Raises WorkerTakenOver for a retired instance."""
+        not dead); `concurrency`, the tasks it runs at once, is kept when given.
+        Raises WorkerTakenOver for a retired instance."""
 
     def release(self, worker_id: str, tasks: list[tuple[str, str]], now: float) -> int:
         """in_progress -> pending at once for the (task_id, lease_token) pairs this
@@ -191,6 +193,14 @@ class Storage(Protocol):
 
     def stats(self, now: float, dead_after: float) -> dict:
         """The counts of GET /stats (stats_dict in rows.py)."""
+
+    def finished_since(self, since: float) -> list[Mapping]:
+        """Tasks finished since `since` as rows of (queue, status, minute, n), minute
+        being floor(finished_at / 60): a range of the finished-tasks index."""
+
+    def oldest_pending(self, queues: Iterable[str]) -> dict[str, float]:
+        """Each queue's earliest pending run_at, one index lookup per queue (queues
+        without pending tasks left out)."""
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
         """Every worker not yet forgotten, with the tasks it holds (worker_dict)."""

@@ -18,7 +18,7 @@ so two dispatchers racing for one transition cannot both win.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -35,16 +35,30 @@ from .errors import (
 from .rows import EXPIRED_ERROR, dumps
 
 T = TypeVar("T")
-SCHEMA_VERSION = 3  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
+SCHEMA_VERSION = 4  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 TASK_COLUMNS = ", ".join(["id", *rows.TASK_KEYS])
 
 # -- the schema, in PostgreSQL's words (sqlite.py translates it) ----------------------
 
+# version 2's index of the oldest ready task (SQLite's migration 1 -> 2 still makes it)
 PENDING_AGE_INDEX = "CREATE INDEX tasks_pending_age ON tasks (run_at) WHERE status = 'pending'"
+# version 4's: the oldest ready task of each queue in one index lookup (/stats, /metrics
+# and the dashboard show each queue's age)
+PENDING_AGE_BY_QUEUE = (
+    "CREATE INDEX tasks_pending_age ON tasks (queue, run_at) WHERE status = 'pending'"
+)
 # the queues a worker last claimed from, a JSON list (NULL: it has not claimed yet)
 WORKER_QUEUES_COLUMN = "ALTER TABLE workers ADD COLUMN queues TEXT"
+# the tasks a worker runs at once, as its heartbeats say (NULL: not said yet)
+WORKER_CONCURRENCY_COLUMN = "ALTER TABLE workers ADD COLUMN concurrency INTEGER"
+# version 3 -> 4, on both databases
+TO_VERSION_4 = [
+    "DROP INDEX tasks_pending_age",
+    PENDING_AGE_BY_QUEUE,
+    WORKER_CONCURRENCY_COLUMN,
+]
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -61,7 +75,7 @@ SCHEMA = [
     """,
     # the claim: ready tasks of a queue, highest priority first, then oldest
     "CREATE INDEX tasks_ready ON tasks (queue, priority DESC, run_at) WHERE status = 'pending'",
-    PENDING_AGE_INDEX,  # the oldest ready task in one index lookup (/stats polls it often)
+    PENDING_AGE_BY_QUEUE,  # each queue's oldest ready task in one index lookup
     "CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE status = 'in_progress'",
     "CREATE INDEX tasks_by_worker ON tasks (worker_id) WHERE status = 'in_progress'",
     "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
@@ -79,7 +93,8 @@ SCHEMA = [
     CREATE TABLE workers (
         worker_id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, status TEXT NOT NULL,
         first_seen DOUBLE PRECISION NOT NULL, last_heartbeat DOUBLE PRECISION NOT NULL,
-        completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, queues TEXT
+        completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, queues TEXT,
+        concurrency INTEGER
     )
     """,
     """
@@ -201,19 +216,22 @@ SELECT id, status, worker_id, expired_failure FROM tasks WHERE id = ANY(%(ids)s)
 SELECT instance_id, status FROM workers WHERE worker_id = %(worker_id)s FOR UPDATE""",
     # (nothing) -> a worker, with the status its first call gives it
     REGISTER_WORKER="""
-INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat, queues)
-VALUES (%(worker_id)s, %(instance_id)s, %(status)s, %(now)s, %(now)s, %(queues)s)
+INSERT INTO workers (worker_id, instance_id, status, first_seen, last_heartbeat, queues,
+                     concurrency)
+VALUES (%(worker_id)s, %(instance_id)s, %(status)s, %(now)s, %(now)s, %(queues)s,
+        %(concurrency)s)
 ON CONFLICT (worker_id) DO NOTHING RETURNING 1""",
     RETIRE_INSTANCE="""
 INSERT INTO retired_instances VALUES (%(old)s, %(worker_id)s, %(now)s) ON CONFLICT DO NOTHING""",
     # a new instance takes the worker id over
     TAKE_OVER="""
 UPDATE workers SET instance_id = %(instance_id)s, status = %(status)s,
-       last_heartbeat = %(now)s, queues = coalesce(%(queues)s, queues)
+       last_heartbeat = %(now)s, queues = coalesce(%(queues)s, queues),
+       concurrency = coalesce(%(concurrency)s, concurrency)
  WHERE worker_id = %(worker_id)s""",
     TOUCH_WORKER="""
 UPDATE workers SET status = %(status)s, last_heartbeat = %(now)s,
-       queues = coalesce(%(queues)s, queues)
+       queues = coalesce(%(queues)s, queues), concurrency = coalesce(%(concurrency)s, concurrency)
  WHERE worker_id = %(worker_id)s""",
     WORKER_TASKS="""
 SELECT id, lease_token, attempts, max_retries FROM tasks
@@ -263,10 +281,14 @@ SELECT status, queue, type, count(*) AS n FROM tasks GROUP BY status, queue, typ
 SELECT (SELECT count(*) FROM workers
          WHERE status IN ('alive', 'stopping') AND last_heartbeat >= %(alive_after)s) AS alive,
        (SELECT count(*) FROM workers WHERE status = 'stopped') AS stopped,
-       (SELECT count(*) FROM workers) AS total,
-       (SELECT count(*) FROM tasks
-         WHERE finished_at >= %(minute_ago)s AND status = 'completed') AS recent,
-       (SELECT min(run_at) FROM tasks WHERE status = 'pending') AS oldest""",
+       (SELECT count(*) FROM workers) AS total""",
+    # the earliest run_at of a queue's pending tasks: one step down tasks_pending_age
+    OLDEST_PENDING_IN="""
+SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = %(queue)s""",
+    # tasks finished since %(since)s by queue, status and minute, from tasks_finished
+    FINISHED_SINCE="""
+SELECT queue, status, floor(finished_at / 60) AS minute, count(*) AS n FROM tasks
+ WHERE finished_at >= %(since)s GROUP BY queue, status, minute""",
     RUNNING_BY_WORKER="""
 SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at""",
     ALL_WORKERS='SELECT * FROM workers ORDER BY worker_id COLLATE "C"',
@@ -539,6 +561,7 @@ class SqlStorage:
         now: float,
         state: str | None = None,
         queues: tuple[str, ...] | None = None,
+        concurrency: int | None = None,
     ) -> str:
         """Register or refresh a worker, and return its status; a new instance of a
         known id takes it over and its earlier instance's tasks go back to the queue at
@@ -549,6 +572,7 @@ class SqlStorage:
             raise WorkerTakenOver(worker_id)
         args = dict(worker_id=worker_id, instance_id=instance_id, now=now, status=state or "alive")
         args["queues"] = None if queues is None else dumps(list(queues))
+        args["concurrency"] = concurrency
         row = tx.one(self.q.WORKER_LOCKED, args)
         if row is None:
             if tx.one(self.q.REGISTER_WORKER, args):
@@ -566,11 +590,13 @@ class SqlStorage:
         tx.execute(self.q.TOUCH_WORKER, args)
         return args["status"]
 
-    def heartbeat(self, worker_id, instance_id, task_ids, now, lease_s, state=None) -> list[str]:
+    def heartbeat(
+        self, worker_id, instance_id, task_ids, now, lease_s, state=None, concurrency=None
+    ) -> list[str]:
         until = now + lease_s
 
         def beat(tx: Tx) -> list[str]:
-            self._touch_worker(tx, worker_id, instance_id, now, state)
+            self._touch_worker(tx, worker_id, instance_id, now, state, concurrency=concurrency)
             if task_ids is None:
                 tx.execute(self.q.EXTEND_ALL, {"until": until, "worker_id": worker_id})
                 return []
@@ -709,8 +735,25 @@ class SqlStorage:
         return [rows.task_dict(r) for r in self._read(self.q.LIST_TASKS, args)]
 
     def stats(self, now: float, dead_after: float) -> dict:
-        groups, row = self._stats_rows({"alive_after": now - dead_after, "minute_ago": now - 60})
-        return rows.stats_dict(groups, row, now)
+        groups, row = self._stats_rows({"alive_after": now - dead_after})
+        pending = sorted({r["queue"] for r in groups if r["status"] == "pending"})
+        recent = self.finished_since(now - 60)
+        return rows.stats_dict(groups, row, now, recent, self.oldest_pending(pending))
+
+    def finished_since(self, since: float) -> list[Mapping]:
+        """(queue, status, minute, n): the tasks finished since `since`, counted by queue,
+        status and minute (floor(finished_at / 60)). A range of tasks_finished."""
+        return self._read(self.q.FINISHED_SINCE, {"since": since})
+
+    def oldest_pending(self, queues: Iterable[str]) -> dict[str, float]:
+        """Each queue's earliest pending run_at (queues without a pending task left out):
+        one index lookup per queue."""
+        out = {}
+        for queue in queues:
+            t = self._read(self.q.OLDEST_PENDING_IN, {"queue": queue})[0]["t"]
+            if t is not None:
+                out[queue] = t
+        return out
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
         running: dict[str, list[str]] = {}

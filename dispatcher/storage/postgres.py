@@ -51,7 +51,7 @@ SCHEMA = [
     "CREATE SEQUENCE changes",
 ]
 # Migrations from version N to N + 1, applied in order (the first PostgreSQL schema was 2)
-MIGRATIONS: dict[int, list[str]] = {2: [core.WORKER_QUEUES_COLUMN]}
+MIGRATIONS: dict[int, list[str]] = {2: [core.WORKER_QUEUES_COLUMN], 3: core.TO_VERSION_4}
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('taskqueue migrate ' || %s))"

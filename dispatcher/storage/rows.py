@@ -66,14 +66,17 @@ def worker_dict(r: Mapping, running: list[str], now: float, dead_after: float) -
         "queues": None if r["queues"] is None else loads(r["queues"]),
         "attempts_completed": r["completed"],
         "attempts_failed": r["failed"],
+        "concurrency": r["concurrency"],
     }
 
 
-def stats_dict(groups, row: Mapping, now: float) -> dict:
+def stats_dict(
+    groups, row: Mapping, now: float, recent: list[Mapping], oldest: Mapping[str, float]
+) -> dict:
     """GET /stats from the counts: `groups` are rows of (status, queue, type, n); `row`
-    has the workers' (alive, stopped, total), the tasks completed in the last minute
-    (recent) and the earliest run_at of a pending task (oldest: its wait counts only
-    once it is ready, submitted or its delay or back-off over)."""
+    has the workers' (alive, stopped, total); `recent` the tasks finished in the last
+    minute (queue, status, minute, n); `oldest` each queue's earliest pending run_at (its
+    wait counts only once it is ready, submitted or its delay or back-off over)."""
     tasks = dict.fromkeys(STATUSES, 0)
     queues: dict[str, dict[str, int]] = {}
     types: dict[str, dict[str, int]] = {}
@@ -82,15 +85,16 @@ def stats_dict(groups, row: Mapping, now: float) -> dict:
         for table, key in ((queues, r["queue"]), (types, r["type"])):
             counts = table.setdefault(key, dict.fromkeys(STATUSES, 0))
             counts[r["status"]] += r["n"]
-    oldest = row["oldest"] if row["oldest"] is not None and row["oldest"] <= now else None
+    ages = {queue: max(0.0, now - t) for queue, t in sorted(oldest.items()) if t <= now}
     alive, stopped = row["alive"], row["stopped"]
     return {
         "tasks": tasks,
         "workers": {"alive": alive, "dead": row["total"] - alive - stopped, "stopped": stopped},
-        "throughput_per_minute": row["recent"],
-        "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
+        "throughput_per_minute": sum(r["n"] for r in recent if r["status"] == "completed"),
+        "oldest_pending_age_seconds": max(ages.values(), default=None),
         "queues": queues,
         "types": types,
+        "queue_oldest_pending_age_seconds": ages,
     }
 
 

@@ -43,6 +43,7 @@ TOUCH_EVERY_S = 1.0  # an empty long poll refreshes its worker's last_heartbeat 
 MIGRATIONS: dict[int, list[str]] = {
     1: [core.PENDING_AGE_INDEX],  # version 2: /stats reads the queue's age from an index
     2: [core.WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
+    3: core.TO_VERSION_4,  # version 4: each queue's age from an index; worker concurrency
 }
 
 # -- SQLite's own statements ---------------------------------------------------------
@@ -56,12 +57,14 @@ VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"""
 # pending -> in_progress: one more attempt, a fresh random lease token for each task. By
 # rowid: the subquery is answered from tasks_ready alone and the update finds each row
 # without the id index; at 10^6 pending tasks this halves its cost (docs/PERFORMANCE.md).
+# Named: tasks_pending_age (queue, run_at) also fits the WHERE, but would read every
+# ready task of the queue to sort them by priority.
 CLAIM = """
 UPDATE tasks
    SET status = 'in_progress', attempts = attempts + 1, worker_id = :worker_id,
        lease_token = lower(hex(randomblob(16))), lease_expires_at = :now + :lease_s,
        started_at = :now, expired_failure = 0
- WHERE rowid IN (SELECT rowid FROM tasks
+ WHERE rowid IN (SELECT rowid FROM tasks INDEXED BY tasks_ready
                   WHERE status = 'pending' AND queue = :queue AND run_at <= :now
                   ORDER BY priority DESC, run_at LIMIT :max_tasks)
 RETURNING id, type, payload, attempts, timeout, lease_token, lease_expires_at, priority, run_at"""
@@ -74,7 +77,6 @@ HAS_TASKS = "SELECT 1 FROM sqlite_master WHERE name = 'tasks'"
 WORKER = "SELECT instance_id, status, last_heartbeat FROM workers WHERE worker_id = :worker_id"
 READY_IN = """
 SELECT 1 FROM tasks WHERE status = 'pending' AND queue = :queue AND run_at <= :now LIMIT 1"""
-NEXT_IN = "SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = :queue"
 
 # finished tasks past retention, a batch at a time, with their history
 PAST_RETENTION = """
@@ -85,11 +87,17 @@ SELECT json_group_array(id) AS ids FROM (
 DELETE_HISTORY = "DELETE FROM attempts WHERE task_id IN (SELECT value FROM json_each(:ids))"
 DELETE_TASKS = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(:ids))"
 
-# the oldest pending task for /stats: one step down tasks_pending_age. Left to itself the
-# planner walks tasks_counts and reads every pending row (0.6 ms at 5,000 pending, where
-# peerbench polls /stats every 10 ms while the workers run)
-OLDEST_PENDING = """
-SELECT min(run_at) FROM tasks INDEXED BY tasks_pending_age WHERE status = 'pending'"""
+# Two reads the planner left to itself answers from tasks_counts, reading every row of a
+# status: the oldest pending task of a queue (0.6 ms at 5,000 pending, where peerbench
+# polls /stats every 10 ms while the workers run) and the tasks finished lately (3.6 s
+# at 10^6 tasks when none finished in the last minute). Each is one range of its index.
+OLDEST_PENDING_IN = """
+SELECT min(run_at) AS t FROM tasks INDEXED BY tasks_pending_age
+ WHERE status = 'pending' AND queue = :queue"""
+FINISHED_SINCE = """
+SELECT queue, status, CAST(finished_at / 60 AS INTEGER) AS minute, count(*) AS n
+  FROM tasks INDEXED BY tasks_finished
+ WHERE finished_at >= :since GROUP BY queue, status, minute"""
 
 
 def for_sqlite(sql: str) -> str:
@@ -114,11 +122,7 @@ SCHEMA = [schema_for_sqlite(statement) for statement in core.SCHEMA]
 
 
 Q = statements(
-    for_sqlite,
-    CLAIM=CLAIM,
-    STATS_OTHERS=for_sqlite(core.SHARED["STATS_OTHERS"]).replace(
-        "(SELECT min(run_at) FROM tasks WHERE status = 'pending')", f"({OLDEST_PENDING.strip()})"
-    ),
+    for_sqlite, CLAIM=CLAIM, OLDEST_PENDING_IN=OLDEST_PENDING_IN, FINISHED_SINCE=FINISHED_SINCE
 )
 
 
@@ -292,8 +296,7 @@ class SqliteStorage(SqlStorage):
         return any(self._read(READY_IN, {"queue": q, "now": now}) for q in queues)
 
     def next_run_at(self, queues: tuple[str, ...]) -> float | None:
-        due = [self._read(NEXT_IN, {"queue": q})[0]["t"] for q in queues]
-        return min((t for t in due if t is not None), default=None)
+        return min(self.oldest_pending(queues).values(), default=None)
 
     def _delete_finished(self, tx: Tx, cutoff: float) -> int:
         ids = tx.one(PAST_RETENTION, {"cutoff": cutoff, "batch": core.DELETE_BATCH})["ids"]

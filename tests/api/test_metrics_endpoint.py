@@ -97,7 +97,7 @@ def test_storage_gauges_are_read_at_most_once_a_second():
         reads.append(now[0])
         return {
             "queues": {"q": {"pending": len(reads)}},
-            "oldest_pending_age_seconds": None,
+            "queue_oldest_pending_age_seconds": {},
             "workers": {"alive": 1, "dead": 0, "stopped": 0},
         }
 

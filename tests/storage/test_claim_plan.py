@@ -12,7 +12,7 @@ import pytest
 
 from common.config import Config
 from dispatcher.storage import NewTask, open_storage
-from dispatcher.storage.sqlite import CLAIM, OLDEST_PENDING
+from dispatcher.storage.sqlite import CLAIM, FINISHED_SINCE, OLDEST_PENDING_IN
 
 T0 = 1_700_000_000.0
 BATCHES, BATCH = 20, 10_000  # 200,000 tasks, one storage.submit per batch
@@ -78,13 +78,25 @@ def test_the_claim_uses_the_ready_index_without_scan_or_sort(loaded):
     assert not any("TEMP B-TREE" in step for step in plan), shown
 
 
-def test_stats_reads_the_oldest_pending_task_from_its_index(loaded):
+def test_stats_reads_each_queues_oldest_pending_task_from_its_index(loaded):
     storage, path, _ = loaded
     with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {OLDEST_PENDING}")]
-    assert plan == ["SEARCH tasks USING INDEX tasks_pending_age"], "\n".join(plan)
-    age = storage.stats(now=LATER, dead_after=60)["oldest_pending_age_seconds"]
-    assert age == pytest.approx(LATER - T0)  # the first batch's run_at
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {OLDEST_PENDING_IN}", ("x",))]
+    assert plan == ["SEARCH tasks USING INDEX tasks_pending_age (queue=?)"], "\n".join(plan)
+    stats = storage.stats(now=LATER, dead_after=60)
+    assert stats["oldest_pending_age_seconds"] == pytest.approx(LATER - T0)  # the first batch
+    ages = stats["queue_oldest_pending_age_seconds"]
+    assert sorted(ages) == ["default", "other"], ages
+    assert ages["default"] == pytest.approx(LATER - T0)
+
+
+def test_the_tasks_finished_lately_are_read_from_their_index(loaded):
+    """Left to itself the planner counted them through tasks_counts, reading every row
+    of a status: 3.6 s at 10^6 tasks when none had finished in the last minute."""
+    _, path, _ = loaded
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {FINISHED_SINCE}", (T0,))]
+    assert plan[0] == "SEARCH tasks USING INDEX tasks_finished (finished_at>?)", "\n".join(plan)
 
 
 def test_the_claim_takes_the_highest_priority_then_the_oldest_of_its_queue(loaded):

@@ -888,6 +888,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
     with sqlite3.connect(path) as db:  # make the file what version 1 wrote
         db.execute("DROP INDEX tasks_pending_age")
         db.execute("ALTER TABLE workers DROP COLUMN queues")
+        db.execute("ALTER TABLE workers DROP COLUMN concurrency")
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -895,10 +896,11 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
     try:
         assert migrated.get(task_id)["status"] == "pending"
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+            index = db.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_pending_age'")
+            [(sql,)] = index.fetchall()
         db.close()
-        assert "tasks_pending_age" in names
+        assert "(queue, run_at)" in sql, sql  # version 4's shape, by way of version 2's
     finally:
         migrated.close()
 

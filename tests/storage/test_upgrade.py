@@ -1,19 +1,21 @@
-"""Databases made by the code before this one (schema version 2, commit 9a9130d),
-committed under tests/fixtures/: opened by this code they are migrated once and keep
-every task, result, error, attempt history, idempotency key, worker and live lease; an
-old worker's lease goes on working.
+"""Databases made by the code before this one, committed under tests/fixtures/: schema
+version 2 (commit 9a9130d) and version 3 (commit faa55a7). Opened by this code they are
+migrated once and keep every task, result, error, attempt history, idempotency key,
+worker and live lease; an old worker's lease goes on working.
 
-schema-v2.db and schema-v2-postgres.sql (pg_dump of schema tq_fixture_v2) hold the same
+schema-vN.db and schema-vN-postgres.sql (pg_dump of schema tq_fixture_vN) hold the same
 story: four tasks submitted at T0 (one with idempotency_key "key-1"), worker w-old
 (instance inst-1) claimed three at T0 + 1 with a 3,600 s lease, completed one, failed one
 (max_retries 0: failed for good), and heart-beat the third, still in progress; the fourth
-(queue slow) is pending."""
+(queue slow) is pending. Version 3 also knows the queues w-old claimed from."""
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from common.config import Config
 from dispatcher.storage import NewTask, Result, open_storage
@@ -29,7 +31,7 @@ def leases(rows) -> dict[str, tuple]:
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def check_kept(storage, lease_of: dict[str, tuple]) -> None:
+def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     tasks = {t["task_id"]: t for t in storage.list_tasks(None, None, 100, 0)}
     by_status = {}
     for t in tasks.values():
@@ -57,47 +59,51 @@ def check_kept(storage, lease_of: dict[str, tuple]) -> None:
     assert storage.finish([result], now=T0 + 21) == ["completed"]
     [w] = storage.workers(now=T0 + 22, dead_after=60)
     assert (w["worker_id"], w["status"], w["attempts_completed"]) == ("w-old", "alive", 2)
-    assert w["queues"] is None  # not known until it claims again
+    # version 2 did not know the queues, version 3 did; nobody knew the concurrency
+    assert w["queues"] == (None if version == 2 else ["default"])
+    assert w["concurrency"] is None
     storage.claim("w-old", "inst-1", ("default", "slow"), 1, now=T0 + 23, lease_s=60)
     [w] = storage.workers(now=T0 + 24, dead_after=60)
     assert w["queues"] == ["default", "slow"]
 
 
-def test_a_version_2_sqlite_file_is_migrated_and_keeps_everything(tmp_path):
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_older_sqlite_file_is_migrated_and_keeps_everything(tmp_path, version):
     path = tmp_path / "tasks.db"
-    shutil.copy(FIXTURES / "schema-v2.db", path)
+    shutil.copy(FIXTURES / f"schema-v{version}.db", path)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == version
         lease_of = leases(
             db.execute("SELECT id, lease_token, worker_id FROM tasks WHERE status = 'in_progress'")
         )
     db.close()
     storage = open_storage(Config(database_url=f"sqlite:///{path}"))
     try:
-        check_kept(storage, lease_of)
+        check_kept(storage, lease_of, version)
     finally:
         storage.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     db.close()
 
 
-def load_postgres_fixture(url: str, schema: str) -> None:
-    """The pg_dump of tq_fixture_v2, into `schema` (psql's \\ lines left out)."""
-    text = (FIXTURES / "schema-v2-postgres.sql").read_text()
+def load_postgres_fixture(url: str, schema: str, version: int) -> None:
+    """The pg_dump of tq_fixture_vN, into `schema` (psql's \\ lines left out)."""
+    text = (FIXTURES / f"schema-v{version}-postgres.sql").read_text()
     script = "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
     with connect() as admin:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.execute(script.replace("tq_fixture_v2", schema))
+        admin.execute(script.replace(f"tq_fixture_v{version}", schema))
 
 
-def test_a_version_2_postgresql_schema_is_migrated_and_keeps_everything():
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_older_postgresql_schema_is_migrated_and_keeps_everything(version):
     with fresh_schema_url() as url:
         schema = url.rsplit("%3D", 1)[1]
-        load_postgres_fixture(url, schema)
+        load_postgres_fixture(url, schema, version)
         with connect(url) as db:
             db.execute(f"SET search_path = {schema}")
-            assert db.execute("SELECT schema_version FROM meta").fetchone() == (2,)
+            assert db.execute("SELECT schema_version FROM meta").fetchone() == (version,)
             lease_of = leases(
                 db.execute(
                     "SELECT id, lease_token, worker_id FROM tasks WHERE status = 'in_progress'"
@@ -105,10 +111,10 @@ def test_a_version_2_postgresql_schema_is_migrated_and_keeps_everything():
             )
         storage = open_storage(Config(database_url=url))
         try:
-            check_kept(storage, lease_of)
+            check_kept(storage, lease_of, version)
         finally:
             storage.close()
         with connect(url) as db:
             db.execute(f"SET search_path = {schema}")
             assert db.execute("SELECT schema_version FROM meta").fetchone() == (PG_VERSION,)
-    assert PG_VERSION == 3
+    assert PG_VERSION == 4
