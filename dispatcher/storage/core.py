@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from ..retry import retry_at
-from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result, rows
+from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result, browse, rows
 from .errors import (
     Conflict,
     LeaseConflict,
@@ -293,6 +293,7 @@ SELECT queue, status, floor(finished_at / 60) AS minute, count(*) AS n FROM task
 SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at""",
     ALL_WORKERS='SELECT * FROM workers ORDER BY worker_id COLLATE "C"',
     PING="SELECT 1 AS one",
+    **browse.STATEMENTS,  # the dashboard's finders and bulk moves
 )
 
 
@@ -319,7 +320,7 @@ class Tx:
         return self.execute(sql, args).fetchall()
 
 
-class SqlStorage:
+class SqlStorage(browse.Browse):
     """The operations of the Storage contract (the Protocol in __init__.py declares their
     types and documents each); a backend subclasses it."""
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..localwake import LocalWake
-from . import STOPPING, NewTask, core
+from . import STOPPING, NewTask, browse, core
 from .core import SCHEMA_VERSION, SqlStorage, Tx, statements, upgrade
 from .errors import DatabaseUnavailable, DiskFull, ReadOnly, WorkerStopping
 from .rows import dumps
@@ -121,8 +121,23 @@ def schema_for_sqlite(sql: str) -> str:
 SCHEMA = [schema_for_sqlite(statement) for statement in core.SCHEMA]
 
 
+# a status few tasks have: its range of tasks_counts (the planner may walk the id index)
+FIND_BY_STATUS = for_sqlite(browse.STATEMENTS["FIND_BY_STATUS"]).replace(
+    "FROM tasks\n WHERE status", "FROM tasks INDEXED BY tasks_counts\n WHERE status"
+)
+
+# a walk down the id index (the planner may take tasks_counts for a status most have)
+FIND_IN_WINDOW = for_sqlite(browse.STATEMENTS["FIND_IN_WINDOW"]).replace(
+    "FROM tasks\n WHERE id", "FROM tasks INDEXED BY sqlite_autoindex_tasks_1\n WHERE id"
+)
+
 Q = statements(
-    for_sqlite, CLAIM=CLAIM, OLDEST_PENDING_IN=OLDEST_PENDING_IN, FINISHED_SINCE=FINISHED_SINCE
+    for_sqlite,
+    FIND_IN_WINDOW=FIND_IN_WINDOW,
+    CLAIM=CLAIM,
+    OLDEST_PENDING_IN=OLDEST_PENDING_IN,
+    FINISHED_SINCE=FINISHED_SINCE,
+    FIND_BY_STATUS=FIND_BY_STATUS,
 )
 
 
