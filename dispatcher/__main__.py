@@ -108,7 +108,8 @@ def main() -> int:
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not config.api_token:
         log.warning(
-            "listening on %s without API_TOKEN: anyone who can reach this port can use the API",
+            "listening on %s without API_TOKEN: anyone who can reach this port can use the API "
+            "and the dashboard (set API_TOKEN)",
             host,
         )
     # Prometheus's multiprocess mode: a fresh, empty directory per start, made before

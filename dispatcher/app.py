@@ -19,7 +19,7 @@ from common import logs
 from common.config import Config
 from common.logs import setup_logging
 
-from . import errors, metrics, routes
+from . import dashboard, errors, metrics, routes
 from .errors import Unauthorized
 from .longpoll import Held, ReadyCache
 from .storage import Storage, open_storage
@@ -78,6 +78,7 @@ def create_app(
         app.before_request(_require_token(config.api_token))
     app.before_request(_refuse_large_bodies(config.max_request_bytes))
     app.register_blueprint(routes.bp)
+    dashboard.register(app)
     errors.register(app)
     if background:
         ctx.wakeup.start()  # a LISTEN connection is ready before the first long poll
@@ -138,8 +139,8 @@ def _require_token(token: str):
     expected = f"Bearer {token}".encode()
 
     def check():
-        if request.path == "/health":
-            return None
+        if request.path == "/health" or dashboard.is_dashboard_path(request.path):
+            return None  # the dashboard has its own login (dashboard/auth.py)
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             raise Unauthorized("missing or wrong API token (Authorization: Bearer <token>)")

@@ -1,0 +1,328 @@
+"""The web dashboard: server-rendered pages (Jinja) at GET / and under /dashboard/.
+
+Overview (counts, a table per queue, a throughput chart that refreshes itself), Tasks
+(filters, pages of 50 newest first, bulk retry and cancel after a confirmation), Task
+(payload, result or error, the attempt timeline, cancel and retry) and Workers. Pages
+read storage through its named operations, like the API's routes; state changes are
+POSTs checked by auth.check_post. docs/DASHBOARD.md shows each page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+
+from common.statuses import STATUSES
+
+from .. import metrics
+from ..storage.browse import BULK, TaskFilter
+from ..storage.errors import Conflict, TaskNotFound
+from . import auth
+from .views import Chart, Throughput, ago, pretty, queue_rows
+
+PAGE_SIZE = 50
+REFRESH_S = 5
+PATHS = ("/", "/dashboard/", "/login", "/logout")  # what the API's token check leaves alone
+
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/dashboard/static",
+)
+
+
+@dataclass
+class State:
+    throughput: Throughput
+
+
+def register(app: Flask) -> None:
+    ctx = app.extensions["taskqueue"]
+    auth.configure(app, ctx.config.api_token)
+    app.extensions["taskqueue.dashboard"] = State(Throughput(ctx.storage.finished_since))
+    app.register_blueprint(bp)
+
+
+def is_dashboard_path(path: str) -> bool:
+    return path in PATHS or path.startswith("/dashboard/")
+
+
+def ctx():
+    return current_app.extensions["taskqueue"]
+
+
+def token() -> str:
+    return ctx().config.api_token
+
+
+@bp.before_request
+def require_login():
+    if request.endpoint in ("dashboard.login", "dashboard.static") or auth.logged_in(token()):
+        if request.method == "POST" and request.endpoint != "dashboard.login":
+            auth.check_post(token())
+        return None
+    if request.method != "GET":
+        abort(401, "log in first")
+    return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+
+
+@bp.errorhandler(HTTPException)
+def error_page(exc: HTTPException):
+    """The dashboard's refusals as a page (the API's stay JSON)."""
+    code = exc.code or 500
+    return render_template("error.html", code=code, message=exc.description), code
+
+
+@bp.after_request
+def page_headers(response):
+    """No framing (clickjacking), scripts and styles from this site only, no caching of
+    pages that show tasks."""
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
+    )
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint != "dashboard.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.app_template_global()
+def csrf_field() -> str:
+    return auth.csrf_token(token())
+
+
+@bp.app_template_filter("ago")
+def ago_filter(ts: float | None) -> str:
+    return "—" if ts is None else ago(ctx().clock() - ts)
+
+
+@bp.app_template_filter("duration")
+def duration_filter(seconds: float | None) -> str:
+    return ago(seconds)
+
+
+@bp.app_template_global()
+def login_required() -> bool:
+    return bool(token())
+
+
+# -- login --------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    target = _local(request.values.get("next", "/"))
+    if not token():
+        return redirect(target)
+    if request.method == "GET":
+        return render_template("login.html", next=target, error=None)
+    if not auth.same_origin():
+        abort(403, "cross-site request refused")
+    if auth.log_in(token(), request.form.get("token", "")):
+        return redirect(target)
+    return render_template("login.html", next=target, error="wrong token"), 401
+
+
+@bp.post("/logout")
+def logout():
+    auth.log_out()
+    return redirect(url_for("dashboard.login"))
+
+
+def _local(target: str) -> str:
+    """Only a path of this site to go on to after login (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+# -- overview -----------------------------------------------------------------------
+
+
+@bp.get("/")
+def overview():
+    return render_template("overview.html", refresh_s=REFRESH_S, **_overview())
+
+
+@bp.get("/dashboard/overview")
+def overview_live():
+    """The part of the overview that refreshes itself (fetched by dashboard.js)."""
+    return render_template("_live.html", **_overview())
+
+
+def _overview() -> dict:
+    c = ctx()
+    now = c.clock()
+    stats = c.metrics.collector.current()  # at most one stats() a second per process
+    state = current_app.extensions["taskqueue.dashboard"]
+    bars = state.throughput.bars(now)
+    return {
+        "stats": stats,
+        "statuses": STATUSES,
+        "queues": queue_rows(stats, c.storage.finished_since(now - 60)),
+        "chart": Chart.of(bars),
+        "hour": {
+            "completed": sum(b.completed for b in bars),
+            "failed": sum(b.failed for b in bars),
+        },
+    }
+
+
+# -- tasks --------------------------------------------------------------------------
+
+
+def _filter_from(values) -> TaskFilter:
+    def value(name: str) -> str | None:
+        v = (values.get(name) or "").strip()
+        return v or None
+
+    status = value("status")
+    if status is not None and status not in STATUSES:
+        abort(400, f"status must be one of {', '.join(STATUSES)}")
+    return TaskFilter(status, value("queue"), value("type"), value("worker"), value("q"))
+
+
+def _query(where: TaskFilter, **more) -> str:
+    fields = {
+        "status": where.status,
+        "queue": where.queue,
+        "type": where.type,
+        "worker": where.worker,
+        "q": where.text,
+        **more,
+    }
+    return urlencode({k: v for k, v in fields.items() if v})
+
+
+def _status_count(stats: dict, where: TaskFilter) -> int | None:
+    """About how many tasks have the filter's status, queue and type (from the stats)."""
+    if where.status is None:
+        return None
+    if where.queue is not None and where.type is not None:
+        return None  # the stats count by queue and by type, not both: let the index say
+    if where.queue is not None:
+        return stats["queues"].get(where.queue, {}).get(where.status, 0)
+    if where.type is not None:
+        return stats["types"].get(where.type, {}).get(where.status, 0)
+    return stats["tasks"][where.status]
+
+
+@bp.get("/dashboard/tasks")
+def tasks():
+    c = ctx()
+    where = _filter_from(request.args)
+    before = request.args.get("before") or None
+    stats = c.metrics.collector.current()
+    page = c.storage.find_tasks(where, before, PAGE_SIZE, _status_count(stats, where))
+    actions = [a for a, (status, _) in BULK.items() if where.status in (None, status)]
+    return render_template(
+        "tasks.html",
+        where=where,
+        page=page,
+        statuses=STATUSES,
+        queue_names=sorted(stats["queues"]),
+        type_names=sorted(stats["types"]),
+        first_page=before is None,
+        first_url=url_for("dashboard.tasks") + "?" + _query(where),
+        next_url=(
+            url_for("dashboard.tasks") + "?" + _query(where, before=page.next_before)
+            if page.next_before
+            else None
+        ),
+        actions=actions,
+        notice=request.args.get("notice"),
+    )
+
+
+@bp.post("/dashboard/tasks/bulk")
+def bulk():
+    """First POST: a page that says how many tasks the action moves; the second
+    (confirmed, with that page's form) moves them."""
+    c = ctx()
+    action = request.form.get("action")
+    if action not in BULK:
+        abort(400, "action must be retry or cancel")
+    where = _filter_from(request.form)
+    status = BULK[action][0]
+    if where.status not in (None, status):
+        abort(400, f"{action} applies to {status} tasks only")
+    where = TaskFilter(status, where.queue, where.type, where.worker, where.text)
+    if request.form.get("confirm") != "yes":
+        count = c.storage.count_matching(where)
+        return render_template(
+            "confirm.html",
+            action=action,
+            status=status,
+            where=where,
+            count=count,
+            back_url=url_for("dashboard.tasks") + "?" + _query(where),
+        )
+    moved = c.storage.move_matching(action, where, now=c.clock())
+    if action == "cancel":
+        metrics.FINISHED.labels("cancelled").inc(moved)
+    verb = "retried" if action == "retry" else "cancelled"
+    notice = f"{moved} {status} task{'s' * (moved != 1)} {verb}"
+    return redirect(url_for("dashboard.tasks") + "?" + _query(where, notice=notice))
+
+
+# -- one task -----------------------------------------------------------------------
+
+
+@bp.get("/dashboard/task/<task_id>")
+def task(task_id: str):
+    c = ctx()
+    try:
+        found = c.storage.get(task_id)
+    except TaskNotFound:
+        return render_template("missing.html", task_id=task_id), 404
+    return render_template(
+        "task.html",
+        task=found,
+        payload=pretty(found["payload"]),
+        result=None if found["result"] is None else pretty(found["result"]),
+        notice=request.args.get("notice"),
+    )
+
+
+@bp.post("/dashboard/task/<task_id>/<action>")
+def task_action(task_id: str, action: str):
+    c = ctx()
+    if action not in ("cancel", "retry"):
+        abort(404)
+    move = c.storage.cancel if action == "cancel" else c.storage.retry
+    try:
+        status = move(task_id, now=c.clock())
+        notice = f"task {status}"
+        if action == "cancel":
+            metrics.FINISHED.labels("cancelled").inc()
+    except TaskNotFound:
+        return render_template("missing.html", task_id=task_id), 404
+    except Conflict as exc:
+        notice = str(exc)
+    return redirect(url_for("dashboard.task", task_id=task_id, notice=notice))
+
+
+# -- workers ------------------------------------------------------------------------
+
+
+@bp.get("/dashboard/workers")
+def workers():
+    c = ctx()
+    found = c.storage.workers(now=c.clock(), dead_after=c.config.worker_dead_after)
+    order = {"alive": 0, "stopping": 1, "stopped": 2, "dead": 3}
+    found.sort(key=lambda w: (order.get(w["status"], 4), w["worker_id"]))
+    return render_template("workers.html", workers=found)
