@@ -12,12 +12,13 @@ Tests are cited in these forms, all checked:
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from functools import cache
 from pathlib import Path
 
 import pytest
 
-from common.config import PROJECT_ROOT
+from common.config import PROJECT_ROOT, Config
 
 DOCS = [
     PROJECT_ROOT / "README.md",
@@ -134,3 +135,20 @@ def test_citations_of_every_form_are_checked(tmp_path):
 
 def test_the_readme_stays_short():
     assert len((PROJECT_ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+SETTING_ROW = re.compile(r"^\| ([A-Z][A-Z0-9_]+) \| ([^|]*?) \|", re.M)
+
+
+def _default(value: object) -> str:
+    """A default as the tables write it: 120.0 is `120`, the empty string `(empty)`."""
+    if value == "":
+        return "(empty)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/CONFIGURATION.md"])
+def test_the_settings_tables_list_every_key_with_its_default(doc):
+    rows = SETTING_ROW.findall((PROJECT_ROOT / doc).read_text())
+    expected = [(f.name.upper(), _default(f.default)) for f in fields(Config)]
+    assert rows == expected
