@@ -109,7 +109,11 @@ def csrf_field() -> str:
 
 @bp.app_template_filter("ago")
 def ago_filter(ts: float | None) -> str:
-    return "—" if ts is None else ago(ctx().clock() - ts)
+    """'3 min ago', 'just now', or '—' for no time."""
+    if ts is None:
+        return "—"
+    age = ago(ctx().clock() - ts)
+    return age if age == "just now" else f"{age} ago"
 
 
 @bp.app_template_filter("duration")
