@@ -117,10 +117,14 @@ def main() -> int:
     # variable at import); removed when the server stops.
     metrics_dir = metrics_directory()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    owner = os.getpid()
     try:
         Server(config).run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        # only here: a server process ending by SystemExit unwinds through this frame
+        # too (it was forked inside run()), and the others still write to the directory
+        if os.getpid() == owner:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -171,9 +171,3 @@ class Timing:
                 environ.get("REQUEST_METHOD", ""),
                 seen.get("status", "500"),
             ).observe(time.perf_counter() - started)
-
-
-def mark_process_dead(pid: int) -> None:
-    """gunicorn's child_exit hook: the live-gauge files of a dead process go."""
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import gc
 import json
+import os
 import resource
 import time
 
@@ -74,10 +75,13 @@ class Server(BaseApplication):
 
 
 def child_exit(server, worker) -> None:
-    """A server process ended: its metrics files are marked dead (metrics.py)."""
-    from .metrics import mark_process_dead
+    """A server process ended: its live-gauge files go (prometheus_client's multiprocess
+    mode). Not through metrics.py: importing it here would make the arbiter's own
+    counter files."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
 
-    mark_process_dead(worker.pid)
+        multiprocess.mark_process_dead(worker.pid)
 
 
 class GunicornLogger(glogging.Logger):

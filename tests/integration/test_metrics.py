@@ -3,6 +3,10 @@ both) and a real worker's own metrics, parsed with prometheus_client's parser.""
 
 from __future__ import annotations
 
+import signal
+import tempfile
+from pathlib import Path
+
 import requests
 from harness import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,3 +117,17 @@ def test_metrics_want_the_token(make_cluster):
     assert "error" in response.json()
     found = scrape(f"{cluster.url}/metrics", Authorization="Bearer s3cret")
     assert ("taskqueue_workers", (("status", "alive"),)) in found
+
+
+def test_ctrl_c_stops_the_dispatcher_without_a_traceback_and_removes_its_metrics(make_cluster):
+    """Ctrl-C signals the whole process group: the server processes unwind through the
+    frame that made the metrics directory, and must leave it to the main process."""
+    cluster = make_cluster()
+    proc = cluster.start_dispatcher()
+    requests.get(cluster.url + "/metrics", timeout=10).raise_for_status()
+    directories = set(Path(tempfile.gettempdir()).glob(f"taskqueue-metrics-{proc.popen.pid}-*"))
+    assert len(directories) == 1, directories
+    proc.signal_group(signal.SIGINT)
+    assert proc.wait(30) == 0, proc.log()
+    assert "Traceback" not in proc.log(tail=400), proc.log(tail=400)
+    assert not any(d.exists() for d in directories)
