@@ -76,10 +76,10 @@ def check_post(token: str) -> None:
 
 
 def same_origin() -> bool:
-    """The request says it comes from a page of this host (Origin, else Referer);
-    browsers send one of them with every form POST."""
+    """The request says it comes from a page of this host and port (Origin, else
+    Referer); browsers send one of them with every form POST. The scheme is not
+    compared: behind a proxy that ends TLS the page is https and the request http."""
     source = request.headers.get("Origin") or request.headers.get("Referer")
     if not source or source == "null":
         return False
-    origin = urlsplit(source)
-    return f"{origin.scheme}://{origin.netloc}" == f"{request.scheme}://{request.host}"
+    return urlsplit(source).netloc == request.host
