@@ -118,6 +118,19 @@ class Worker(GeventWorker):
         util.write_error = write_json_error  # gunicorn's own answers (see handle_error)
         super().init_process()
 
+    def handle_quit(self, sig, frame) -> None:
+        """SIGINT or SIGQUIT (Ctrl-C reaches every process of the group, and the arbiter
+        sends SIGQUIT too): exit at once, as gunicorn's quick shutdown does, but without
+        its sys.exit() in a spawned greenlet, which gevent reports as a traceback."""
+        self.alive = False
+
+        def leave() -> None:
+            self.cfg.worker_int(self)
+            gevent.sleep(0.1)
+            os._exit(0)  # nothing left to flush: results are committed before answered
+
+        gevent.spawn(leave)
+
     def handle(self, listener, client, addr) -> None:
         """Serve one connection's requests (HTTP/1.x) until it closes or times out."""
         client.setblocking(1)
