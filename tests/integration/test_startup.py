@@ -1,4 +1,5 @@
-"""Start-up refusals: a bad setting stops a program with one line, before it serves."""
+"""Start-up: a bad setting stops a program with one line, before it serves; a dispatcher
+open beyond loopback without a token says so once."""
 
 from __future__ import annotations
 
@@ -33,3 +34,14 @@ def test_a_bad_setting_stops_the_program_with_one_line_naming_the_key(cluster, s
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("configuration error: ") and key in lines[0]
+
+
+@pytest.mark.parametrize("token", ["", "s3cret"], ids=["no-token", "token"])
+def test_listening_beyond_loopback_without_a_token_warns_once(make_cluster, token):
+    cluster = make_cluster(DISPATCHER_HOST="0.0.0.0", API_TOKEN=token)
+    proc = cluster.start_dispatcher()
+    warnings = [line for line in proc.log(tail=200).splitlines() if "without API_TOKEN" in line]
+    if token:
+        assert warnings == [], warnings
+    else:
+        assert len(warnings) == 1 and "dashboard" in warnings[0], proc.log()
