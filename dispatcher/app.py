@@ -139,7 +139,7 @@ def _require_token(token: str):
     expected = f"Bearer {token}".encode()
 
     def check():
-        if request.path == "/health" or dashboard.is_dashboard_path(request.path):
+        if request.path == "/health" or dashboard.is_dashboard_request():
             return None  # the dashboard has its own login (dashboard/auth.py)
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
@@ -164,7 +164,11 @@ def _refuse_large_bodies(limit: int):
         # when there is one); any other is answered at once and its connection closed
         # by the server after at most 64 KB (server.py), so /health cannot be made to
         # read an upload.
-        if request.method == "POST" and request.url_rule is not None:
+        if (
+            request.method == "POST"
+            and request.url_rule is not None
+            and not dashboard.is_dashboard_request()  # its forms are small; no login yet
+        ):
             stream = request.environ["wsgi.input"]
             left = min(length, DRAIN_LIMIT)
             try:

@@ -97,7 +97,9 @@ class Heartbeat(Body):
         )
         | None
     ) = None
-    concurrency: _field(int, "tasks it runs at once (GET /workers shows it)", ge=1) | None = None
+    concurrency: (
+        _field(int, "tasks it runs at once (GET /workers shows it)", ge=1, le=100_000) | None
+    ) = None
 
 
 # -- request bodies whose bounds or defaults are settings ----------------------------

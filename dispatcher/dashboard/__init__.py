@@ -9,8 +9,9 @@ POSTs checked by auth.check_post. docs/DASHBOARD.md shows each page.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from urllib.parse import urlencode
+import logging
+from dataclasses import dataclass, replace
+from urllib.parse import urlencode, urlsplit
 
 from flask import (
     Blueprint,
@@ -32,9 +33,9 @@ from ..storage.errors import Conflict, TaskNotFound
 from . import auth
 from .views import Chart, Throughput, ago, pretty, queue_rows
 
+log = logging.getLogger("dispatcher")
 PAGE_SIZE = 50
 REFRESH_S = 5
-PATHS = ("/", "/dashboard/", "/login", "/logout")  # what the API's token check leaves alone
 
 bp = Blueprint(
     "dashboard",
@@ -57,8 +58,9 @@ def register(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-def is_dashboard_path(path: str) -> bool:
-    return path in PATHS or path.startswith("/dashboard/")
+def is_dashboard_request() -> bool:
+    """The request matched one of the dashboard's routes (its own login guards it)."""
+    return request.blueprint == bp.name
 
 
 def ctx():
@@ -145,13 +147,25 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    auth.log_out()
+    if token():
+        auth.log_out()
     return redirect(url_for("dashboard.login"))
 
 
 def _local(target: str) -> str:
-    """Only a path of this site to go on to after login (no open redirect)."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    """Only a path of this site to go on to after login (no open redirect): one leading
+    slash, no scheme or host, no backslash or control character (a browser drops a tab
+    and would read `/\t/evil.example` as `//evil.example`)."""
+    parts = urlsplit(target)
+    if (
+        not target.startswith("/")
+        or target.startswith("//")
+        or parts.scheme
+        or parts.netloc
+        or any(c < " " or c in "\\\x7f" for c in target)
+    ):
+        return "/"
+    return target
 
 
 # -- overview -----------------------------------------------------------------------
@@ -216,13 +230,12 @@ def _status_count(stats: dict, where: TaskFilter) -> int | None:
     """About how many tasks have the filter's status, queue and type (from the stats)."""
     if where.status is None:
         return None
-    if where.queue is not None and where.type is not None:
-        return None  # the stats count by queue and by type, not both: let the index say
+    counts = [stats["tasks"][where.status]]  # each an upper bound: take the least
     if where.queue is not None:
-        return stats["queues"].get(where.queue, {}).get(where.status, 0)
+        counts.append(stats["queues"].get(where.queue, {}).get(where.status, 0))
     if where.type is not None:
-        return stats["types"].get(where.type, {}).get(where.status, 0)
-    return stats["tasks"][where.status]
+        counts.append(stats["types"].get(where.type, {}).get(where.status, 0))
+    return min(counts)
 
 
 @bp.get("/dashboard/tasks")
@@ -232,7 +245,11 @@ def tasks():
     before = request.args.get("before") or None
     stats = c.metrics.collector.current()
     page = c.storage.find_tasks(where, before, PAGE_SIZE, _status_count(stats, where))
-    actions = [a for a, (status, _) in BULK.items() if where.status in (None, status)]
+    actions = [  # a pending task has no worker yet: no cancel by worker
+        a
+        for a, (status, _) in BULK.items()
+        if where.status in (None, status) and not (a == "cancel" and where.worker)
+    ]
     return render_template(
         "tasks.html",
         where=where,
@@ -248,8 +265,19 @@ def tasks():
             else None
         ),
         actions=actions,
-        notice=request.args.get("notice"),
+        notice=_bulk_notice(request.args),
     )
+
+
+def _bulk_notice(args) -> str | None:
+    """What a bulk action did, said by the dashboard from the codes it put in the URL
+    (never text taken from the URL: a link cannot make the page say something else)."""
+    action, moved = args.get("action"), args.get("moved", "")
+    if action not in BULK or not moved.isdigit():
+        return None
+    n = int(moved)
+    verb = "retried" if action == "retry" else "cancelled"
+    return f"{n:,} {BULK[action][0]} task{'s' * (n != 1)} {verb}"
 
 
 @bp.post("/dashboard/tasks/bulk")
@@ -264,7 +292,7 @@ def bulk():
     status = BULK[action][0]
     if where.status not in (None, status):
         abort(400, f"{action} applies to {status} tasks only")
-    where = TaskFilter(status, where.queue, where.type, where.worker, where.text)
+    where = replace(where, status=status)
     if request.form.get("confirm") != "yes":
         count = c.storage.count_matching(where)
         return render_template(
@@ -278,9 +306,11 @@ def bulk():
     moved = c.storage.move_matching(action, where, now=c.clock())
     if action == "cancel":
         metrics.FINISHED.labels("cancelled").inc(moved)
-    verb = "retried" if action == "retry" else "cancelled"
-    notice = f"{moved} {status} task{'s' * (moved != 1)} {verb}"
-    return redirect(url_for("dashboard.tasks") + "?" + _query(where, notice=notice))
+    log.info(
+        "dashboard: bulk %s of %s tasks (queue=%s type=%s worker=%s text=%r): %d moved",
+        action, status, where.queue, where.type, where.worker, where.text, moved,
+    )  # fmt: skip
+    return redirect(url_for("dashboard.tasks") + "?" + _query(where, action=action, moved=moved))
 
 
 # -- one task -----------------------------------------------------------------------
@@ -298,8 +328,19 @@ def task(task_id: str):
         task=found,
         payload=pretty(found["payload"]),
         result=None if found["result"] is None else pretty(found["result"]),
-        notice=request.args.get("notice"),
+        notice=_task_notice(request.args, found["status"]),
     )
+
+
+def _task_notice(args, status: str) -> str | None:
+    """What the last button did (codes in the URL, words from here)."""
+    if args.get("done") in ("cancel", "retry"):
+        return f"task {status}"
+    refused = args.get("refused")
+    if refused in ("cancel", "retry"):
+        verb = "cancelled" if refused == "cancel" else "retried"
+        return f"this task cannot be {verb}: it is {status.replace('_', ' ')}"
+    return None
 
 
 @bp.post("/dashboard/task/<task_id>/<action>")
@@ -309,15 +350,15 @@ def task_action(task_id: str, action: str):
         abort(404)
     move = c.storage.cancel if action == "cancel" else c.storage.retry
     try:
-        status = move(task_id, now=c.clock())
-        notice = f"task {status}"
-        if action == "cancel":
-            metrics.FINISHED.labels("cancelled").inc()
+        move(task_id, now=c.clock())
     except TaskNotFound:
         return render_template("missing.html", task_id=task_id), 404
-    except Conflict as exc:
-        notice = str(exc)
-    return redirect(url_for("dashboard.task", task_id=task_id, notice=notice))
+    except Conflict:
+        return redirect(url_for("dashboard.task", task_id=task_id, refused=action))
+    if action == "cancel":
+        metrics.FINISHED.labels("cancelled").inc()
+    log.info("dashboard: task %s %s", task_id, action, extra={"task_id": task_id})
+    return redirect(url_for("dashboard.task", task_id=task_id, done=action))
 
 
 # -- workers ------------------------------------------------------------------------

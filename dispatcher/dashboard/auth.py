@@ -16,15 +16,19 @@ import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, request, session
+from flask import Flask, abort, current_app, request, session
 
 SESSION_COOKIE = "taskqueue_session"
+
+
+KEY_SALT = b"taskqueue dashboard session key"  # fixed: every process derives the same key
+KEY_ROUNDS = 200_000  # ~0.1 s once per process; each guess at a leaked cookie pays it too
 
 
 def configure(app: Flask, token: str) -> None:
     """The session cookie's key and attributes (the key exists only with a token)."""
     if token:
-        app.secret_key = hashlib.sha256(b"taskqueue dashboard session\0" + token.encode()).digest()
+        app.secret_key = hashlib.pbkdf2_hmac("sha256", token.encode(), KEY_SALT, KEY_ROUNDS)
     app.config.update(
         SESSION_COOKIE_NAME=SESSION_COOKIE,
         SESSION_COOKIE_HTTPONLY=True,
@@ -33,16 +37,17 @@ def configure(app: Flask, token: str) -> None:
     )
 
 
-def _fingerprint(token: str) -> str:
-    """What the session keeps of the token: its own hash, never the token."""
-    return hashlib.sha256(b"taskqueue dashboard login\0" + token.encode()).hexdigest()
+def _fingerprint() -> str:
+    """What the session keeps of the token: a MAC under the key derived from it (slow
+    to derive), never the token."""
+    return hmac.new(current_app.secret_key, b"logged in", hashlib.sha256).hexdigest()
 
 
 def logged_in(token: str) -> bool:
     if not token:
         return True
     kept = session.get("login")
-    return isinstance(kept, str) and hmac.compare_digest(kept, _fingerprint(token))
+    return isinstance(kept, str) and hmac.compare_digest(kept, _fingerprint())
 
 
 def log_in(token: str, given: str) -> bool:
@@ -50,7 +55,7 @@ def log_in(token: str, given: str) -> bool:
     if not hmac.compare_digest(given.encode(), token.encode()):
         return False
     session.clear()
-    session["login"] = _fingerprint(token)
+    session["login"] = _fingerprint()
     session["csrf"] = secrets.token_hex(16)
     return True
 

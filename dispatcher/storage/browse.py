@@ -10,7 +10,7 @@ order (to the millisecond) and a page's last id is where the next one starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import rows
@@ -22,14 +22,16 @@ BULK_BATCH = 1000  # tasks moved per transaction by a bulk action
 COLUMNS = ", ".join(["id", *rows.TASK_KEYS])
 
 # The optional filters, written in SQL: a NULL filter lets every row through. `pattern`
-# is the lowered search text between % signs, its own % _ and \ escaped.
-OTHER_FILTERS = r"""
+# is the lowered search text between % signs, its own % _ and ! escaped with !; `json`
+# the same text as the stored JSON writes it (non-ASCII as \u escapes, \ doubled).
+OTHER_FILTERS = """
    (%(queue)s::text IS NULL OR queue = %(queue)s)
    AND (%(type)s::text IS NULL OR type = %(type)s)
    AND (%(worker)s::text IS NULL OR worker_id = %(worker)s)
-   AND (%(pattern)s::text IS NULL OR lower(id) LIKE %(pattern)s ESCAPE '\'
-        OR lower(payload) LIKE %(pattern)s ESCAPE '\'
-        OR lower(error) LIKE %(pattern)s ESCAPE '\')"""
+   AND (%(pattern)s::text IS NULL OR lower(id) LIKE %(pattern)s ESCAPE '!'
+        OR lower(payload) LIKE %(pattern)s ESCAPE '!'
+        OR lower(payload) LIKE %(json)s ESCAPE '!'
+        OR lower(error) LIKE %(pattern)s ESCAPE '!')"""
 
 STATEMENTS = dict(
     # (read) a page of one status's tasks, newest first: a range of tasks_counts, sorted
@@ -54,14 +56,16 @@ SELECT count(*) AS n FROM tasks WHERE status = %(status)s AND {OTHER_FILTERS}"""
 UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
        lease_expires_at = NULL
  WHERE status = 'pending' AND id IN (
-    SELECT id FROM tasks WHERE status = 'pending' AND {OTHER_FILTERS} LIMIT %(batch)s)""",
+    SELECT id FROM tasks WHERE status = 'pending' AND id <= %(last_id)s AND {OTHER_FILTERS}
+     LIMIT %(batch)s)""",
     # failed -> pending, attempts reset (as RETRY), a batch of the tasks the filters match
     RETRY_MATCHING=f"""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
        error = NULL, finished_at = NULL, started_at = NULL, finished_lease = NULL,
        expired_failure = FALSE, worker_id = NULL
  WHERE status = 'failed' AND id IN (
-    SELECT id FROM tasks WHERE status = 'failed' AND {OTHER_FILTERS} LIMIT %(batch)s)""",
+    SELECT id FROM tasks WHERE status = 'failed' AND id <= %(last_id)s AND {OTHER_FILTERS}
+     LIMIT %(batch)s)""",
 )
 
 # what a bulk action takes: the status it moves tasks from, and its statement
@@ -79,17 +83,22 @@ class TaskFilter:
     text: str | None = None
 
     def args(self) -> dict[str, Any]:
-        pattern = None
-        if self.text:
-            escaped = self.text.lower().replace("\\", "\\\\").replace("%", r"\%")
-            pattern = "%" + escaped.replace("_", r"\_") + "%"
+        text = self.text.lower() if self.text else None
         return {
             "status": self.status,
             "queue": self.queue,
             "type": self.type,
             "worker": self.worker,
-            "pattern": pattern,
+            "pattern": _like(text),
+            "json": _like(rows.dumps(text)[1:-1].lower()) if text else None,
         }
+
+
+def _like(text: str | None) -> str | None:
+    """A LIKE pattern (ESCAPE '!') that finds `text` anywhere, its % _ ! taken as such."""
+    if text is None:
+        return None
+    return "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
 
 
 @dataclass
@@ -128,12 +137,13 @@ class Browse:
 
     def move_matching(self, action: str, where: TaskFilter, now: float) -> int:
         """`cancel` (pending -> cancelled) or `retry` (failed -> pending, attempts reset)
-        every task the filter matches, BULK_BATCH per transaction; returns how many
-        moved. A task another transaction moves first is left as that one made it."""
+        every task submitted by `now` that the filter matches, BULK_BATCH per
+        transaction, until a batch finds none; returns how many moved. A task another
+        transaction moves first (a claim) is left as that one made it."""
         status, name = BULK[action]
         statement = getattr(self.q, name)
-        args = TaskFilter(status, where.queue, where.type, where.worker, where.text).args()
-        args |= {"now": now, "batch": BULK_BATCH}
+        args = replace(where, status=status).args()
+        args |= {"now": now, "batch": BULK_BATCH, "last_id": rows.last_id_of(now)}
 
         def batch(tx) -> int:
             moved = tx.execute(statement, args).rowcount
@@ -143,6 +153,4 @@ class Browse:
         total = 0
         while (moved := self._transact(batch)) > 0:
             total += moved
-            if moved < BULK_BATCH:
-                break
         return total

@@ -27,12 +27,21 @@ def new_ids(n: int, now: float) -> list[str]:
     side in the primary key index, and a claim's in attempts_by_task: on a table of
     50,000 tasks a 1,000-task submission writes ~80 pages to the WAL where random (v4)
     ids wrote ~590, and a 100-task claim ~31 where they wrote ~144."""
-    prefix = f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}"
+    prefix = _millisecond(now)
     raw = bytearray(os.urandom(10 * n))
     for i in range(0, 10 * n, 10):
         raw[i] = 0x70 | raw[i] & 0x0F  # version 7, then 12 random bits
         raw[i + 2] = 0x80 | raw[i + 2] & 0x3F  # variant 10, then 62 random bits
     return [prefix + raw[i : i + 10].hex() for i in range(0, 10 * n, 10)]
+
+
+def _millisecond(now: float) -> str:
+    return f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}"
+
+
+def last_id_of(now: float) -> str:
+    """An id at least as great as any made by new_ids(…, now) or earlier."""
+    return _millisecond(now) + "f" * 20
 
 
 # a task's columns (after its id) in the order GET /task shows them

@@ -108,11 +108,33 @@ def test_a_wrong_token_is_refused_and_the_right_one_sets_a_strict_httponly_cooki
     assert rotated.get("/").status_code == 302
 
 
+EVIL_TARGETS = ["https://evil.example/", "//evil.example/x", "/\tt/evil.example", "/\\evil.example"]
+
+
 def test_login_goes_on_only_to_a_page_of_this_site(make_app):
     client = make_app(api_token=TOKEN).test_client()
-    for target in ["https://evil.example/", "//evil.example/x"]:
+    for target in [*EVIL_TARGETS, "/\r\nSet-Cookie: x=1"]:
         answer = client.post("/login", data={"token": TOKEN, "next": target}, headers=ORIGIN)
         assert answer.headers["Location"] == "/", target
+    answer = client.post(
+        "/login", data={"token": TOKEN, "next": "/dashboard/tasks?q=a"}, headers=ORIGIN
+    )
+    assert answer.headers["Location"] == "/dashboard/tasks?q=a"
+    # without a token /login sends everyone on at once: still only to this site
+    open_client = make_app().test_client()
+    for target in ["/%09/evil.example", "/%0D/x", "//evil.example"]:
+        answer = open_client.get(f"/login?next={target}")
+        assert (answer.status_code, answer.headers["Location"]) == (302, "/"), target
+    assert open_client.post("/logout", headers=ORIGIN).status_code == 302
+
+
+def test_a_link_cannot_make_a_page_say_something(make_app):
+    app = make_app()
+    [(task_id, _)] = storage_of(app).submit([NewTask("sleep", {"duration": 1})], now=1.0)
+    client = app.test_client()
+    assert "pwned" not in client.get("/dashboard/tasks?notice=pwned&action=x&moved=1").text
+    page = client.get(f"/dashboard/task/{task_id}?notice=pwned&done=cancel").text
+    assert "pwned" not in page and "task pending" in page
 
 
 def test_a_post_from_another_site_or_without_the_form_token_is_refused(make_app):
@@ -170,7 +192,8 @@ def test_bulk_cancel_confirms_the_count_then_cancels_only_the_matching_pending(m
     assert confirm.status_code == 200 and "Cancel 3 pending tasks?" in confirm.text
     assert {storage.get(t)["status"] for t in ids} == {"pending"}  # only asked
     done = client.post("/dashboard/tasks/bulk", data=form | {"confirm": "yes"}, headers=ORIGIN)
-    assert done.status_code == 302 and "3+pending+tasks+cancelled" in done.headers["Location"]
+    assert done.status_code == 302 and "action=cancel&moved=3" in done.headers["Location"]
+    assert "3 pending tasks cancelled" in client.get(done.headers["Location"]).text
     assert [storage.get(t)["status"] for t in ids] == ["cancelled"] * 3 + ["pending"]
 
 

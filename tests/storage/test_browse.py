@@ -77,6 +77,13 @@ def test_each_filter_keeps_only_what_it_names_by_either_path(storage, mixed, sta
     assert found(text=mixed["t7"][-12:]) == {mixed["t7"]}
 
 
+def test_text_is_found_as_shown_whatever_the_stored_json_escapes(storage):
+    task_id = submit(storage, payload={"city": "Zürich", "path": "C:\\dir"})
+    for text in ["zürich", "ZÜRICH", "Zü", "c:\\dir"]:
+        found = storage.find_tasks(TaskFilter(text=text), None, 10, None)
+        assert ids_of(found) == [task_id], text
+
+
 def test_the_walk_stops_after_its_window_and_says_where_to_go_on(storage, monkeypatch):
     monkeypatch.setattr(browse, "WINDOW", 4)
     ids = [submit(storage, now=T0 + i / 1000) for i in range(10)]
