@@ -10,6 +10,7 @@ POSTs checked by auth.check_post. docs/DASHBOARD.md shows each page.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from urllib.parse import urlencode, urlsplit
 
@@ -31,7 +32,7 @@ from .. import metrics
 from ..storage.browse import BULK, TaskFilter
 from ..storage.errors import Conflict, TaskNotFound
 from . import auth
-from .views import Chart, Throughput, ago, pretty, queue_rows
+from .views import Cached, Chart, Throughput, ago, pretty, queue_rows
 
 log = logging.getLogger("dispatcher")
 PAGE_SIZE = 50
@@ -46,16 +47,30 @@ bp = Blueprint(
 )
 
 
+TOTALS_TTL_S = 30.0  # the full counts (every task's index entry) at most this often
+
+
 @dataclass
 class State:
     throughput: Throughput
+    totals: Cached  # storage.stats(): counts by status, queue and type
 
 
 def register(app: Flask) -> None:
     ctx = app.extensions["taskqueue"]
     auth.configure(app, ctx.config.api_token)
-    app.extensions["taskqueue.dashboard"] = State(Throughput(ctx.storage.finished_since))
+
+    def stats() -> dict:
+        return ctx.storage.stats(now=ctx.clock(), dead_after=ctx.config.worker_dead_after)
+
+    app.extensions["taskqueue.dashboard"] = State(
+        Throughput(ctx.storage.finished_since), Cached(stats, TOTALS_TTL_S, time.monotonic)
+    )
     app.register_blueprint(bp)
+
+
+def state() -> State:
+    return current_app.extensions["taskqueue.dashboard"]
 
 
 def is_dashboard_request() -> bool:
@@ -183,15 +198,30 @@ def overview_live():
 
 
 def _overview() -> dict:
+    """Live: pending and in progress by queue, each queue's oldest, the last minute, the
+    chart, the workers (index ranges and small tables). Finished totals: at most
+    TOTALS_TTL_S old, for they count every task."""
     c = ctx()
     now = c.clock()
-    stats = c.metrics.collector.current()  # at most one stats() a second per process
-    state = current_app.extensions["taskqueue.dashboard"]
-    bars = state.throughput.bars(now)
+    active = c.storage.active_counts()
+    queues = sorted({r["queue"] for r in active if r["status"] == "pending"})
+    rows = queue_rows(
+        active, c.storage.oldest_pending(queues), c.storage.finished_since(now - 60), now
+    )
+    totals, read_at = state().totals.get()
+    counts = dict(totals["tasks"])
+    counts["pending"] = sum(r.pending for r in rows)
+    counts["in_progress"] = sum(r.in_progress for r in rows)
+    workers = c.storage.workers(now=now, dead_after=c.config.worker_dead_after)
+    bars = state().throughput.bars(now)
     return {
-        "stats": stats,
+        "counts": counts,
+        "totals_age": time.monotonic() - read_at,
+        "totals_ttl": TOTALS_TTL_S,
+        "alive": sum(w["status"] in ("alive", "stopping") for w in workers),
+        "dead": sum(w["status"] == "dead" for w in workers),
         "statuses": STATUSES,
-        "queues": queue_rows(stats, c.storage.finished_since(now - 60)),
+        "queues": rows,
         "chart": Chart.of(bars),
         "hour": {
             "completed": sum(b.completed for b in bars),
@@ -243,7 +273,7 @@ def tasks():
     c = ctx()
     where = _filter_from(request.args)
     before = request.args.get("before") or None
-    stats = c.metrics.collector.current()
+    stats, _ = state().totals.get()  # a hint for the plan; minutes old is fine
     page = c.storage.find_tasks(where, before, PAGE_SIZE, _status_count(stats, where))
     actions = [  # a pending task has no worker yet: no cancel by worker
         a

@@ -9,8 +9,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from common.statuses import STATUSES
-
 CHART_MINUTES = 60
 SETTLED_S = 5.0  # a minute this long over takes no more finished tasks (clocks differ)
 
@@ -42,25 +40,45 @@ class QueueRow:
     failed_last_minute: int
 
 
-def queue_rows(stats: Mapping, last_minute: list[Mapping]) -> list[QueueRow]:
-    """One row per queue that has tasks or finished some in the last minute."""
-    done: dict[tuple[str, str], int] = {}
-    for r in last_minute:
-        done[(r["queue"], r["status"])] = done.get((r["queue"], r["status"]), 0) + r["n"]
-    names = sorted(set(stats["queues"]) | {queue for queue, _ in done})
-    ages = stats["queue_oldest_pending_age_seconds"]
-    empty = dict.fromkeys(STATUSES, 0)
+def queue_rows(
+    active: list[Mapping], oldest: Mapping[str, float], last_minute: list[Mapping], now: float
+) -> list[QueueRow]:
+    """One row per queue with pending or in-progress tasks, or finishes in the last
+    minute: `active` (queue, status, n), each queue's oldest pending run_at, and the
+    finishes (queue, status, minute, n)."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in [*active, *last_minute]:
+        counts[(r["queue"], r["status"])] = counts.get((r["queue"], r["status"]), 0) + r["n"]
+    names = sorted({queue for queue, _ in counts})
     return [
         QueueRow(
             name,
-            stats["queues"].get(name, empty)["pending"],
-            stats["queues"].get(name, empty)["in_progress"],
-            ages.get(name),
-            done.get((name, "completed"), 0),
-            done.get((name, "failed"), 0),
+            counts.get((name, "pending"), 0),
+            counts.get((name, "in_progress"), 0),
+            now - oldest[name] if oldest.get(name, now + 1) <= now else None,
+            counts.get((name, "completed"), 0),
+            counts.get((name, "failed"), 0),
         )
         for name in names
     ]
+
+
+class Cached:
+    """A value read at most once per `ttl_s` (the dashboard's full counts: a read of
+    every task's index entry, kept off the every-few-seconds refresh)."""
+
+    def __init__(self, read: Callable[[], Any], ttl_s: float, clock: Callable[[], float]):
+        self.read, self.ttl_s, self.clock = read, ttl_s, clock
+        self.lock = threading.Lock()
+        self.value: Any = None
+        self.read_at = float("-inf")
+
+    def get(self) -> tuple[Any, float]:
+        """The value and when it was read."""
+        with self.lock:
+            if self.value is None or self.clock() - self.read_at >= self.ttl_s:
+                self.value, self.read_at = self.read(), self.clock()
+            return self.value, self.read_at
 
 
 @dataclass

@@ -194,6 +194,10 @@ class Storage(Protocol):
     def stats(self, now: float, dead_after: float) -> dict:
         """The counts of GET /stats (stats_dict in rows.py)."""
 
+    def active_counts(self) -> list[Mapping]:
+        """(queue, status, n) of the pending and in-progress tasks, from index ranges of
+        those two statuses only (the dashboard's live numbers)."""
+
     def finished_since(self, since: float) -> list[Mapping]:
         """Tasks finished since `since` as rows of (queue, status, minute, n), minute
         being floor(finished_at / 60): a range of the finished-tasks index."""

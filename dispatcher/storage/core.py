@@ -282,6 +282,11 @@ SELECT (SELECT count(*) FROM workers
          WHERE status IN ('alive', 'stopping') AND last_heartbeat >= %(alive_after)s) AS alive,
        (SELECT count(*) FROM workers WHERE status = 'stopped') AS stopped,
        (SELECT count(*) FROM workers) AS total""",
+    # (read) pending and in-progress tasks by queue: two ranges of tasks_counts, not the
+    # finished millions
+    ACTIVE_COUNTS="""
+SELECT queue, status, count(*) AS n FROM tasks
+ WHERE status IN ('pending', 'in_progress') GROUP BY queue, status""",
     # the earliest run_at of a queue's pending tasks: one step down tasks_pending_age
     OLDEST_PENDING_IN="""
 SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = %(queue)s""",
@@ -740,6 +745,10 @@ class SqlStorage(browse.Browse):
         pending = sorted({r["queue"] for r in groups if r["status"] == "pending"})
         recent = self.finished_since(now - 60)
         return rows.stats_dict(groups, row, now, recent, self.oldest_pending(pending))
+
+    def active_counts(self) -> list[Mapping]:
+        """(queue, status, n) of the pending and in-progress tasks: index ranges only."""
+        return self._read(self.q.ACTIVE_COUNTS)
 
     def finished_since(self, since: float) -> list[Mapping]:
         """(queue, status, minute, n): the tasks finished since `since`, counted by queue,

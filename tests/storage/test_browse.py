@@ -160,3 +160,15 @@ def test_a_heartbeat_records_the_workers_concurrency(storage):
     storage.heartbeat("w1", "i1", [], now=T0 + 1, lease_s=30)  # not said: kept
     [w] = storage.workers(now=T0 + 2, dead_after=FOREVER)
     assert w["concurrency"] == 4
+
+
+def test_active_counts_are_the_pending_and_in_progress_tasks_by_queue(storage, mixed):
+    counts = {(r["queue"], r["status"]): r["n"] for r in storage.active_counts()}
+    stats = storage.stats(now=T0 + 2, dead_after=FOREVER)["queues"]
+    assert counts == {
+        (queue, status): stats[queue][status]
+        for queue in stats
+        for status in ("pending", "in_progress")
+        if stats[queue][status]
+    }
+    assert sum(counts.values()) == 6  # twelve, less four completed and two failed
