@@ -39,6 +39,12 @@ STATEMENTS = dict(
 SELECT {COLUMNS} FROM tasks
  WHERE status = %(status)s AND id < %(before)s AND {OTHER_FILTERS}
  ORDER BY id DESC LIMIT %(limit)s""",
+    # the same of one queue: the range of (status, queue) alone (a queue with none of
+    # them costs nothing, where the status's whole range would be read)
+    FIND_BY_STATUS_IN_QUEUE=f"""
+SELECT {COLUMNS} FROM tasks
+ WHERE status = %(status)s AND queue = %(queue)s AND id < %(before)s AND {OTHER_FILTERS}
+ ORDER BY id DESC LIMIT %(limit)s""",
     # (read) where the walk from %(before)s stops: the WINDOW-th id below it (none: the
     # walk reaches the oldest task)
     WINDOW_START="""
@@ -122,7 +128,10 @@ class Browse:
         its index, otherwise the page comes from a walk of at most WINDOW tasks."""
         args = where.args() | {"before": before or AFTER_EVERY_ID, "limit": limit}
         if where.status is not None and (status_count or 0) <= INDEXED_MAX:
-            tasks = [rows.task_dict(r) for r in self._read(self.q.FIND_BY_STATUS, args)]
+            statement = (
+                self.q.FIND_BY_STATUS if where.queue is None else self.q.FIND_BY_STATUS_IN_QUEUE
+            )
+            tasks = [rows.task_dict(r) for r in self._read(statement, args)]
             return Page(tasks, tasks[-1]["task_id"] if len(tasks) == limit else None, False)
         start = self._read(self.q.WINDOW_START, args | {"skip": WINDOW - 1})
         args["since"] = start[0]["id"] if start else ""  # "": the walk reaches the oldest

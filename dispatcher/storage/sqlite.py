@@ -122,13 +122,21 @@ SCHEMA = [schema_for_sqlite(statement) for statement in core.SCHEMA]
 
 
 # a status few tasks have: its range of tasks_counts (the planner may walk the id index)
-FIND_BY_STATUS = for_sqlite(browse.STATEMENTS["FIND_BY_STATUS"]).replace(
-    "FROM tasks\n WHERE status", "FROM tasks INDEXED BY tasks_counts\n WHERE status"
+def _indexed_by(sql: str, index: str) -> str:
+    """A statement of browse.py with SQLite's index named (fails loudly if reworded)."""
+    hinted = sql.replace("FROM tasks\n WHERE", f"FROM tasks INDEXED BY {index}\n WHERE", 1)
+    assert hinted != sql, f"no place for INDEXED BY {index} in {sql}"
+    return hinted
+
+
+FIND_BY_STATUS = _indexed_by(for_sqlite(browse.STATEMENTS["FIND_BY_STATUS"]), "tasks_counts")
+FIND_BY_STATUS_IN_QUEUE = _indexed_by(
+    for_sqlite(browse.STATEMENTS["FIND_BY_STATUS_IN_QUEUE"]), "tasks_counts"
 )
 
 # a walk down the id index (the planner may take tasks_counts for a status most have)
-FIND_IN_WINDOW = for_sqlite(browse.STATEMENTS["FIND_IN_WINDOW"]).replace(
-    "FROM tasks\n WHERE id", "FROM tasks INDEXED BY sqlite_autoindex_tasks_1\n WHERE id"
+FIND_IN_WINDOW = _indexed_by(
+    for_sqlite(browse.STATEMENTS["FIND_IN_WINDOW"]), "sqlite_autoindex_tasks_1"
 )
 
 Q = statements(
@@ -138,6 +146,7 @@ Q = statements(
     OLDEST_PENDING_IN=OLDEST_PENDING_IN,
     FINISHED_SINCE=FINISHED_SINCE,
     FIND_BY_STATUS=FIND_BY_STATUS,
+    FIND_BY_STATUS_IN_QUEUE=FIND_BY_STATUS_IN_QUEUE,
 )
 
 
