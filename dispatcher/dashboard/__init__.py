@@ -333,9 +333,10 @@ def bulk():
             count=count,
             back_url=url_for("dashboard.tasks") + "?" + _query(where),
         )
-    moved = c.storage.move_matching(action, where, now=c.clock())
+    by_label = c.storage.move_matching(action, where, now=c.clock())
+    moved = sum(by_label.values())
     if action == "cancel":
-        metrics.FINISHED.labels("cancelled").inc(moved)
+        metrics.count_bulk_cancelled(by_label)
     log.info(
         "dashboard: bulk %s of %s tasks (queue=%s type=%s worker=%s text=%r): %d moved",
         action, status, where.queue, where.type, where.worker, where.text, moved,
@@ -380,13 +381,13 @@ def task_action(task_id: str, action: str):
         abort(404)
     move = c.storage.cancel if action == "cancel" else c.storage.retry
     try:
-        move(task_id, now=c.clock())
+        moved = move(task_id, now=c.clock())
     except TaskNotFound:
         return render_template("missing.html", task_id=task_id), 404
     except Conflict:
         return redirect(url_for("dashboard.task", task_id=task_id, refused=action))
     if action == "cancel":
-        metrics.FINISHED.labels("cancelled").inc()
+        metrics.count_cancelled(moved)
     log.info("dashboard: task %s %s", task_id, action, extra={"task_id": task_id})
     return redirect(url_for("dashboard.task", task_id=task_id, done=action))
 

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from common.config import Config, ConfigError
 from common.statuses import FINISHED, STATUSES  # noqa: F401 (the storage's statuses too)
@@ -48,9 +48,33 @@ class Result:
     error: str | None = None
 
 
+class Moved(str):
+    """The status an operation moved a task to (finish, cancel, retry), carrying the
+    task's queue and type, which the dispatcher's metrics are labelled with. It is the
+    plain status everywhere else (compares, hashes, serialises and formats as one); a
+    status that moved nothing (a repeated result, a failure under an earlier lease) is
+    a plain str."""
+
+    queue: str
+    type: str
+    # one instance per (status, queue, type), made once: a result costs a dict lookup
+    _made: ClassVar[dict[tuple[str, str, str], Moved]] = {}
+    KEEP = 4096  # past this many label sets (queue names are the clients'), no caching
+
+    def __new__(cls, status: str, queue: str, type_: str) -> Moved:
+        moved = cls._made.get((status, queue, type_))
+        if moved is None:
+            moved = super().__new__(cls, status)
+            moved.queue, moved.type = queue, type_
+            if len(cls._made) < cls.KEEP:
+                cls._made[status, queue, type_] = moved
+        return moved
+
+
 @dataclass
 class ReapReport:
     expired: list[str] = field(default_factory=list)
+    expired_queues: list[str] = field(default_factory=list)  # each expired task's queue
     dead_workers: list[str] = field(default_factory=list)
     rescued: list[str] = field(default_factory=list)
     deleted: int = 0
@@ -142,7 +166,10 @@ class Storage(Protocol):
         docs/API.md): in_progress -> completed | failed, or -> pending with retries
         left (run_at after back-off); a late real result replaces a failure only lease
         expiry caused. Returns, per result, the task's new status, or the error that
-        result alone gets (TaskNotFound, LeaseConflict); a repeat is harmless."""
+        result alone gets (TaskNotFound, LeaseConflict); a repeat is harmless. A status
+        is a `Moved` (with the task's queue and type) when that result moved its task,
+        a plain str when it did not (the same result again; a failure under an earlier
+        lease, which only closes that attempt)."""
 
     def heartbeat(
         self,
@@ -172,12 +199,14 @@ class Storage(Protocol):
         tasks back to the queue (or failed on their last attempt); expired leases
         likewise; finished tasks older than retention_s deleted with their history (0:
         kept); workers dead or stopped since now - forget_after forgotten. Safe with
-        any number of reapers at once."""
+        any number of reapers at once. The report names the tasks whose lease expired
+        (`expired`, with `expired_queues`, the queue of each), the workers declared
+        dead and the tasks they held (`rescued`), and counts the rest."""
 
-    def cancel(self, task_id: str, now: float) -> str:
+    def cancel(self, task_id: str, now: float) -> Moved:
         """pending | in_progress -> cancelled. TaskNotFound, or Conflict if finished."""
 
-    def retry(self, task_id: str, now: float) -> str:
+    def retry(self, task_id: str, now: float) -> Moved:
         """failed | cancelled -> pending, attempts reset. TaskNotFound, or Conflict."""
 
     def get(self, task_id: str) -> dict:

@@ -10,6 +10,7 @@ order (to the millisecond) and a page's last id is where the next one starts.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,7 +64,8 @@ UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL
        lease_expires_at = NULL
  WHERE status = 'pending' AND id IN (
     SELECT id FROM tasks WHERE status = 'pending' AND id <= %(last_id)s AND {OTHER_FILTERS}
-     LIMIT %(batch)s)""",
+     LIMIT %(batch)s)
+RETURNING queue, type""",
     # failed -> pending, attempts reset (as RETRY), a batch of the tasks the filters match
     RETRY_MATCHING=f"""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
@@ -71,7 +73,8 @@ UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NU
        expired_failure = FALSE, worker_id = NULL
  WHERE status = 'failed' AND id IN (
     SELECT id FROM tasks WHERE status = 'failed' AND id <= %(last_id)s AND {OTHER_FILTERS}
-     LIMIT %(batch)s)""",
+     LIMIT %(batch)s)
+RETURNING queue, type""",
 )
 
 # what a bulk action takes: the status it moves tasks from, and its statement
@@ -144,22 +147,22 @@ class Browse:
         """How many tasks `where` matches; it names a status (a range of its index)."""
         return self._read(self.q.COUNT_MATCHING, where.args())[0]["n"]
 
-    def move_matching(self, action: str, where: TaskFilter, now: float) -> int:
+    def move_matching(self, action: str, where: TaskFilter, now: float) -> Counter:
         """`cancel` (pending -> cancelled) or `retry` (failed -> pending, attempts reset)
         every task submitted by `now` that the filter matches, BULK_BATCH per
-        transaction, until a batch finds none; returns how many moved. A task another
-        transaction moves first (a claim) is left as that one made it."""
+        transaction, until a batch finds none; returns how many moved, by (queue, type).
+        A task another transaction moves first (a claim) is left as that one made it."""
         status, name = BULK[action]
         statement = getattr(self.q, name)
         args = replace(where, status=status).args()
         args |= {"now": now, "batch": BULK_BATCH, "last_id": rows.last_id_of(now)}
 
-        def batch(tx) -> int:
-            moved = tx.execute(statement, args).rowcount
-            tx.notify = moved > 0  # new work, or finished tasks (GET /task?wait)
+        def batch(tx) -> Counter:
+            moved = Counter((r["queue"], r["type"]) for r in tx.all(statement, args))
+            tx.notify = bool(moved)  # new work, or finished tasks (GET /task?wait)
             return moved
 
-        total = 0
-        while (moved := self._transact(batch)) > 0:
+        total: Counter = Counter()
+        while moved := self._transact(batch):
             total += moved
         return total

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any, TypeVar
 
 from ..retry import retry_at
-from . import FINISHED, STOPPING, NewTask, ReapReport, Refusals, Result, browse, rows
+from . import FINISHED, STOPPING, Moved, NewTask, ReapReport, Refusals, Result, browse, rows
 from .errors import (
     Conflict,
     LeaseConflict,
@@ -35,6 +35,9 @@ from .errors import (
 from .rows import EXPIRED_ERROR, dumps
 
 T = TypeVar("T")
+# _complete_current's answer for a task it completed without reading its queue and type:
+# finish() reads them afterwards, for all such tasks of the batch at once (LABELS)
+UNLABELLED: Mapping[str, str] = MappingProxyType({})
 SCHEMA_VERSION = 4  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
@@ -128,6 +131,9 @@ UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
        finished_at = %(now)s, finished_lease = %(lease_token)s, lease_token = NULL,
        lease_expires_at = NULL, worker_id = %(worker_id)s
  WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s""",
+    # (read) the queue and type of the tasks a batch of results completed by
+    # COMPLETE_CURRENT, for the metrics' labels: one read per batch
+    LABELS="SELECT id, queue, type FROM tasks WHERE id = ANY(%(ids)s)",
     # pending | in_progress -> completed, by any lease this task issued (first result wins)
     COMPLETE="""
 UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
@@ -158,7 +164,8 @@ UPDATE tasks SET status = 'failed', error = %(error)s, finished_at = %(now)s,
  WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s""",
     # what a result is judged by, when it is not for the current lease
     TASK_FOR_RESULT="""
-SELECT status, lease_token, finished_lease, expired_failure, attempts, max_retries
+SELECT status, lease_token, finished_lease, expired_failure, attempts, max_retries, queue,
+       type
   FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
     LEASE_ISSUED="""
 SELECT 1 FROM attempts WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s""",
@@ -200,7 +207,8 @@ UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NU
        error = NULL, finished_at = NULL, started_at = NULL, finished_lease = NULL,
        expired_failure = FALSE, worker_id = NULL
  WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
-    TASK_STATUS_LOCKED="SELECT status, lease_token FROM tasks WHERE id = %(task_id)s FOR UPDATE",
+    TASK_STATUS_LOCKED="""
+SELECT status, lease_token, queue, type FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
     EXTEND_ALL="""
 UPDATE tasks SET lease_expires_at = %(until)s
  WHERE worker_id = %(worker_id)s AND status = 'in_progress'""",
@@ -256,7 +264,7 @@ DELETE FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(c
     ANY_EXPIRED="""
 SELECT 1 FROM tasks WHERE status = 'in_progress' AND lease_expires_at < %(now)s LIMIT 1""",
     EXPIRED_TASKS="""
-SELECT id, lease_token, attempts, max_retries FROM tasks
+SELECT id, lease_token, attempts, max_retries, queue FROM tasks
  WHERE status = 'in_progress' AND lease_expires_at < %(now)s
  ORDER BY id FOR UPDATE SKIP LOCKED""",
     ANY_PAST_RETENTION="""
@@ -363,16 +371,24 @@ class SqlStorage(browse.Browse):
         """(nothing) -> pending, tasks without an idempotency key, in bulk."""
         raise NotImplementedError
 
-    def _finish_batch(self, tx: Tx, results: list[Result], order: list[int], now: float):
-        """A backend's set-based finish: (indices it finished, indices it found not for
-        the current lease); the rest go result by result."""
-        return set(), set()
+    def _finish_batch(
+        self, tx: Tx, results: list[Result], order: list[int], now: float
+    ) -> tuple[dict[int, Mapping], set[int]]:
+        """A backend's set-based finish: (the indices it finished, each with its task's
+        queue and type; the indices it found not for the current lease); the rest go
+        result by result."""
+        return {}, set()
 
-    def _complete_current(self, tx: Tx, args: dict) -> bool:
+    def _complete_current(self, tx: Tx, args: dict) -> Mapping | None:
+        """in_progress -> completed under the current lease, its attempt closed: the
+        task's queue and type, or None when the result is not for that lease. Here
+        UNLABELLED (SQLite's case): SQLite runs `RETURNING` as a trigger program, ~40,000
+        instructions a row, as dear as the update itself, where finish()'s one LABELS
+        read for the batch costs ~15,000 a task at 100 results (callgrind, 2026-12-04)."""
         if not tx.execute(self.q.COMPLETE_CURRENT, args).rowcount:
-            return False
+            return None
         tx.execute(self.q.END_ATTEMPT_COMPLETED, args)  # the claim made it
-        return True
+        return UNLABELLED
 
     def _delete_finished(self, tx: Tx, cutoff: float) -> int:
         """Finished tasks past retention (a batch of them) and their history."""
@@ -460,11 +476,12 @@ class SqlStorage(browse.Browse):
         order = sorted(range(len(results)), key=lambda i: results[i].task_id)
 
         def finish_all(tx: Tx) -> list[str | Exception]:
-            out: list[str | Exception] = [""] * len(results)
+            out: list[Any] = [""] * len(results)
             counts: Counter[tuple[str, str]] = Counter()  # (worker_id, completed | failed)
             done, tried = self._finish_batch(tx, results, order, now)
-            for i in done:
-                out[i] = results[i].status
+            for i, task in done.items():
+                out[i] = Moved(results[i].status, task["queue"], task["type"])
+            unlabelled = []
             for i in order:
                 if i in done:
                     continue
@@ -472,6 +489,14 @@ class SqlStorage(browse.Browse):
                     out[i] = self._finish_one(tx, results[i], now, counts, i in tried)
                 except (TaskNotFound, Conflict) as exc:
                     out[i] = exc
+                if out[i] is UNLABELLED:
+                    unlabelled.append(i)
+            if unlabelled:
+                ids = self._ids([results[i].task_id for i in unlabelled])
+                labels = {r["id"]: r for r in tx.all(self.q.LABELS, {"ids": ids})}
+                for i in unlabelled:
+                    task = labels[results[i].task_id]
+                    out[i] = Moved("completed", task["queue"], task["type"])
             for worker_id in sorted({w for w, _ in counts}):  # once per worker and batch
                 n = {"completed": counts[worker_id, "completed"]}
                 n["failed"] = counts[worker_id, "failed"]
@@ -483,43 +508,49 @@ class SqlStorage(browse.Browse):
 
     def _finish_one(
         self, tx: Tx, item: Result, now: float, counts: Counter, tried_current: bool = False
-    ) -> str:
-        """One result, judged alone. `tried_current`: the batch statement already
-        found it is not for the task's current lease (or a failure with retries left)."""
+    ) -> Any:
+        """One result, judged alone: a Moved when it moved the task (UNLABELLED, when
+        _complete_current did not read its queue and type). `tried_current`:
+        the batch statement already found it is not for the task's current lease (or
+        a failure with retries left)."""
         _known_id(item.task_id)
         args = dict(task_id=item.task_id, lease_token=item.lease_token, worker_id=item.worker_id)
         args.update(now=now, result=dumps(item.result), error=self._text(item.error))
-        if item.status == "completed" and not tried_current and self._complete_current(tx, args):
-            counts[item.worker_id, "completed"] += 1
-            return "completed"
+        if item.status == "completed" and not tried_current:
+            if (task := self._complete_current(tx, args)) is not None:
+                counts[item.worker_id, "completed"] += 1
+                if task is UNLABELLED:
+                    return task  # finish() reads its queue and type with the batch's others
+                return Moved("completed", task["queue"], task["type"])
         row = tx.one(self.q.TASK_FOR_RESULT, args)
         if row is None:
             raise TaskNotFound(item.task_id)
         if tx.one(self.q.LEASE_ISSUED, args) is None:
             raise LeaseConflict(f"lease_token was not issued for task {item.task_id}")
-        status = row["status"]
+        status, queue, type_ = row["status"], row["queue"], row["type"]
         if item.status == "completed":
             if status in ("pending", "in_progress") and tx.execute(self.q.COMPLETE, args).rowcount:
                 self._end_attempt(tx, args, "completed", counts)
                 tx.execute(self.q.CLOSE_SUPERSEDED, args)
-                return "completed"
+                return Moved("completed", queue, type_)
             if tx.execute(self.q.COMPLETE_AFTER_EXPIRY, args).rowcount:
                 self._end_attempt(tx, args, "completed", counts)
-                return "completed"
+                return Moved("completed", queue, type_)
         elif status == "in_progress" and row["lease_token"] == item.lease_token:
             when = retry_at(row["attempts"], row["max_retries"], now, *self.backoff)
             args["run_at"] = when
             if tx.execute(self.q.FAIL_FINAL if when is None else self.q.FAIL_RETRY, args).rowcount:
                 self._end_attempt(tx, args, "failed", counts)
-                return "failed" if when is None else "pending"
+                return Moved("failed" if when is None else "pending", queue, type_)
         elif status in ("pending", "in_progress"):
             # a failure reported under an earlier lease: history only, the task belongs
             # to its current lease (or waits for its next claim)
             self._end_attempt(tx, args, "failed", counts)
             return status
         elif tx.execute(self.q.FAIL_AFTER_EXPIRY, args).rowcount:
+            # failed by lease expiry (not counted as finished then) -> failed, its error
             self._end_attempt(tx, args, "failed", counts)
-            return "failed"
+            return Moved("failed", queue, type_)
         if status in FINISHED and row["finished_lease"] == item.lease_token:
             return status  # the same result again: harmless
         raise LeaseConflict(f"task {item.task_id} is already {status} under another lease")
@@ -661,6 +692,7 @@ class SqlStorage(browse.Browse):
                 for r in tx.all(self.q.EXPIRED_TASKS, {"now": now}):
                     if self._expire(tx, r, now, "expired"):
                         found.expired.append(r["id"])
+                        found.expired_queues.append(r["queue"])
                 tx.execute(self.q.FORGET_RETIRED, {"cutoff": now - RETIRED_INSTANCE_KEEP_S})
                 args = {"cutoff": now - forget_after}
                 found.forgotten = tx.execute(self.q.FORGET_WORKERS, args).rowcount
@@ -689,19 +721,21 @@ class SqlStorage(browse.Browse):
 
     # -- operator actions ---------------------------------------------------------
 
-    def cancel(self, task_id: str, now: float) -> str:
+    def cancel(self, task_id: str, now: float) -> Moved:
         refusal = "already {}; it cannot be cancelled"
         return self._operator_move(task_id, now, self.q.CANCEL, "cancelled", refusal)
 
-    def retry(self, task_id: str, now: float) -> str:
+    def retry(self, task_id: str, now: float) -> Moved:
         refusal = "{}; only failed or cancelled tasks can be retried"
         return self._operator_move(task_id, now, self.q.RETRY, "pending", refusal)
 
-    def _operator_move(self, task_id: str, now: float, statement: str, to: str, refusal: str):
+    def _operator_move(
+        self, task_id: str, now: float, statement: str, to: str, refusal: str
+    ) -> Moved:
         """cancel or retry: one guarded UPDATE; a cancelled task's running attempt closed."""
         _known_id(task_id)
 
-        def move(tx: Tx) -> str:
+        def move(tx: Tx) -> Moved:
             args = {"task_id": task_id, "now": now}
             row = tx.one(self.q.TASK_STATUS_LOCKED, args)
             if row is None:
@@ -712,7 +746,7 @@ class SqlStorage(browse.Browse):
                 args.update(lease_token=row["lease_token"], outcome=to, error=None)
                 tx.execute(self.q.END_ATTEMPT, args)
             tx.notify = True  # new work, or a finished task (GET /task?wait)
-            return to
+            return Moved(to, row["queue"], row["type"])
 
         return self._transact(move)
 

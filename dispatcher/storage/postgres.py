@@ -107,7 +107,7 @@ WITH picked AS MATERIALIZED (
 SELECT * FROM claimed"""
 
 # in_progress -> completed by its current lease, and its attempt closed: the common
-# case, judged by this statement alone (a row back means done)
+# case, judged by this statement alone (a row back, the task's queue and type, means done)
 COMPLETE_CURRENT = """
 WITH done AS (
     UPDATE tasks
@@ -115,11 +115,12 @@ WITH done AS (
            finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL,
            worker_id = %(worker_id)s
      WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-    RETURNING id
+    RETURNING id, queue, type
 )
 UPDATE attempts SET finished_at = %(now)s, outcome = 'completed', error = NULL
- WHERE task_id IN (SELECT id FROM done) AND lease_token = %(lease_token)s
-RETURNING 1"""
+  FROM done
+ WHERE attempts.task_id = done.id AND attempts.lease_token = %(lease_token)s
+RETURNING done.queue, done.type"""
 
 # The same transitions for a whole batch in one statement: in_progress -> completed,
 # and in_progress -> failed when no retries are left, for each result under its task's
@@ -147,7 +148,7 @@ WITH r AS (
       FROM locked r
      WHERE t.id = r.task_id AND t.status = 'in_progress' AND t.lease_token = r.lease_token
        AND (r.status = 'completed' OR t.attempts > t.max_retries)
-    RETURNING t.id, t.status, t.error, r.lease_token, r.worker_id
+    RETURNING t.id, t.status, t.error, t.queue, t.type, r.lease_token, r.worker_id
 ), closed AS (
     UPDATE attempts a SET finished_at = %(now)s, outcome = done.status, error = done.error
       FROM done
@@ -161,7 +162,7 @@ WITH r AS (
               FROM closed GROUP BY worker_id) n
      WHERE w.worker_id = n.worker_id
 )
-SELECT id FROM done"""
+SELECT id, queue, type FROM done"""
 
 # finished tasks past retention, with their history; rows another reaper is deleting
 # are skipped
@@ -357,7 +358,9 @@ class PostgresStorage(SqlStorage):
     def next_run_at(self, queues: tuple[str, ...]) -> float | None:
         return self._read(NEXT_RUN_AT, {"queues": list(queues)})[0]["t"]
 
-    def _finish_batch(self, tx: Tx, results: list[Result], order: list[int], now: float):
+    def _finish_batch(
+        self, tx: Tx, results: list[Result], order: list[int], now: float
+    ) -> tuple[dict[int, dict], set[int]]:
         """The workers' rows first (as every other path takes them: no deadlock), then
         FINISH_CURRENT for the first result of each task, from FINISH_CURRENT_MIN tasks
         on; what it did not finish is judged result by result, exactly as if all had been."""
@@ -369,18 +372,18 @@ class PostgresStorage(SqlStorage):
                 fast.append(i)
             seen.add(r.task_id)
         if len(fast) < FINISH_CURRENT_MIN:
-            return set(), set()
+            return {}, set()
         items = [results[i] for i in fast]
         args = {key: [getattr(it, key) for it in items] for key in RESULT_KEYS}
         args["now"] = now
         args["result"] = [dumps(it.result) if it.status == "completed" else None for it in items]
         args["error"] = [None if it.status == "completed" else self._text(it.error) for it in items]
-        finished = {row["id"] for row in tx.all(FINISH_CURRENT, args)}
-        done = {i for i in fast if results[i].task_id in finished}
-        return done, set(fast) - done
+        finished = {row["id"]: row for row in tx.all(FINISH_CURRENT, args)}
+        done = {i: finished[results[i].task_id] for i in fast if results[i].task_id in finished}
+        return done, set(fast) - done.keys()
 
-    def _complete_current(self, tx: Tx, args: dict) -> bool:
-        return tx.one(COMPLETE_CURRENT, args) is not None  # the attempt closed with it
+    def _complete_current(self, tx: Tx, args: dict) -> dict | None:
+        return tx.one(COMPLETE_CURRENT, args)  # the attempt closed with it
 
     def _delete_finished(self, tx: Tx, cutoff: float) -> int:
         return tx.one(DELETE_FINISHED, {"cutoff": cutoff, "batch": core.DELETE_BATCH})["n"]

@@ -104,7 +104,8 @@ def test_bulk_retry_moves_every_failed_task_the_filter_matches(storage, mixed, m
     failed = ids_of(storage.find_tasks(TaskFilter(status="failed"), None, 50, None))
     assert storage.count_matching(TaskFilter(status="failed", text="nothing like it")) == 0
     assert storage.count_matching(TaskFilter(status="failed")) == 2
-    assert storage.move_matching("retry", TaskFilter(status="failed"), now=T0 + 5) == 2
+    moved = storage.move_matching("retry", TaskFilter(status="failed"), now=T0 + 5)
+    assert moved == {("b", "sleep"): 1, ("b", "compute"): 1}, moved
     for task_id in failed:
         task = storage.get(task_id)
         assert (task["status"], task["attempts"], task["error"]) == ("pending", 0, None)
@@ -116,11 +117,12 @@ def test_bulk_cancel_moves_only_the_pending_tasks_the_filter_matches(storage, mi
     matching = set(ids_of(storage.find_tasks(where, None, 50, None)))
     others = set(ids_of(storage.find_tasks(TaskFilter(status="pending", queue="b"), None, 50, 0)))
     assert storage.count_matching(where) == len(matching) > 0
-    assert storage.move_matching("cancel", where, now=T0 + 5) == len(matching)
+    moved = storage.move_matching("cancel", where, now=T0 + 5)
+    assert sum(moved.values()) == len(matching) and {q for q, _ in moved} == {"a"}, moved
     assert {storage.get(t)["status"] for t in matching} == {"cancelled"}
     assert {storage.get(t)["status"] for t in others} == {"pending"}
     # a bulk retry takes failed tasks only: the cancelled ones stay
-    assert storage.move_matching("retry", TaskFilter(queue="a"), now=T0 + 6) == 0
+    assert not storage.move_matching("retry", TaskFilter(queue="a"), now=T0 + 6)
 
 
 def test_finished_tasks_are_counted_by_queue_status_and_minute(storage):

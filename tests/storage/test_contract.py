@@ -25,7 +25,7 @@ from dispatcher.errors import (
     WorkerTakenOver,
     http_status,
 )
-from dispatcher.storage import NewTask, Result, open_storage
+from dispatcher.storage import Moved, NewTask, Result, open_storage
 from dispatcher.storage.core import DELETE_BATCH
 from dispatcher.storage.sqlite import SCHEMA_VERSION
 from tests.pg import fresh_schema_url
@@ -971,6 +971,10 @@ def test_a_batch_mixing_current_stale_repeated_and_unknown_results(storage):
         "completed",  # the failure put it back to pending; a result of its lease still counts
         "completed",
     ]
+    # what moved its task says so, with the task's queue and type (metrics count these)
+    moved = [i for i, o in enumerate(outcomes) if isinstance(o, Moved)]
+    assert moved == [0, 1, 3, 7, 8, 10, 13, 14, 15]
+    assert {(outcomes[i].queue, outcomes[i].type) for i in moved} == {("default", "sleep")}
 
     def state(task_id):
         task = storage.get(task_id)
@@ -1019,6 +1023,57 @@ def test_a_batch_mixing_current_stale_repeated_and_unknown_results(storage):
     # w1: done, repeated, stale_done (late), retried; failed: last, fail_then_done, retried
     # w2: other; failed: stale_failed
     assert counters == {"w1": (4, 3), "w2": (1, 1)}
+
+
+def moved(outcome) -> tuple:
+    """A status as (status, queue, type) when it moved its task; else the status alone."""
+    if isinstance(outcome, Moved):
+        return str(outcome), outcome.queue, outcome.type
+    return outcome if isinstance(outcome, str) else type(outcome).__name__
+
+
+def test_what_moved_a_task_names_its_queue_and_type(storage):
+    # A result, a cancellation and an expired lease name only a task id; what storage
+    # answers names the queue and type of each task it moved, for the metrics' labels.
+    # Six results in one batch: on PostgreSQL the set-based statement takes the first
+    # five (a retry is judged alone), on SQLite each goes alone.
+    kinds = [("a", "t1", 0), ("a", "t2", 0), ("b", "t1", 0), ("b", "t3", 0), ("a", "t1", 3)]
+    kinds += [("b", "t2", 0)]
+    ids = [submit(storage, queue=q, type_=t, max_retries=r) for q, t, r in kinds]
+    lease = {c["task_id"]: c["lease_token"] for c in claim(storage, max_tasks=6, queues=("a", "b"))}
+    statuses = ["completed", "failed", "completed", "failed", "failed", "completed"]
+    batch = [Result(i, lease[i], "w1", s, error="x") for i, s in zip(ids, statuses, strict=True)]
+    again = Result(ids[0], lease[ids[0]], "w1", "completed")
+    forged = Result(ids[5], "f" * 32, "w1", "completed")
+    assert [moved(o) for o in storage.finish([*batch, again, forged], now=T0 + 1)] == [
+        ("completed", "a", "t1"),
+        ("failed", "a", "t2"),
+        ("completed", "b", "t1"),
+        ("failed", "b", "t3"),
+        ("pending", "a", "t1"),  # a retry
+        ("completed", "b", "t2"),
+        "completed",  # the same result again moves nothing
+        "LeaseConflict",
+    ]
+
+    one = submit(storage, queue="c", type_="t4")  # one result alone: the per-result path
+    assert moved(finish(storage, one, claim_one(storage, one, queues=("c",)))) == (
+        "completed",
+        "c",
+        "t4",
+    )
+
+    last, running = submit(storage, queue="c", max_retries=0), submit(storage, queue="d")
+    late = claim_one(storage, last, queues=("c",))
+    claim_one(storage, running, queues=("d",), now=T0 + 10)
+    report = reap(storage, now=T0 + 31)
+    assert (report.expired, report.expired_queues) == ([last], ["c"])
+    assert moved(finish(storage, last, late, now=T0 + 32)) == ("completed", "c", "sleep")
+
+    assert moved(storage.cancel(running, now=T0 + 33)) == ("cancelled", "d", "sleep")
+    assert moved(storage.retry(running, now=T0 + 34)) == ("pending", "d", "sleep")
+    report = reap(storage, now=T0 + 100)
+    assert (report.expired, report.expired_queues) == ([], [])
 
 
 # -- a worker that stops, and workers long gone -------------------------------------------

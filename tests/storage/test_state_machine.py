@@ -49,7 +49,15 @@ from hypothesis.stateful import (
 
 from common.config import Config
 from dispatcher.errors import Conflict, LeaseConflict, TaskNotFound, WorkerTakenOver
-from dispatcher.storage import FINISHED, STATUSES, NewTask, Result, Storage, open_storage
+from dispatcher.storage import (
+    FINISHED,
+    STATUSES,
+    Moved,
+    NewTask,
+    Result,
+    Storage,
+    open_storage,
+)
 from dispatcher.storage.sqlite import TOUCH_EVERY_S
 from tests.pg import fresh_schema_url
 
@@ -538,6 +546,7 @@ class StorageMachine(RuleBasedStateMachine):
             return
         status = task.status
         expect: str | None = None  # None: refused with LeaseConflict
+        moves = True  # does this result move the task (storage answers a Moved then)?
         if item.status == "completed":
             if status in ("pending", "in_progress") or (status == "failed" and task.by_expiry):
                 # the first finished result wins, and a real result replaces an expiry
@@ -564,6 +573,7 @@ class StorageMachine(RuleBasedStateMachine):
             task.error = stored_error(self.kind, item.error)
         elif status in ("pending", "in_progress"):
             expect = status  # a failure under an earlier lease: history only
+            moves = False
         elif status == "failed" and task.by_expiry:
             expect = "failed"  # the worker's real error replaces "lease expired"
             self.finish_task(task, "failed", item.lease_token, item.worker_id)
@@ -571,6 +581,7 @@ class StorageMachine(RuleBasedStateMachine):
             task.error = stored_error(self.kind, item.error)
         if expect is None and status in FINISHED and task.finished_lease == item.lease_token:
             expect = status  # the same lease again: harmless
+            moves = False
         if expect is None:
             assert isinstance(outcome, LeaseConflict), (
                 f"{item.status} under lease {item.lease_token} accepted for a {status} task "
@@ -578,6 +589,11 @@ class StorageMachine(RuleBasedStateMachine):
             )
         else:
             assert outcome == expect, f"{item}: {outcome!r}, expected {expect!r} (was {status})"
+            if moves:
+                assert isinstance(outcome, Moved), f"{item}: {outcome!r} moved its task"
+                assert (outcome.queue, outcome.type) == (task.queue, task.type)
+            else:
+                assert not isinstance(outcome, Moved), f"{item}: {outcome!r} moved nothing"
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data(), worker_id=st.sampled_from(WORKERS))
@@ -651,6 +667,8 @@ class StorageMachine(RuleBasedStateMachine):
         assert sorted(report.dead_workers) == sorted(dead)
         assert sorted(report.rescued) == sorted(rescued)
         assert sorted(report.expired) == sorted(expired)
+        named = sorted(zip(report.expired, report.expired_queues, strict=True))
+        assert named == sorted((t, self.tasks[t].queue) for t in expired)
         assert report.deleted == len(gone)
 
     @rule(data=st.data(), op=st.sampled_from(["cancel", "retry"]))
@@ -664,16 +682,21 @@ class StorageMachine(RuleBasedStateMachine):
         if task is None:
             with pytest.raises(TaskNotFound):
                 call(task_id, now=self.now)
-        elif task.status not in allowed:
+            return
+        if task.status not in allowed:
             with pytest.raises(Conflict):
                 call(task_id, now=self.now)
-        elif op == "cancel":
-            assert call(task_id, now=self.now) == "cancelled"
+            return
+        moved = call(task_id, now=self.now)
+        assert isinstance(moved, Moved), f"{op} {task_id}: {moved!r} is not a Moved"
+        assert (moved.queue, moved.type) == (task.queue, task.type)
+        if op == "cancel":
+            assert moved == "cancelled"
             task.status = "cancelled"
             task.finished_at = self.now
             task.lease = task.expires = None
         else:
-            assert call(task_id, now=self.now) == "pending"
+            assert moved == "pending"
             task.status = "pending"
             task.attempts = 0
             task.run_at = self.now
