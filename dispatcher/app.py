@@ -177,37 +177,42 @@ def _refuse_large_bodies(limit: int):
 
 
 def _reaper(ctx: Context) -> None:
-    config = ctx.config
     while True:
-        try:
-            report = ctx.storage.reap(
-                now=ctx.clock(),
-                dead_after=config.worker_dead_after,
-                retention_s=config.task_retention_seconds,
-                forget_after=config.worker_forget_after or float("inf"),
+        reap_once(ctx)
+        time.sleep(ctx.config.reap_interval)
+
+
+def reap_once(ctx: Context) -> None:
+    """One sweep of the reaper (storage.reap), logged and counted; it never raises: the
+    next sweep tries again."""
+    config = ctx.config
+    try:
+        report = ctx.storage.reap(
+            now=ctx.clock(),
+            dead_after=config.worker_dead_after,
+            retention_s=config.task_retention_seconds,
+            forget_after=config.worker_forget_after or float("inf"),
+        )
+        for worker_id in report.dead_workers:
+            log.warning(
+                "worker %s declared dead (no heartbeat)",
+                worker_id,
+                extra={"worker_id": worker_id},
             )
-            for worker_id in report.dead_workers:
-                log.warning(
-                    "worker %s declared dead (no heartbeat)",
-                    worker_id,
-                    extra={"worker_id": worker_id},
-                )
-            for task_id in report.rescued:
-                log.warning(
-                    "task %s back to the queue: its worker is dead",
-                    task_id,
-                    extra={"task_id": task_id},
-                )
-            for task_id in report.expired:
-                log.warning("task %s lease expired", task_id, extra={"task_id": task_id})
-            if report.forgotten:
-                log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
-            if report.deleted:
-                log.info("deleted %d finished tasks past retention", report.deleted)
-            if report.expired:
-                metrics.LEASE_EXPIRATIONS.inc(len(report.expired))
-        except Exception as exc:  # the reaper never dies; the next sweep tries again
-            if isinstance(exc, DatabaseUnavailable):
-                metrics.DATABASE_ERRORS.inc()
-            log.error("reap failed: %s", exc)
-        time.sleep(config.reap_interval)
+        for task_id in report.rescued:
+            log.warning(
+                "task %s back to the queue: its worker is dead",
+                task_id,
+                extra={"task_id": task_id},
+            )
+        for task_id in report.expired:
+            log.warning("task %s lease expired", task_id, extra={"task_id": task_id})
+        if report.forgotten:
+            log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
+        if report.deleted:
+            log.info("deleted %d finished tasks past retention", report.deleted)
+        metrics.count_expired(report.expired_queues)
+    except Exception as exc:  # the reaper never dies; the next sweep tries again
+        if isinstance(exc, DatabaseUnavailable):
+            metrics.DATABASE_ERRORS.inc()
+        log.error("reap failed: %s", exc)

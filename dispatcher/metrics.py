@@ -7,9 +7,11 @@ Across gunicorn's processes the counters use prometheus_client's multiprocess mo
 process, adds them up. Without that variable (the tests that call create_app in-process)
 the counters live in prometheus_client's default registry.
 
-Label sets, honestly: a result names only its task id, so the counters fed by results,
-cancellations and the reaper (finished, retries, lease expirations) carry no queue or
-type label; submissions carry both (docs/API.md lists every name).
+Labels: submissions carry the queue and type of what they submitted; results,
+cancellations and the reaper name only task ids, and storage tells the queue and type of
+each task they moved (a `Moved` status, ReapReport.expired_queues), read in the
+statements that move it, so the counters they feed are labelled too without a read per
+task (docs/API.md lists every name).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from .storage import Moved
 from .storage.errors import DatabaseUnavailable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,10 +43,14 @@ SUBMITTED = Counter("taskqueue_tasks_submitted", "Tasks created by submissions",
 FINISHED = Counter(
     "taskqueue_tasks_finished",
     "Tasks finished: results accepted as completed or (finally) failed, and cancellations",
-    ["outcome"],
+    ["queue", "type", "outcome"],
 )
-RETRIES = Counter("taskqueue_task_retries", "Failed results sent back to pending for a retry")
-LEASE_EXPIRATIONS = Counter("taskqueue_lease_expirations", "Leases found expired by the reaper")
+RETRIES = Counter(
+    "taskqueue_task_retries", "Failed results sent back to pending for a retry", ["queue", "type"]
+)
+LEASE_EXPIRATIONS = Counter(
+    "taskqueue_lease_expirations", "Leases found expired by the reaper", ["queue"]
+)
 FENCED = Counter("taskqueue_fenced_results", "Results refused with 409 (fenced)")
 DATABASE_ERRORS = Counter(
     "taskqueue_database_errors", "Requests or reaper sweeps that lost the database"
@@ -62,24 +69,33 @@ def count_submitted(tasks: Iterable, created: Iterable[bool]) -> None:
 
 
 def count_results(outcomes: Iterable[str | Exception], is_fenced: Callable) -> None:
-    completed = failed = retried = fenced = 0
+    """What storage.finish answered: a result that moved its task (a Moved) counts as
+    finished (completed, failed) or as a retry (pending again); one that moved nothing
+    (a repeat, a failure under an earlier lease) counts nowhere; a 409 counts as fenced."""
+    moved: dict[tuple[str, str, str], int] = {}  # (queue, type, status): n
+    fenced = 0
     for o in outcomes:
-        if o == "completed":
-            completed += 1
-        elif o == "failed":
-            failed += 1
-        elif o == "pending":
-            retried += 1
+        if isinstance(o, Moved):
+            key = (o.queue, o.type, o)
+            moved[key] = moved.get(key, 0) + 1
         elif isinstance(o, Exception) and is_fenced(o):
             fenced += 1
-    if completed:
-        FINISHED.labels("completed").inc(completed)
-    if failed:
-        FINISHED.labels("failed").inc(failed)
-    if retried:
-        RETRIES.inc(retried)
+    for (queue, type_, status), n in moved.items():
+        if status == "pending":
+            RETRIES.labels(queue, type_).inc(n)
+        else:
+            FINISHED.labels(queue, type_, status).inc(n)
     if fenced:
         FENCED.inc(fenced)
+
+
+def count_cancelled(moved: Moved) -> None:
+    FINISHED.labels(moved.queue, moved.type, "cancelled").inc()
+
+
+def count_expired(queues: Iterable[str]) -> None:
+    for queue, n in Tally(queues).items():
+        LEASE_EXPIRATIONS.labels(queue).inc(n)
 
 
 class StorageCollector:

@@ -272,7 +272,7 @@ def list_tasks():
 def cancel_task(task_id: str):
     c = ctx()
     status = c.storage.cancel(task_id, now=c.clock())
-    metrics.FINISHED.labels("cancelled").inc()
+    metrics.count_cancelled(status)
     log.info("cancelled task %s", task_id, extra={"task_id": task_id})
     return {"task_id": task_id, "status": status}
 

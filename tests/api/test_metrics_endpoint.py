@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import Config
-from dispatcher.app import create_app
+from dispatcher.app import create_app, reap_once
 
 T0 = 1_700_000_000.0
 
@@ -18,9 +18,9 @@ def make_client(tmp_path, monkeypatch):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     apps = []
 
-    def make(**settings):
+    def make(clock=lambda: T0, **settings):
         url = f"sqlite:///{tmp_path}/tasks-{len(apps)}.db"
-        app = create_app(Config(database_url=url, **settings), clock=lambda: T0, background=False)
+        app = create_app(Config(database_url=url, **settings), clock=clock, background=False)
         apps.append(app)
         return app.test_client()
 
@@ -46,36 +46,81 @@ def value(found: dict, name: str, **labels) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+LABELLED = (  # the counters fed by results, cancellations and the reaper
+    "taskqueue_tasks_finished_total",
+    "taskqueue_task_retries_total",
+    "taskqueue_lease_expirations_total",
+    "taskqueue_fenced_results_total",
+)
+
+
 def test_metrics_count_what_the_api_did(make_client):
-    client = make_client()
+    now = [T0]
+    client = make_client(clock=lambda: now[0], lease_seconds=30.0)
     before = samples(client)
-    ids = []
-    for _ in range(3):
-        r = client.post("/submit-task", json={"type": "sleep", "payload": {"duration": 0}})
-        ids.append(r.json["task_id"])
-    client.post("/submit-tasks", json={"tasks": [{"type": "fail", "payload": {}}] * 2})
-    claimed = client.post("/get-task", json={"worker_id": "w1", "max_tasks": 5}).json["tasks"]
-    by_id = {t["task_id"]: t for t in claimed}
-    first = by_id.pop(ids[0])
-    result = {"task_id": ids[0], "worker_id": "w1", "lease_token": first["lease_token"]}
-    assert client.post("/submit-result", json={**result, "status": "completed"}).status_code == 200
-    forged = {**result, "status": "failed", "lease_token": claimed[-1]["lease_token"]}
+
+    def submit(type_, queue="default", **options):
+        payload = {"sleep": {"duration": 0}, "compute": {"operation": "double", "value": 1}}
+        task = {"type": type_, "payload": payload.get(type_, {}), "queue": queue, **options}
+        r = client.post("/submit-task", json=task)
+        assert r.status_code == 201, r.text
+        return r.json["task_id"]
+
+    done, cancelled = submit("sleep"), submit("sleep")
+    fails = [{"type": "fail", "payload": {}, "max_retries": n} for n in (0, 1)]
+    r = client.post("/submit-tasks", json={"tasks": fails})
+    final, retried = r.json["task_ids"]
+    done_q2, expired_q2 = submit("compute", "q2"), submit("compute", "q2")
+    assert client.post(f"/task/{cancelled}/cancel").status_code == 200
+    claim = {"worker_id": "w1", "max_tasks": 10, "queues": ["default", "q2"]}
+    lease = {
+        t["task_id"]: t["lease_token"] for t in client.post("/get-task", json=claim).json["tasks"]
+    }
+    assert set(lease) == {done, final, retried, done_q2, expired_q2}
+
+    def result(task_id, status="completed", token=None):
+        token = token or lease[task_id]
+        body = {"task_id": task_id, "worker_id": "w1", "lease_token": token, "status": status}
+        return body if status == "completed" else {**body, "error": "boom"}
+
+    assert client.post("/submit-result", json=result(done)).status_code == 200
+    assert client.post("/submit-result", json=result(done)).status_code == 200  # a repeat
+    forged = result(done_q2, token=lease[final])
     assert client.post("/submit-result", json=forged).status_code == 409
-    assert client.post(f"/task/{ids[1]}/cancel").status_code == 200
+    batch = [result(done_q2), result(final, "failed"), result(retried, "failed")]
+    answers = client.post("/submit-results", json={"results": batch}).json["results"]
+    assert [a["status"] for a in answers] == ["completed", "failed", "pending"]
+    now[0] = T0 + 31  # expired_q2's lease (30 s) is over; the reaper finds it
+    reap_once(client.application.extensions["taskqueue"])
+    assert client.get(f"/task/{expired_q2}").json["status"] == "pending"
     client.application.extensions["taskqueue"].metrics.collector.read_at = float("-inf")
     after = samples(client)  # the gauges' 1 s cache expired by hand just above
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("taskqueue_tasks_submitted_total", queue="default", type="sleep") == 3
+    assert delta("taskqueue_tasks_submitted_total", queue="default", type="sleep") == 2
     assert delta("taskqueue_tasks_submitted_total", queue="default", type="fail") == 2
-    assert delta("taskqueue_tasks_finished_total", outcome="completed") == 1
-    assert delta("taskqueue_tasks_finished_total", outcome="cancelled") == 1
-    assert delta("taskqueue_fenced_results_total") == 1
+    assert delta("taskqueue_tasks_submitted_total", queue="q2", type="compute") == 2
+    moved = {
+        (name, labels): after[name, labels] - before.get((name, labels), 0.0)
+        for name, labels in after
+        if name in LABELLED and after[name, labels] != before.get((name, labels), 0.0)
+    }
+    finished = "taskqueue_tasks_finished_total"
+    assert moved == {  # exactly these series moved, by exactly this much
+        (finished, (("outcome", "completed"), ("queue", "default"), ("type", "sleep"))): 1,
+        (finished, (("outcome", "cancelled"), ("queue", "default"), ("type", "sleep"))): 1,
+        (finished, (("outcome", "failed"), ("queue", "default"), ("type", "fail"))): 1,
+        (finished, (("outcome", "completed"), ("queue", "q2"), ("type", "compute"))): 1,
+        ("taskqueue_task_retries_total", (("queue", "default"), ("type", "fail"))): 1,
+        ("taskqueue_lease_expirations_total", (("queue", "q2"),)): 1,
+        ("taskqueue_fenced_results_total", ()): 1,
+    }
     stats = client.get("/stats").json
-    for status, n in stats["queues"]["default"].items():
-        assert value(after, "taskqueue_tasks", queue="default", status=status) == n
+    for queue in ("default", "q2"):
+        for status, n in stats["queues"][queue].items():
+            assert value(after, "taskqueue_tasks", queue=queue, status=status) == n
     assert value(after, "taskqueue_workers", status="alive") == stats["workers"]["alive"]
     endpoint = {"endpoint": "/task/<task_id>/cancel", "method": "POST", "status": "200"}
     assert delta("taskqueue_http_request_duration_seconds_count", **endpoint) == 1

@@ -24,36 +24,75 @@ def value(found: dict, name: str, **labels: str) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def series(found: dict, name: str) -> dict:
+    """Every sample of one metric, as {labels: value}."""
+    return {labels: v for (n, labels), v in found.items() if n == name}
+
+
 def test_metrics_count_what_the_test_did(make_cluster):
-    cluster = make_cluster(DISPATCHER_PROCESSES="2")
+    # no worker is declared dead here: the silent one's leases expire instead
+    cluster = make_cluster(DISPATCHER_PROCESSES="2", WORKER_DEAD_AFTER="600")
     worker_port = free_port()
     cluster.start_dispatcher()
-    worker = cluster.start_worker("worker-1", WORKER_METRICS_PORT=str(worker_port))
-    cluster.wait_worker_alive(worker)
 
-    ok = [cluster.submit("compute", {"operation": "double", "value": i}) for i in range(N)]
+    # a worker that claims by hand and then says nothing: the reaper finds its leases
+    # expired, two in queue q2, one in q3 (no retry left: they end failed, unclaimed)
+    def double(i: int) -> dict:
+        return {"operation": "double", "value": i}
+
+    silent = [cluster.submit("compute", double(i), queue="q2", max_retries=0) for i in range(2)]
+    silent.append(cluster.submit("sleep", {"duration": 0}, queue="q3", max_retries=0))
+    claim = {"worker_id": "silent", "max_tasks": 3, "queues": ["q2", "q3"]}
+    claimed = cluster.client.call("POST", "/get-task", claim)["tasks"]
+    assert sorted(t["task_id"] for t in claimed) == sorted(silent)
+
+    worker = cluster.start_worker(
+        "worker-1", WORKER_METRICS_PORT=str(worker_port), WORKER_QUEUES="default,q4"
+    )
+    cluster.wait_worker_alive(worker)
+    ok = [cluster.submit("compute", double(i)) for i in range(N)]
+    ok_q4 = cluster.submit("sleep", {"duration": 0}, queue="q4")
     bad = cluster.submit("fail", {"error_message": "boom"}, max_retries=0)
-    later = cluster.submit("compute", {"operation": "double", "value": 1}, delay=3600)
+    twice = cluster.submit("fail", {"error_message": "boom"}, max_retries=1)  # one retry
+    later = cluster.submit("compute", double(1), delay=3600)
     cluster.client.call("POST", f"/task/{later}/cancel")
-    for task in cluster.wait_all_finished([*ok, bad]):
-        assert task["status"] == ("failed" if task["task_id"] == bad else "completed"), task
+    later_q4 = cluster.submit("sleep", {"duration": 0}, queue="q4", delay=3600)
+    cluster.client.call("POST", f"/task/{later_q4}/cancel")
+    for task in cluster.wait_all_finished([*ok, ok_q4, bad, twice, *silent]):
+        failed = task["task_id"] in (bad, twice, *silent)
+        assert task["status"] == ("failed" if failed else "completed"), task
 
     metrics_url = f"{cluster.url}/metrics"
     seen: dict = {}
     stats: dict = {}
+
+    def labelled(queue: str, type_: str, **more: str) -> tuple:
+        return tuple(sorted({"queue": queue, "type": type_, **more}.items()))
 
     def counted() -> bool:  # each scrape may be answered by either server process
         nonlocal seen
         seen = scrape(metrics_url)
         return all(
             (
-                value(seen, "taskqueue_tasks_submitted_total", queue="default", type="compute")
-                == N + 1,
-                value(seen, "taskqueue_tasks_submitted_total", queue="default", type="fail") == 1,
-                value(seen, "taskqueue_tasks_finished_total", outcome="completed") == N,
-                value(seen, "taskqueue_tasks_finished_total", outcome="failed") == 1,
-                value(seen, "taskqueue_tasks_finished_total", outcome="cancelled") == 1,
-                value(seen, "taskqueue_task_retries_total") == 0,
+                series(seen, "taskqueue_tasks_submitted_total")
+                == {
+                    labelled("default", "compute"): N + 1,
+                    labelled("default", "fail"): 2,
+                    labelled("q2", "compute"): 2,
+                    labelled("q3", "sleep"): 1,
+                    labelled("q4", "sleep"): 2,
+                },
+                series(seen, "taskqueue_tasks_finished_total")
+                == {
+                    labelled("default", "compute", outcome="completed"): N,
+                    labelled("q4", "sleep", outcome="completed"): 1,
+                    labelled("default", "fail", outcome="failed"): 2,
+                    labelled("default", "compute", outcome="cancelled"): 1,
+                    labelled("q4", "sleep", outcome="cancelled"): 1,
+                },
+                series(seen, "taskqueue_task_retries_total") == {labelled("default", "fail"): 1},
+                series(seen, "taskqueue_lease_expirations_total")
+                == {(("queue", "q2"),): 2, (("queue", "q3"),): 1},
                 value(seen, "taskqueue_fenced_results_total") == 0,
                 value(seen, "taskqueue_database_errors_total") == 0,
             )
@@ -68,8 +107,9 @@ def test_metrics_count_what_the_test_did(make_cluster):
         stats = cluster.client.stats()
         seen = scrape(metrics_url)
         return all(
-            value(seen, "taskqueue_tasks", queue="default", status=status) == n
-            for status, n in stats["queues"]["default"].items()
+            value(seen, "taskqueue_tasks", queue=queue, status=status) == n
+            for queue, counts in stats["queues"].items()
+            for status, n in counts.items()
         ) and all(
             value(seen, "taskqueue_workers", status=status) == stats["workers"][status]
             for status in ("alive", "dead")
@@ -84,7 +124,7 @@ def test_metrics_count_what_the_test_did(make_cluster):
         method="POST",
         status="200",
     )
-    assert requests_seen == 1
+    assert requests_seen == 2
 
     worker_url = f"http://127.0.0.1:{worker_port}/metrics"
     mine: dict = {}
@@ -94,7 +134,8 @@ def test_metrics_count_what_the_test_did(make_cluster):
         mine = scrape(worker_url)
         return (
             value(mine, "taskqueue_worker_tasks_total", type="compute", outcome="completed") == N
-            and value(mine, "taskqueue_worker_tasks_total", type="fail", outcome="failed") == 1
+            and value(mine, "taskqueue_worker_tasks_total", type="sleep", outcome="completed") == 1
+            and value(mine, "taskqueue_worker_tasks_total", type="fail", outcome="failed") == 3
         )
 
     wait_for(worker_counted, 10, lambda: f"worker metrics: {mine}")
