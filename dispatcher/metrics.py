@@ -17,7 +17,6 @@ task (docs/API.md lists every name).
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from .cached import Cached
 from .storage import Moved
 from .storage.errors import DatabaseUnavailable
 
@@ -109,18 +109,10 @@ class StorageCollector:
     storage.stats(), cached for GAUGE_CACHE_S."""
 
     def __init__(self, stats: Callable[[], dict], clock: Callable[[], float] = time.monotonic):
-        self.stats = stats
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.cached: dict | None = None
-        self.read_at = float("-inf")
+        self.cache = Cached(stats, GAUGE_CACHE_S, clock)
 
     def current(self) -> dict:
-        with self.lock:
-            if self.cached is None or self.clock() - self.read_at >= GAUGE_CACHE_S:
-                self.cached = self.stats()
-                self.read_at = self.clock()
-            return self.cached
+        return self.cache.get()[0]
 
     def collect(self):
         try:

@@ -29,10 +29,11 @@ from werkzeug.exceptions import HTTPException
 from common.statuses import STATUSES
 
 from .. import metrics
+from ..cached import Cached
 from ..storage.browse import BULK, TaskFilter
 from ..storage.errors import Conflict, TaskNotFound
 from . import auth
-from .views import Cached, Chart, Throughput, ago, pretty, queue_rows
+from .views import Chart, Throughput, ago, pretty, queue_rows
 
 log = logging.getLogger("dispatcher")
 PAGE_SIZE = 50

@@ -63,24 +63,6 @@ def queue_rows(
     ]
 
 
-class Cached:
-    """A value read at most once per `ttl_s` (the dashboard's full counts: a read of
-    every task's index entry, kept off the every-few-seconds refresh)."""
-
-    def __init__(self, read: Callable[[], Any], ttl_s: float, clock: Callable[[], float]):
-        self.read, self.ttl_s, self.clock = read, ttl_s, clock
-        self.lock = threading.Lock()
-        self.value: Any = None
-        self.read_at = float("-inf")
-
-    def get(self) -> tuple[Any, float]:
-        """The value and when it was read."""
-        with self.lock:
-            if self.value is None or self.clock() - self.read_at >= self.ttl_s:
-                self.value, self.read_at = self.read(), self.clock()
-            return self.value, self.read_at
-
-
 @dataclass
 class Bar:
     minute: int  # floor(epoch seconds / 60)
