@@ -495,7 +495,8 @@ def test_an_outage_longer_than_the_lease_the_first_finished_result_wins(make_clu
         lambda: f"worker A cached {list(cache_a.iterdir())}:\n{worker_a.log()}",
     )
     dropped = f"cached result of task {t3} dropped worker=worker-c: older than CACHE_TTL_SECONDS"
-    wait_for(lambda: dropped in worker_c.log(), 30, lambda: worker_c.log())
+    # the whole log: C's failed heartbeats (every 0.3 s) push the line out of a short tail
+    wait_for(lambda: dropped in worker_c.log(100_000), 30, lambda: worker_c.log())
     assert not _cache_entries(cluster, "worker-c")
     worker_b = cluster.start_worker("worker-b")  # starts during the outage
     wait_for(lambda: "worker worker-b starting" in worker_b.log(), 30, lambda: worker_b.log())
