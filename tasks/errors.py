@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class InvalidPayload(ValueError):
     """A submitted payload is unacceptable; str(exc) is one sentence for the HTTP client."""
@@ -12,4 +14,26 @@ class UnknownTaskType(InvalidPayload):
 
 
 class TaskFailed(Exception):
-    """Raised by a run function to fail the task with a clean message (no traceback)."""
+    """A task failed.
+
+    Raised by a task's code to fail its attempt with a clean message (no traceback); and
+    raised by the client library (`TaskHandle.result()`) for a task that ended `failed`,
+    with `error` the task's error, `task_id`, and `history` its attempts.
+    """
+
+    def __init__(
+        self, error: str = "task failed", task_id: str | None = None, history: Any = None
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.task_id = task_id
+        self.history = list(history or [])
+
+
+class TaskCancelled(Exception):
+    """Raised by the client library for a task that ended `cancelled`."""
+
+    def __init__(self, task_id: str, error: str | None = None) -> None:
+        super().__init__(f"task {task_id} was cancelled" + (f": {error}" if error else ""))
+        self.task_id = task_id
+        self.error = error
