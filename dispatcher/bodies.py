@@ -135,11 +135,36 @@ def _requests(batch: int, max_wait: float, retries: int, task_timeout: float) ->
         payload: _field(
             dict, f"checked by the task type (see docs/TASKS.md); nested at most {MAX_DEPTH} levels"
         ) = {}
-        queue: _name("the queue it waits in") | None = "default"
-        priority: _field(int, "higher runs first", ge=-MAX_PRIORITY, le=MAX_PRIORITY) | None = 0
+        # Left out (or null): the task type's default (GET /task-types), else the one named.
+        queue: _name('the queue it waits in; default: the type\'s, else "default"') | None = None
+        priority: (
+            _field(
+                int,
+                "higher runs first; default: the type's, else 0",
+                ge=-MAX_PRIORITY,
+                le=MAX_PRIORITY,
+            )
+            | None
+        ) = None
         delay: _field(float, "seconds before the first claim", ge=0, le=MAX_DELAY) | None = 0.0
-        max_retries: _field(int, "retries after a failure", ge=0, le=MAX_RETRIES) | None = retries
-        timeout: _field(float, "seconds", ge=MIN_TIMEOUT, le=MAX_TIMEOUT) | None = task_timeout
+        max_retries: (
+            _field(
+                int,
+                f"retries after a failure; default: the type's, else {retries}",
+                ge=0,
+                le=MAX_RETRIES,
+            )
+            | None
+        ) = None
+        timeout: (
+            _field(
+                float,
+                f"seconds; default: the type's, else {task_timeout:g}",
+                ge=MIN_TIMEOUT,
+                le=MAX_TIMEOUT,
+            )
+            | None
+        ) = None
         idempotency_key: (
             _name("a key used before returns the first task", MAX_KEY_LENGTH) | None
         ) = None
@@ -327,6 +352,20 @@ class Worker(Answer):
 
 class Workers(Answer):
     workers: list[Worker]
+
+
+class TaskType(Answer):
+    name: str
+    schema: _field(dict, "the payload's JSON Schema")
+    defaults: _field(dict, "the payload fields filled in when left out")
+    options: _field(
+        dict, "the type's defaults for queue, priority, timeout, max_retries (those it sets)"
+    )
+    description: _field(str, "the first line of its docstring")
+
+
+class TaskTypes(Answer):
+    task_types: list[TaskType]
 
 
 class Health(Answer):

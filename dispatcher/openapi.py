@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from common.config import Config
+from tasks import TaskType
 
 from . import bodies as b
 from .parse import MAX_OFFSET
@@ -272,6 +273,11 @@ def _operations(config: Config, requests: b.Requests) -> dict:
             "Every worker ever seen, sorted by worker_id",
             {"200": _reply("the workers", b.Workers)},
         ),
+        "/task-types": _operation(
+            "get",
+            "Every registered task type: its payload's JSON Schema, defaults and options",
+            {"200": _reply("the task types, by name", b.TaskTypes)},
+        ),
         "/health": _operation(
             "get",
             "Is the dispatcher up and its database readable (no token needed)",
@@ -316,15 +322,38 @@ ANSWERS = (
     b.Cancelled,
     b.Stats,
     b.Workers,
+    b.TaskTypes,
     b.Health,
 )
 
 
-def _schemas(requests: b.Requests, task_types: list[str]) -> dict:
-    kinds = (*requests, b.Result, b.Heartbeat, *ANSWERS)
+def _schemas(requests: b.Requests, task_types: list[TaskType]) -> dict:
+    """The bodies' schemas; NewTask is a union discriminated by `type`: one variant per
+    task type, its payload the type's own schema (a typed task's, from its signature)."""
+    payloads = [t.typed.payload_type for t in task_types if t.typed is not None]
+    kinds = (*requests, b.Result, b.Heartbeat, *ANSWERS, *payloads)
     _, schemas = msgspec.json.schema_components(kinds, ref_template=REF)
     schemas = _nullable(schemas)
-    schemas["NewTask"]["properties"]["type"]["enum"] = task_types
+    common = schemas.pop("NewTask")
+    mapping = {}
+    for task_type in task_types:
+        name = f"NewTask.{task_type.name}"
+        payload: dict = {"type": "object", "description": "checked by the type's own validate"}
+        required = ["type"]
+        if task_type.typed is not None:
+            payload = _ref(task_type.typed.payload_type)
+            if schemas[task_type.typed.payload_type.__name__].get("required"):
+                required.append("payload")  # {} would lack a required field
+        properties = {**common["properties"], "type": {"const": task_type.name}}
+        properties["payload"] = payload
+        schemas[name] = {**common, "title": name, "properties": properties, "required": required}
+        mapping[task_type.name] = REF.format(name=name)
+    schemas["NewTask"] = {
+        "title": "NewTask",
+        "description": "a task to store; `type` chooses the shape of `payload`",
+        "oneOf": [{"$ref": ref} for ref in mapping.values()],
+        "discriminator": {"propertyName": "type", "mapping": mapping},
+    }
     return schemas
 
 
@@ -347,7 +376,7 @@ def _nullable(node: Any) -> Any:
     return node
 
 
-def document(config: Config, task_types: Iterable[str]) -> dict:
+def document(config: Config, task_types: Iterable[TaskType]) -> dict:
     """The OpenAPI document of a dispatcher running with `config`."""
     requests = b.requests(config)
     paths = _operations(config, requests)
@@ -372,7 +401,7 @@ def document(config: Config, task_types: Iterable[str]) -> dict:
         },
         "paths": paths,
         "components": {
-            "schemas": _schemas(requests, sorted(task_types)),
+            "schemas": _schemas(requests, sorted(task_types, key=lambda t: t.name)),
             "responses": {
                 "BadRequest": _error("invalid input; nothing was stored or changed"),
                 "Unauthorized": _error("missing or wrong API token"),

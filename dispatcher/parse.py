@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from typing import Any
 
 import msgspec
 from msgspec import inspect as mi
 
+from common import rules
 from common.config import MAX_QUEUES, Config  # noqa: F401  (re-exported for the tests)
+from common.rules import plain
 from tasks import Registry
 
 from . import bodies
@@ -37,32 +38,13 @@ def convert(data: Any, kind: type, what: str = "request body") -> Any:
     except msgspec.ValidationError:
         pass
     try:
-        return msgspec.convert(_whole(data, _info(kind)), kind)
+        return msgspec.convert(_whole(data, rules.info(kind)), kind)
     except msgspec.ValidationError as exc:
         raise BadRequest(_explain(str(exc), data, kind, what)) from None
 
 
-@functools.lru_cache(maxsize=256)
-def _info(kind: type) -> mi.Type:
-    return mi.type_info(kind)
-
-
-def _plain(t: mi.Type) -> mi.Type:
-    """The type under its metadata, and under the None of a nullable field."""
-    while True:
-        if isinstance(t, mi.Metadata):
-            t = t.type
-        elif isinstance(t, mi.UnionType):
-            kinds = [k for k in t.types if not isinstance(k, mi.NoneType)]
-            if len(kinds) != 1:
-                return t
-            t = kinds[0]
-        else:
-            return t
-
-
 def _whole(value: Any, t: mi.Type) -> Any:
-    t = _plain(t)
+    t = plain(t)
     if isinstance(value, float) and isinstance(t, mi.IntType) and value.is_integer():
         return int(value)
     if isinstance(value, dict) and isinstance(t, mi.StructType):
@@ -73,33 +55,22 @@ def _whole(value: Any, t: mi.Type) -> Any:
     return value
 
 
-STEP = re.compile(r"\[(\d+)\]|(\w+)")
-
-
 def _explain(text: str, data: Any, kind: type, what: str) -> str:
-    """msgspec's complaint (`Expected ... - at `$.tasks[1].priority``), told as the rule of
-    the field it is about, as bodies.py declares it."""
-    text, _, where = text.partition(" - at `$")
-    where = where.rstrip("`").lstrip(".")
-    t, value = _info(kind), data
-    for index, name in STEP.findall(where):
-        t = _plain(t)
-        if index:
-            t, value = t.item_type, value[int(index)]
-        else:
-            t, value = next(f.type for f in t.fields if f.encode_name == name), value[name]
-    field = text.split("`")[1] if text.startswith("Object ") else ""
-    if text.startswith("Object missing required field"):
-        rule = f"'{field}' is required"
-    elif text.startswith("Object contains unknown field"):
-        noun = _plain(t).cls.__name__.removeprefix("New").lower()
-        rule = f"unknown field '{field}' in {noun}"
+    """msgspec's complaint, told as the rule of the field it is about, as bodies.py
+    declares it."""
+    refusal = rules.explain(text, data, kind)
+    where = refusal.where
+    if refusal.kind == "missing":
+        rule = f"'{refusal.field}' is required"
+    elif refusal.kind == "unknown":
+        noun = plain(refusal.type).cls.__name__.removeprefix("New").lower()
+        rule = f"unknown field '{refusal.field}' in {noun}"
     else:
         head, _, field = where.rpartition(".")
         rule = (
-            f"'{field}' {_rule(_plain(t), text, value)}"
+            f"'{field}' {_rule(plain(refusal.type), refusal.text, refusal.value)}"
             if field
-            else f"{what} {_rule(t, text, value)}"
+            else f"{what} {_rule(refusal.type, refusal.text, refusal.value)}"
         )
         where = head
     return f"{where}: {rule}" if where else rule
@@ -202,7 +173,7 @@ def new_tasks(data: Any, config: Config, registry: Registry) -> list[NewTask]:
 def _stored(task: Any, config: Config, registry: Registry) -> NewTask:
     payload = shallow(registry.validate(task.type, task.payload, config), "payload")
     if None in (task.queue, task.priority, task.delay, task.max_retries, task.timeout):
-        _null_means_default(task)
+        _type_defaults(task, registry.get(task.type).options, config)
     if task.queue != "default" or task.idempotency_key is not None:  # most tasks: neither
         storable(task.queue, "queue")
         if task.idempotency_key is not None:
@@ -217,6 +188,21 @@ def _stored(task: Any, config: Config, registry: Registry) -> NewTask:
         task.timeout,
         task.idempotency_key,
     )
+
+
+def _type_defaults(task: Any, options: dict, config: Config) -> None:
+    """What a submission leaves out: its type's default (@task's options), else the
+    dispatcher's."""
+    if task.queue is None:
+        task.queue = options.get("queue", "default")
+    if task.priority is None:
+        task.priority = options.get("priority", 0)
+    if task.delay is None:
+        task.delay = 0.0
+    if task.max_retries is None:
+        task.max_retries = options.get("max_retries", config.default_max_retries)
+    if task.timeout is None:
+        task.timeout = options.get("timeout", config.default_task_timeout)
 
 
 def claim(data: Any, config: Config) -> Any:

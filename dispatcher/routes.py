@@ -320,4 +320,10 @@ def is_fenced(exc: Exception) -> bool:
 @bp.get("/openapi.json")
 def openapi_document():
     c = ctx()
-    return openapi.document(c.config, c.registry.names())
+    return openapi.document(c.config, c.registry.types())
+
+
+@bp.get("/task-types")
+def task_types():
+    """Every registered task type: its payload's JSON Schema, defaults and description."""
+    return {"task_types": ctx().registry.describe()}

@@ -1,9 +1,13 @@
 """Task types: a registry of named (validate, run) pairs.
 
+Task types are usually made with `@task` (tasks/typed.py): a typed function whose
+signature is the payload's schema. Underneath, each is a (validate, run) pair, and the
+low-level `registry.register(name, validate, run)` registers such a pair directly.
+
 The dispatcher calls `registry.validate(name, payload, config)` before storing a task
 (InvalidPayload -> HTTP 400 with str(exc) as the message); the worker's pool processes
-call `run_task(name, payload)` with the normalized payload. The five built-in types are
-registered below; TASK_MODULES names extra modules that register more on `registry`.
+call `run_task(name, payload, context)` with the normalized payload. The five built-in
+types are registered below; TASK_MODULES names extra modules that register more.
 """
 
 from __future__ import annotations
@@ -14,20 +18,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config import Config
-from tasks.errors import InvalidPayload, TaskFailed, UnknownTaskType
-from tasks.fields import describe
+from common.rules import Refusal
+from tasks.context import TaskContext
+from tasks.errors import InvalidPayload, TaskCancelled, TaskFailed, UnknownTaskType
+from tasks.typed import Task, task
 
 __all__ = [
     "InvalidPayload",
     "Registry",
+    "Task",
+    "TaskCancelled",
+    "TaskContext",
     "TaskFailed",
     "TaskType",
     "UnknownTaskType",
     "load_modules",
     "registry",
     "run_task",
+    "task",
 ]
 
+describe = Refusal.describe
+
+NO_OPTIONS: dict[str, Any] = {}
 Validate = Callable[[dict, Config], dict]
 Run = Callable[[dict], Any]
 
@@ -37,6 +50,31 @@ class TaskType:
     name: str
     validate: Validate
     run: Run
+    typed: Task | None = None  # made by @task: its schema, defaults and description
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The defaults of this type's submissions (queue, priority, timeout, ...)."""
+        return self.typed.options if self.typed is not None else NO_OPTIONS
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /task-types shows of this type."""
+        if self.typed is not None:
+            return {
+                "name": self.name,
+                "schema": self.typed.schema(),
+                "defaults": self.typed.defaults(),
+                "options": self.options,
+                "description": self.typed.description,
+            }
+        doc = (self.run.__doc__ or "").strip().split("\n", 1)[0]
+        return {
+            "name": self.name,
+            "schema": {"type": "object", "description": "checked by the type's own validate"},
+            "defaults": {},
+            "options": {},
+            "description": doc,
+        }
 
 
 def accept_object(payload: dict, config: Config) -> dict:
@@ -51,13 +89,22 @@ class Registry:
         self._types: dict[str, TaskType] = {}
 
     def register(self, name: str, validate: Validate, run: Run) -> None:
+        """The low-level form: `validate(payload, config)` returns the payload to store
+        (or raises InvalidPayload), `run(payload)` runs it in a worker."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"a task type name must be a non-empty string, not {name!r}")
         if not callable(validate) or not callable(run):
             raise TypeError(f"task type {name!r}: validate and run must be callable")
-        if name in self._types:
-            raise ValueError(f"task type {name!r} is already registered")
-        self._types[name] = TaskType(name, validate, run)
+        self._add(TaskType(name, validate, run))
+
+    def add(self, typed: Task) -> None:
+        """Register a task type made by @task."""
+        self._add(TaskType(typed.name, typed.validate, typed.run, typed))
+
+    def _add(self, task_type: TaskType) -> None:
+        if task_type.name in self._types:
+            raise ValueError(f"task type {task_type.name!r} is already registered")
+        self._types[task_type.name] = task_type
 
     def task(self, name: str, validate: Validate | None = None) -> Callable[[Run], Run]:
         """Decorator form: `@registry.task("name", validate=...)` on the run function."""
@@ -84,8 +131,19 @@ class Registry:
             )
         return task_type.validate(payload, config)
 
-    def run(self, name: str, payload: dict) -> Any:
-        return self.get(name).run(payload)
+    def run(self, name: str, payload: dict, context: TaskContext | None = None) -> Any:
+        """Run a stored payload; a typed task gets `context` (low-level ones do not)."""
+        task_type = self.get(name)
+        if task_type.typed is None:
+            return task_type.run(payload)
+        return task_type.typed.run(payload, context)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every type as GET /task-types shows it, by name."""
+        return [self._types[name].describe() for name in self.names()]
+
+    def types(self) -> list[TaskType]:
+        return [self._types[name] for name in self.names()]
 
     def names(self) -> list[str]:
         return sorted(self._types)
@@ -100,9 +158,9 @@ class Registry:
 registry = Registry()
 
 
-def run_task(name: str, payload: dict) -> Any:
+def run_task(name: str, payload: dict, context: TaskContext | None = None) -> Any:
     """Run one task of the module-level registry (top level, so process pools can pickle it)."""
-    return registry.run(name, payload)
+    return registry.run(name, payload, context)
 
 
 def load_modules(names: Iterable[str]) -> None:
@@ -129,10 +187,8 @@ def load_modules(names: Iterable[str]) -> None:
 
 
 def _register_builtins() -> None:
-    from tasks import compute, fail, http_request, primes, sleep
-
-    for module in (primes, compute, sleep, http_request, fail):
-        registry.register(module.NAME, module.validate, module.run)
+    # importing them registers them (their @task)
+    from tasks import compute, fail, http_request, primes, sleep  # noqa: F401
 
 
 _register_builtins()

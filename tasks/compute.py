@@ -1,51 +1,45 @@
 """`compute`: an exact integer function of an integer.
 
-Payload: {"operation": "factorial" | "fibonacci" | "double", "value": int}.
-Result: {"operation", "value", "result"}; results are exact Python ints, and the bounds
-keep them under Python's 4300-digit int-to-str limit (factorial(1500) has 4115 digits,
-fibonacci(20000) has 4180).
+Results are exact Python ints, and the bounds keep them under Python's 4300-digit
+int-to-str limit (factorial(1500) has 4115 digits, fibonacci(20000) has 4180).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Literal
 
 from common.config import Config
-from tasks import fields
+from common.rules import show
 from tasks.errors import InvalidPayload
+from tasks.typed import task
 
-NAME = "compute"
 OPERATIONS = ("factorial", "fibonacci", "double")
 FACTORIAL_MAX = 1500
 FIBONACCI_MAX = 20000
 DOUBLE_MAX_EXPONENT = 100  # double accepts abs(value) <= 10**100
 DOUBLE_MAX = 10**DOUBLE_MAX_EXPONENT
+MAX = {"factorial": FACTORIAL_MAX, "fibonacci": FIBONACCI_MAX}
 
 
-def validate(payload: dict[str, Any], config: Config) -> dict[str, Any]:
-    fields.check_fields(NAME, payload, ("operation", "value"), ())
-    operation = fields.choice(NAME, payload, "operation", OPERATIONS)
-    value = fields.integer(NAME, payload, "value")
-    if operation == "factorial":
-        fields.in_range(NAME, "value", value, 0, FACTORIAL_MAX, _note(operation))
-    elif operation == "fibonacci":
-        fields.in_range(NAME, "value", value, 0, FIBONACCI_MAX, _note(operation))
-    elif abs(value) > DOUBLE_MAX:
+def value_in_range(payload: dict, config: Config) -> None:
+    """The bounds of `value` depend on the operation."""
+    operation, value = payload["operation"], payload["value"]
+    if operation in MAX and not 0 <= value <= MAX[operation]:
         raise InvalidPayload(
-            f"{NAME} field 'value' must be between -10**{DOUBLE_MAX_EXPONENT} and "
-            f"10**{DOUBLE_MAX_EXPONENT} {_note(operation)}, not {fields.show(value)}"
+            f"compute field 'value' must be between 0 and {MAX[operation]} "
+            f"for operation {operation!r}, not {show(value)}"
         )
-    return {"operation": operation, "value": value}
+    if operation == "double" and abs(value) > DOUBLE_MAX:
+        raise InvalidPayload(
+            f"compute field 'value' must be between -10**{DOUBLE_MAX_EXPONENT} and "
+            f"10**{DOUBLE_MAX_EXPONENT} for operation 'double', not {show(value)}"
+        )
 
 
-def _note(operation: str) -> str:
-    return f"for operation {operation!r}"
-
-
-def run(payload: dict[str, Any]) -> dict[str, Any]:
-    operation: str = payload["operation"]
-    value: int = payload["value"]
+@task("compute", check=value_in_range)
+def compute(operation: Literal["factorial", "fibonacci", "double"], value: int) -> dict:
+    """factorial, fibonacci or double of an integer, exactly."""
     if operation == "factorial":
         result = math.factorial(value)
     elif operation == "fibonacci":

@@ -1,28 +1,21 @@
-"""`fail`: always fails, with the given message (for testing retries and error reporting).
-
-Payload: {"error_message"?: str = "task failed"}. run raises TaskFailed(error_message).
-"""
+"""`fail`: always fails, with the given message (for testing retries and error reporting)."""
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Annotated, NoReturn
 
-from common.config import Config
-from tasks import fields
+from msgspec import Meta
+
 from tasks.errors import TaskFailed
+from tasks.typed import task
 
-NAME = "fail"
 DEFAULT_MESSAGE = "task failed"
 MAX_MESSAGE_LENGTH = 10000
 
 
-def validate(payload: dict[str, Any], config: Config) -> dict[str, Any]:
-    fields.check_fields(NAME, payload, (), ("error_message",))
-    message = fields.string(
-        NAME, payload, "error_message", DEFAULT_MESSAGE, max_len=MAX_MESSAGE_LENGTH
-    )
-    return {"error_message": message}
-
-
-def run(payload: dict[str, Any]) -> NoReturn:
-    raise TaskFailed(payload.get("error_message", DEFAULT_MESSAGE))
+@task("fail")
+def fail(
+    error_message: Annotated[str, Meta(max_length=MAX_MESSAGE_LENGTH)] = DEFAULT_MESSAGE,
+) -> NoReturn:
+    """Always fails, with `error_message` as the task's error."""
+    raise TaskFailed(error_message)

@@ -1,6 +1,5 @@
 """`primes`: count the primes in the closed range [start, limit].
 
-Payload: {"limit": int, "start"?: int = 2, "algorithm"?: "sieve" | "trial_division"}.
 Result: {"count", "largest", "algorithm"} plus "primes" (the list) when count <= 1000.
 
 The sieve is segmented and odd-only: one bytearray of SEGMENT_SIZE flags stands for
@@ -12,44 +11,46 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import compress
 from math import isqrt
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta
 
 from common.config import Config
-from tasks import fields
+from common.rules import show
 from tasks.errors import InvalidPayload
+from tasks.typed import task
 
-NAME = "primes"
-ALGORITHMS = ("sieve", "trial_division")
 LIST_MAX = 1000  # the primes themselves are returned only up to this count
 SEGMENT_SIZE = 1 << 20  # odd numbers per sieve segment (one byte each)
 
 
-def validate(payload: dict[str, Any], config: Config) -> dict[str, Any]:
-    fields.check_fields(NAME, payload, ("limit",), ("start", "algorithm"))
-    limit = fields.integer(NAME, payload, "limit")
-    start = fields.integer(NAME, payload, "start", 2)
-    algorithm = fields.choice(NAME, payload, "algorithm", ALGORITHMS, "sieve")
-    if limit < 2:
-        raise InvalidPayload(f"{NAME} field 'limit' must be at least 2, not {fields.show(limit)}")
+def within_limits(payload: dict, config: Config) -> None:
+    """PRIMES_MAX_LIMIT and TRIAL_DIVISION_MAX_LIMIT, and start <= limit."""
+    limit, start = payload["limit"], payload["start"]
     if limit > config.primes_max_limit:
         raise InvalidPayload(
-            f"{NAME} field 'limit' must be at most {config.primes_max_limit} "
-            f"(PRIMES_MAX_LIMIT), not {fields.show(limit)}"
+            f"primes field 'limit' must be at most {config.primes_max_limit} "
+            f"(PRIMES_MAX_LIMIT), not {show(limit)}"
         )
-    if algorithm == "trial_division" and limit > config.trial_division_max_limit:
+    if payload["algorithm"] == "trial_division" and limit > config.trial_division_max_limit:
         raise InvalidPayload(
-            f"{NAME} field 'limit' must be at most {config.trial_division_max_limit} "
+            f"primes field 'limit' must be at most {config.trial_division_max_limit} "
             f"(TRIAL_DIVISION_MAX_LIMIT) with algorithm 'trial_division'; "
             f"use algorithm 'sieve' for larger limits"
         )
-    fields.in_range(NAME, "start", start, 0, limit, "(the limit)")
-    return {"limit": limit, "start": start, "algorithm": algorithm}
+    if not 0 <= start <= limit:
+        raise InvalidPayload(
+            f"primes field 'start' must be between 0 and {limit} (the limit), not {show(start)}"
+        )
 
 
-def run(payload: dict[str, Any]) -> dict[str, Any]:
-    limit: int = payload["limit"]
-    start: int = payload.get("start", 2)
-    algorithm: str = payload.get("algorithm", "sieve")
+@task("primes", check=within_limits)
+def primes(
+    limit: Annotated[int, Meta(ge=2)],
+    start: int = 2,
+    algorithm: Literal["sieve", "trial_division"] = "sieve",
+) -> dict[str, Any]:
+    """Count the primes from start to limit (and list them when there are at most 1000)."""
     if algorithm == "sieve":
         count, largest, listed = sieve(start, limit)
     else:

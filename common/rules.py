@@ -1,0 +1,144 @@
+"""msgspec's refusals (`Expected `int` <= 100 - at `$.top``) read back as a field and
+the rule it broke, for request bodies (dispatcher/parse.py) and task payloads
+(tasks/typed.py) alike."""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from msgspec import inspect as mi
+
+STEP = re.compile(r"\[(\d+)\]|(\w+)")
+
+
+@functools.lru_cache(maxsize=256)
+def info(kind: type) -> mi.Type:
+    return mi.type_info(kind)
+
+
+def plain(t: mi.Type) -> mi.Type:
+    """The type under its metadata, and under the None of a nullable field."""
+    while True:
+        if isinstance(t, mi.Metadata):
+            t = t.type
+        elif isinstance(t, mi.UnionType):
+            kinds = [k for k in t.types if not isinstance(k, mi.NoneType)]
+            if len(kinds) != 1:
+                return t
+            t = kinds[0]
+        else:
+            return t
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What msgspec refused: `kind` is "missing" or "unknown" (of `field`, in the object
+    at `where`) or "rule" (the value at `where`, of declared type `type`, broke `text`)."""
+
+    kind: str
+    where: str
+    field: str
+    type: mi.Type | None
+    value: Any
+    text: str
+
+    @property
+    def rule(self) -> str:
+        """The rule broken, as the end of a sentence: "must be at most 100, not 101"."""
+        return payload_rule(plain(self.type), self.text, self.value)
+
+    @staticmethod
+    def describe(value: object) -> str:
+        """How a JSON value reads in an error message ("a boolean", "a string", ...)."""
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "a boolean"
+        if isinstance(value, int):
+            return "an integer"
+        if isinstance(value, float):
+            return "a number with a decimal point"
+        if isinstance(value, str):
+            return "a string"
+        if isinstance(value, (list, tuple)):
+            return "an array"
+        if isinstance(value, Mapping):
+            return "an object"
+        return f"a {type(value).__name__}"
+
+
+def explain(text: str, data: Any, kind: type) -> Refusal:
+    """msgspec's complaint about converting `data` to `kind`, located."""
+    text, _, where = text.partition(" - at `$")
+    where = where.rstrip("`").lstrip(".")
+    t, value = info(kind), data
+    for index, name in STEP.findall(where):
+        t = plain(t)
+        if index:
+            t, value = t.item_type, value[int(index)]
+        elif isinstance(t, mi.DictType):
+            t, value = t.value_type, value[name]
+        else:
+            t, value = next(f.type for f in t.fields if f.encode_name == name), value[name]
+    if text.startswith(("Object missing required field", "Object contains unknown field")):
+        kind_ = "missing" if "missing" in text else "unknown"
+        return Refusal(kind_, where, text.split("`")[1], t, value, text)
+    return Refusal("rule", where, where.rpartition(".")[2], t, value, text)
+
+
+def show(value: object, limit: int = 40) -> str:
+    """A value for an error message, shortened if long (a huge int or a long string)."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+NOUNS = {
+    mi.IntType: "an integer",
+    mi.FloatType: "a number",
+    mi.StrType: "a string",
+    mi.BoolType: "a boolean",
+    mi.ListType: "an array",
+    mi.DictType: "an object",
+    mi.StructType: "an object",
+}
+
+
+def payload_rule(t: mi.Type, text: str, value: Any) -> str:
+    """A payload field's broken rule, with the value it had."""
+    if ", got `" in text:
+        if isinstance(t, mi.LiteralType):
+            t = plain(mi.type_info(type(t.values[0])))
+        noun = NOUNS.get(type(t), "of another type")
+        return f"must be {noun}, not {Refusal.describe(value)}"
+    if isinstance(t, mi.LiteralType):
+        return f"must be one of {', '.join(map(str, t.values))}, not {show(value)}"
+    if isinstance(t, (mi.IntType, mi.FloatType)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, not {value}"
+        low = t.ge if t.ge is not None else t.gt
+        high = t.le if t.le is not None else t.lt
+        if low is not None and high is not None:
+            return f"must be between {_num(low)} and {_num(high)}, not {show(value)}"
+        if low is not None:
+            words = "at least" if t.ge is not None else "more than"
+            return f"must be {words} {_num(low)}, not {show(value)}"
+        if high is not None:
+            words = "at most" if t.le is not None else "less than"
+            return f"must be {words} {_num(high)}, not {show(value)}"
+    if isinstance(t, (mi.StrType, mi.ListType)) and "length" in text:
+        unit = "characters" if isinstance(t, mi.StrType) else "items"
+        if "length <=" in text:
+            return f"must be at most {t.max_length} {unit} long, not {len(value)}"
+        return f"must be at least {t.min_length} {unit} long, not {len(value)}"
+    if isinstance(t, mi.StrType) and t.pattern:
+        return f"must match the pattern {t.pattern!r}"
+    return f"is not valid ({text})"
+
+
+def _num(bound: float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
