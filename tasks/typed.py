@@ -273,11 +273,13 @@ def payload_schema(kind: type) -> dict:
 
 
 def payload_defaults(kind: type) -> dict:
-    return {
-        f.name: f.default
-        for f in msgspec.structs.fields(kind)
-        if f.default is not msgspec.NODEFAULT
-    }
+    defaults = {}
+    for f in msgspec.structs.fields(kind):
+        if f.default is not msgspec.NODEFAULT:
+            defaults[f.name] = f.default
+        elif f.default_factory is not msgspec.NODEFAULT:
+            defaults[f.name] = f.default_factory()
+    return defaults
 
 
 def _describe(value: object) -> str:

@@ -428,7 +428,7 @@ def test_max_tasks_per_child_replaces_pool_processes(make_cluster):
 def test_a_task_type_from_task_modules_runs_end_to_end(make_cluster):
     cluster = make_cluster(TASK_MODULES="examples.wordcount")
     cluster.start_dispatcher()
-    cluster.start_worker("worker-1")
+    cluster.start_worker("worker-1", WORKER_QUEUES="text")  # @task(queue="text")
     text = "To be, or not to be:\nthat is the question.\n"
     task = {"type": "wordcount", "payload": {"text": text, "top": 3}}
 
@@ -444,6 +444,7 @@ def test_a_task_type_from_task_modules_runs_end_to_end(make_cluster):
     [finished] = json.loads(done.stdout)["tasks"]
     assert finished["status"] == "completed", finished
     assert finished["payload"] == {"text": text, "top": 3}
+    assert (finished["queue"], finished["max_retries"]) == ("text", 2)  # the type's defaults
     assert finished["result"] == {
         "words": 10,
         "lines": 2,
