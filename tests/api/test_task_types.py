@@ -5,14 +5,31 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.test_api import claim, clock, make_client  # noqa: F401 (fixtures)
+from common.config import Config
+from dispatcher.app import create_app
+from tests.api.test_api import claim
 
 MODULE = "tests.api.typed_tasks"
 
 
 @pytest.fixture
-def api(make_client):
-    return make_client(task_modules=MODULE, primes_max_limit=500)
+def make_api(tmp_path):
+    apps = []
+
+    def make(**settings):
+        url = f"sqlite:///{tmp_path}/tasks-{len(apps)}.db"
+        apps.append(create_app(Config(database_url=url, **settings), background=False))
+        return apps[-1].test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["taskqueue"].wakeup.stop()
+        app.extensions["taskqueue"].storage.close()
+
+
+@pytest.fixture
+def api(make_api):
+    return make_api(task_modules=MODULE, primes_max_limit=500)
 
 
 def test_task_types_lists_every_type_with_schema_defaults_and_description(api):
@@ -82,8 +99,8 @@ def test_the_type_s_options_are_its_submissions_defaults_and_a_submission_overri
     assert (claimed["task_id"], claimed["timeout"]) == (own_id, 3)
 
 
-def test_a_type_without_options_takes_the_dispatcher_s_defaults(make_client):
-    api = make_client(default_max_retries=5, default_task_timeout=40)
+def test_a_type_without_options_takes_the_dispatcher_s_defaults(make_api):
+    api = make_api(default_max_retries=5, default_task_timeout=40)
     sent = api.post("/submit-task", json={"type": "sleep", "payload": {"duration": 0}})
     stored = api.get(f"/task/{sent.get_json()['task_id']}").get_json()
     assert (stored["queue"], stored["priority"], stored["max_retries"]) == ("default", 0, 5)

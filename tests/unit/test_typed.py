@@ -7,7 +7,6 @@ from typing import Annotated
 
 import pytest
 from annotated_types import Gt, Interval, Len, Lt
-from msgspec import Meta
 
 from common.config import Config
 from tasks import InvalidPayload, Registry, TaskContext, task
