@@ -171,38 +171,36 @@ def new_tasks(data: Any, config: Config, registry: Registry) -> list[NewTask]:
 
 
 def _stored(task: Any, config: Config, registry: Registry) -> NewTask:
-    payload = shallow(registry.validate(task.type, task.payload, config), "payload")
-    if None in (task.queue, task.priority, task.delay, task.max_retries, task.timeout):
-        _type_defaults(task, registry.get(task.type).options, config)
-    if task.queue != "default" or task.idempotency_key is not None:  # most tasks: neither
-        storable(task.queue, "queue")
+    task_type = registry.get(task.type)
+    payload = task_type.accept(task.payload, config)
+    if not task_type.flat:  # a typed payload of plain fields cannot nest
+        shallow(payload, "payload")
+    options = task_type.options
+    if options:
+        _type_defaults(task, options)
+    queue = "default" if task.queue is None else task.queue
+    if queue != "default" or task.idempotency_key is not None:  # most tasks: neither
+        storable(queue, "queue")
         if task.idempotency_key is not None:
             storable(task.idempotency_key, "idempotency_key")
+    # What a submission leaves out: its type's default (above), else the dispatcher's.
     return NewTask(
         task.type,
         payload,
-        task.queue,
-        task.priority,
-        task.delay,
-        task.max_retries,
-        task.timeout,
+        queue,
+        0 if task.priority is None else task.priority,
+        0.0 if task.delay is None else task.delay,
+        config.default_max_retries if task.max_retries is None else task.max_retries,
+        config.default_task_timeout if task.timeout is None else task.timeout,
         task.idempotency_key,
     )
 
 
-def _type_defaults(task: Any, options: dict, config: Config) -> None:
-    """What a submission leaves out: its type's default (@task's options), else the
-    dispatcher's."""
-    if task.queue is None:
-        task.queue = options.get("queue", "default")
-    if task.priority is None:
-        task.priority = options.get("priority", 0)
-    if task.delay is None:
-        task.delay = 0.0
-    if task.max_retries is None:
-        task.max_retries = options.get("max_retries", config.default_max_retries)
-    if task.timeout is None:
-        task.timeout = options.get("timeout", config.default_task_timeout)
+def _type_defaults(task: Any, options: dict) -> None:
+    """The options of @task fill in what the submission left out."""
+    for key, value in options.items():
+        if getattr(task, key) is None:
+            setattr(task, key, value)
 
 
 def claim(data: Any, config: Config) -> Any:

@@ -53,6 +53,21 @@ class TaskType:
     typed: Task | None = None  # made by @task: its schema, defaults and description
 
     @property
+    def flat(self) -> bool:
+        """Its stored payloads hold no nested objects or arrays (nothing to walk)."""
+        return self.typed is not None and self.typed.flat
+
+    def accept(self, payload: Any, config: Config) -> dict:
+        """The payload to store (defaults filled in), or InvalidPayload."""
+        if self.typed is not None:
+            return self.typed.validate(payload, config)
+        if not isinstance(payload, dict):
+            raise InvalidPayload(
+                f"payload for {self.name} must be a JSON object, not {describe(payload)}"
+            )
+        return self.validate(payload, config)
+
+    @property
     def options(self) -> dict[str, Any]:
         """The defaults of this type's submissions (queue, priority, timeout, ...)."""
         return self.typed.options if self.typed is not None else NO_OPTIONS
@@ -124,12 +139,7 @@ class Registry:
 
     def validate(self, name: str, payload: Any, config: Config) -> dict:
         """The normalized payload (defaults filled in), or InvalidPayload."""
-        task_type = self.get(name)
-        if not isinstance(payload, dict):
-            raise InvalidPayload(
-                f"payload for {name} must be a JSON object, not {describe(payload)}"
-            )
-        return task_type.validate(payload, config)
+        return self.get(name).accept(payload, config)
 
     def run(self, name: str, payload: dict, context: TaskContext | None = None) -> Any:
         """Run a stored payload; a typed task gets `context` (low-level ones do not)."""

@@ -70,6 +70,7 @@ class Task:
             _struct_name(name), fields, forbid_unknown_fields=True, kw_only=True
         )
         self._floats = tuple(n for n, kind, *_ in fields if _is_float(kind))
+        self.flat = all(_is_scalar(kind) for _, kind, *_ in fields)
         self.description = (inspect.getdoc(fn) or "").strip().split("\n", 1)[0]
 
     def __repr__(self) -> str:
@@ -255,6 +256,21 @@ def _is_float(kind: Any) -> bool:
         typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None))
         and float in typing.get_args(kind)
     )
+
+
+SCALARS = (int, float, str, bool, type(None))
+
+
+def _is_scalar(kind: Any) -> bool:
+    """A type whose values hold no object or array (so no nesting to bound)."""
+    while typing.get_origin(kind) is Annotated:
+        kind = typing.get_args(kind)[0]
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return all(_is_scalar(k) for k in typing.get_args(kind))
+    return kind in SCALARS
 
 
 def _struct_name(name: str) -> str:

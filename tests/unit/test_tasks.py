@@ -60,7 +60,8 @@ def naive_primes(start: int, limit: int) -> list[int]:
 
 
 def test_builtin_types_registered():
-    assert registry.names() == ["compute", "fail", "http_request", "primes", "sleep"]
+    builtin = [n for n in registry.names() if not n.startswith("testing_")]  # others' tests'
+    assert builtin == ["compute", "fail", "http_request", "primes", "sleep"]
     assert "primes" in registry
     assert "nope" not in registry
     assert ["primes"] not in registry  # unhashable names are simply unknown
@@ -69,7 +70,7 @@ def test_builtin_types_registered():
 def test_unknown_type_lists_known_types():
     with pytest.raises(UnknownTaskType) as info:
         check("nope", {})
-    assert str(info.value) == (
+    assert str(info.value).startswith(
         "unknown task type 'nope'; known types: compute, fail, http_request, primes, sleep"
     )
     assert isinstance(info.value, InvalidPayload)
