@@ -8,10 +8,13 @@ and exit with status 2 before doing anything else.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 from common.urls import split_urls
@@ -25,6 +28,117 @@ MAX_QUEUES = 100  # queue names one worker takes tasks from (and one claim names
 
 class ConfigError(Exception):
     """A configuration value is invalid; str(exc) names the key."""
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# a host name: letters, digits, '-' and '_' in dot-separated labels of 1-63 characters
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
+
+
+@dataclass(frozen=True)
+class HostAllowList:
+    """HTTP_REQUEST_ALLOWED_HOSTS: which hosts the real mode of `http_request` may reach.
+
+    A comma list of entries, each a host name (`api.example.com`: that name, any case,
+    with or without a trailing dot), a wildcard (`*.example.com`: any name below
+    example.com, not example.com itself), an IP address (`192.0.2.7`, `::1`, `[::1]`) or
+    a CIDR range (`10.0.0.0/8`, `2001:db8::/32`). Ports are not part of an entry: a listed
+    host is allowed on any port. Empty (the default): no host at all.
+
+    `names` and `wildcards` decide which host *names* a URL may use; `networks` which
+    IP addresses a URL may name, and which private, loopback, link-local or otherwise
+    non-public addresses a listed name may resolve to (tasks/http_fetch.py applies both).
+    """
+
+    names: frozenset[str] = frozenset()
+    wildcards: tuple[str, ...] = ()  # ".example.com" for "*.example.com"
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> HostAllowList:
+        """The list a setting's text describes; ValueError naming the first bad entry."""
+        names: set[str] = set()
+        wildcards: list[str] = []
+        networks: list[IPNetwork] = []
+        for raw in text.split(","):
+            entry = raw.strip().lower()
+            if not entry:
+                continue
+            network = _network(entry)
+            if network is not None:
+                networks.append(network)
+            elif entry.startswith("*."):
+                wildcards.append("." + _host_name(entry[2:], raw))
+            else:
+                names.add(_host_name(entry, raw))
+        return cls(frozenset(names), tuple(dict.fromkeys(wildcards)), tuple(networks))
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.wildcards or self.networks)
+
+    def __str__(self) -> str:
+        """The setting's text for this list (entries in a canonical order)."""
+        entries = [*sorted(self.names), *(f"*{w}" for w in self.wildcards)]
+        return ",".join([*entries, *(str(n) for n in self.networks)])
+
+    def allows_name(self, name: str) -> bool:
+        """Whether a host name (lower case, no trailing dot) is listed or matches a
+        wildcard. Only for names: an IP address is allowed by `covers`."""
+        return name in self.names or name.endswith(self.wildcards)
+
+    def covers(self, address: IPAddress) -> bool:
+        """Whether an IP address or CIDR entry covers `address` (an IPv4-mapped IPv6
+        address, ::ffff:a.b.c.d, counts as the IPv4 address it maps)."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
+def _network(entry: str) -> IPNetwork | None:
+    """An IP address or CIDR entry as a network (an address is a /32 or /128), None for
+    anything else (a host name, checked by the caller); ValueError for a bad range."""
+    bare = entry[1:-1] if entry.startswith("[") and entry.endswith("]") else entry
+    head, slash, prefix = bare.partition("/")
+    if "%" in head:
+        raise ValueError(f"{entry!r}: an address with a zone (%) is not accepted")
+    try:
+        address = ipaddress.ip_address(head)
+    except ValueError:
+        return None
+    kind = ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network
+    try:
+        network = kind(f"{address}/{prefix}" if slash else str(address))
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            wide = kind(f"{address}/{prefix}", strict=False)
+            raise ValueError(f"{entry!r} has host bits set (did you mean {wide}?)") from None
+        raise ValueError(f"{entry!r} is not a valid CIDR range ({exc})") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        raise ValueError(f"{entry!r} is an IPv4-mapped address or range: write its IPv4 form")
+    return network
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _host_name(name: str, raw: str) -> str:
+    """A host name entry, lower case and without a trailing dot; ValueError otherwise."""
+    name = name.removesuffix(".")
+    if ":" in name or "/" in name:
+        raise ValueError(
+            f"{raw.strip()!r} is not a host name, IP address or CIDR range "
+            "(no scheme, port or path: a listed host is allowed on any port)"
+        )
+    if len(name) > 253 or not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"{raw.strip()!r} is not a host name, IP address or CIDR range")
+    last = name.rsplit(".", 1)[-1]
+    if last.isdigit() or last.startswith("0x"):
+        raise ValueError(
+            f"{raw.strip()!r} is neither a host name nor an IP address in its usual "
+            "form (write a.b.c.d, or a CIDR range)"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -44,6 +158,7 @@ class Config:
     cache_ttl_seconds: float = 3600.0
     primes_max_limit: int = 100_000_000
     trial_division_max_limit: int = 10_000_000
+    http_request_allowed_hosts: str = ""  # parsed: `http_request_allow_list`
     default_max_retries: int = 3
     default_task_timeout: float = 300.0
     api_token: str = ""
@@ -159,6 +274,7 @@ class Config:
             raise ConfigError(
                 f"DISPATCHER_URL: {exc} (one http(s) URL, or several separated by commas)"
             ) from None
+        self.http_request_allow_list  # noqa: B018 - parses it once, or raises ConfigError
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(
                 "DATABASE_URL must be sqlite:///relative/path.db, "
@@ -179,6 +295,14 @@ class Config:
     @property
     def modules(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.task_modules.split(",") if m.strip())
+
+    @cached_property
+    def http_request_allow_list(self) -> HostAllowList:
+        """HTTP_REQUEST_ALLOWED_HOSTS parsed, once per Config (check() does it at start)."""
+        try:
+            return HostAllowList.parse(self.http_request_allowed_hosts)
+        except ValueError as exc:
+            raise ConfigError(f"HTTP_REQUEST_ALLOWED_HOSTS: {exc}") from None
 
     @property
     def prefetch(self) -> int | None:

@@ -101,7 +101,7 @@ NOUNS = {
     mi.IntType: "an integer",
     mi.FloatType: "a number",
     mi.StrType: "a string",
-    mi.BoolType: "a boolean",
+    mi.BoolType: "true or false",
     mi.ListType: "an array",
     mi.DictType: "an object",
     mi.StructType: "an object",
@@ -120,16 +120,20 @@ def payload_rule(t: mi.Type, text: str, value: Any) -> str:
     if isinstance(t, (mi.IntType, mi.FloatType)):
         if isinstance(value, float) and not math.isfinite(value):
             return f"must be a finite number, not {value}"
-        low = t.ge if t.ge is not None else t.gt
-        high = t.le if t.le is not None else t.lt
-        if low is not None and high is not None:
-            return f"must be between {_num(low)} and {_num(high)}, not {show(value)}"
-        if low is not None:
-            words = "at least" if t.ge is not None else "more than"
-            return f"must be {words} {_num(low)}, not {show(value)}"
-        if high is not None:
-            words = "at most" if t.le is not None else "less than"
-            return f"must be {words} {_num(high)}, not {show(value)}"
+        if t.ge is not None and t.le is not None:
+            return f"must be between {_num(t.ge)} and {_num(t.le)}, not {show(value)}"
+        bounds = [
+            f"{words} {_num(bound)}"
+            for words, bound in (
+                ("at least", t.ge),
+                ("greater than", t.gt),
+                ("at most", t.le),
+                ("less than", t.lt),
+            )
+            if bound is not None
+        ]
+        if bounds:
+            return f"must be {' and '.join(bounds)}, not {show(value)}"
     if isinstance(t, (mi.StrType, mi.ListType)) and "length" in text:
         unit = "characters" if isinstance(t, mi.StrType) else "items"
         if "length <=" in text:

@@ -252,10 +252,9 @@ def _translate(kind: Any) -> Any:
 def _is_float(kind: Any) -> bool:
     while typing.get_origin(kind) is Annotated:
         kind = typing.get_args(kind)[0]
-    return kind is float or (
-        typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None))
-        and float in typing.get_args(kind)
-    )
+    if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_is_float(k) for k in typing.get_args(kind))
+    return kind is float
 
 
 SCALARS = (int, float, str, bool, type(None))

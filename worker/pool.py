@@ -16,17 +16,25 @@ from typing import Any
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 import tasks
+from common.config import HostAllowList
+from tasks import http_fetch
 
 log = logging.getLogger("worker")
 
 
 class TaskPool:
-    def __init__(self, concurrency: int, max_tasks_per_child: int, modules: tuple[str, ...]):
+    def __init__(
+        self,
+        concurrency: int,
+        max_tasks_per_child: int,
+        modules: tuple[str, ...],
+        allowed_hosts: HostAllowList | None = None,
+    ):
         self._settings = {
             "max_workers": concurrency,
             "max_tasks": max_tasks_per_child,
-            "initializer": tasks.load_modules,
-            "initargs": (modules,),
+            "initializer": init_process,
+            "initargs": (modules, allowed_hosts or HostAllowList()),
         }
         self._pool = ProcessPool(**self._settings)
 
@@ -58,6 +66,14 @@ class TaskPool:
     def stop(self) -> None:
         self._pool.stop()
         self._pool.join(timeout=10)
+
+
+def init_process(modules: tuple[str, ...], allowed_hosts: HostAllowList) -> None:
+    """Each pool process's start: import TASK_MODULES, and give `http_request` the
+    worker's HTTP_REQUEST_ALLOWED_HOSTS, which its real mode checks before connecting (a
+    task's run gets only its payload; this is the one setting a built-in type needs)."""
+    tasks.load_modules(modules)
+    http_fetch.use_allow_list(allowed_hosts)
 
 
 def run_chunk(items: list[tuple[str, dict]]) -> list[dict[str, Any]]:

@@ -116,7 +116,10 @@ class Worker:
         )
         self.prefetch = Prefetch(config.prefetch, config.worker_concurrency, config.max_batch)
         self.pool = TaskPool(
-            config.worker_concurrency, config.worker_max_tasks_per_child, config.modules
+            config.worker_concurrency,
+            config.worker_max_tasks_per_child,
+            config.modules,
+            config.http_request_allow_list,
         )
         self.reporter = Reporter(
             self._client(),

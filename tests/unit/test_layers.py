@@ -34,3 +34,10 @@ def test_the_configuration_does_not_import_the_client():
 def test_storage_imports_neither_flask_nor_werkzeug():
     backends = ["dispatcher.storage.sqlite", "dispatcher.storage.postgres"]
     assert imported_after(backends, ["flask", "werkzeug"]) == []
+
+
+def test_validating_http_request_does_not_import_requests():
+    """The dispatcher checks a real http_request's host without sending anything; only a
+    worker running one imports requests (tasks/http_pinned.py)."""
+    assert imported_after(["dispatcher.app", "tasks"], ["requests", "urllib3"]) == []
+    assert imported_after(["tasks.http_pinned"], ["requests"]) == ["requests"]

@@ -66,8 +66,8 @@ def test_annotated_types_constraints_become_rules(reg):
 
     assert reg.validate("bounded", {"x": 9, "y": 1, "z": "abc"}, CONFIG)
     for payload, words in [
-        ({"x": 0}, "must be between 0 and 10, not 0"),
-        ({"x": 10}, "must be between 0 and 10, not 10"),
+        ({"x": 0}, "must be greater than 0 and less than 10, not 0"),
+        ({"x": 10}, "must be greater than 0 and less than 10, not 10"),
         ({"x": 1, "y": 1.5}, "'y' must be between 0 and 1, not 1.5"),
         ({"x": 1, "z": ""}, "'z' must be at least 1 characters long, not 0"),
         ({"x": 1, "z": "abcd"}, "'z' must be at most 3 characters long, not 4"),
