@@ -2,8 +2,11 @@
 
 The dispatcher calls `registry.validate(name, payload, config)` before storing a task
 (InvalidPayload -> HTTP 400 with str(exc) as the message); the worker's pool processes
-call `run_task(name, payload)` with the normalized payload. The five built-in types are
-registered below; TASK_MODULES names extra modules that register more on `registry`.
+call `run_task(name, payload, context)` with the normalized payload and the task's
+TaskContext (tasks/context.py). A low-level `run(payload)` is called with the payload
+alone; it may reach the context through `tasks.context.current()`. The five built-in
+types are registered below; TASK_MODULES names extra modules that register more on
+`registry`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config import Config
+from tasks.context import TaskContext
 from tasks.errors import InvalidPayload, TaskFailed, UnknownTaskType
 from tasks.fields import describe
 
@@ -84,7 +88,9 @@ class Registry:
             )
         return task_type.validate(payload, config)
 
-    def run(self, name: str, payload: dict) -> Any:
+    def run(self, name: str, payload: dict, context: TaskContext | None = None) -> Any:
+        """Run a task of type `name`; a low-level `run(payload)` gets the payload alone
+        (the context is still there for it: tasks.context.current())."""
         return self.get(name).run(payload)
 
     def names(self) -> list[str]:
@@ -100,9 +106,9 @@ class Registry:
 registry = Registry()
 
 
-def run_task(name: str, payload: dict) -> Any:
+def run_task(name: str, payload: dict, context: TaskContext | None = None) -> Any:
     """Run one task of the module-level registry (top level, so process pools can pickle it)."""
-    return registry.run(name, payload)
+    return registry.run(name, payload, context)
 
 
 def load_modules(names: Iterable[str]) -> None:

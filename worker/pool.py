@@ -4,29 +4,50 @@ A call runs a *chunk*: one task, or several quick ones in a row, so that a pool 
 trip (~0.2 ms of the parent's CPU with pebble) is paid once per chunk, not per task.
 Each task of a chunk gets its own outcome: one task raising does not touch the others.
 Only the death of the process (a timeout, a crash) ends a chunk as a whole.
+
+Each task runs with its TaskContext (its id, attempt and queue), which is also
+`tasks.context.current()` while it runs; its progress reports reach the worker through
+the pool's progress channel (worker/progress.py), made once with the pool.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any
 
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 import tasks
+from tasks.context import TaskContext, set_current
+
+from .progress import Channel, Outbox
 
 log = logging.getLogger("worker")
 
+# what a pool call runs, per task: (task_id, attempt, queue, type, payload)
+Item = tuple[str, int, str, str, dict]
+
 
 class TaskPool:
-    def __init__(self, concurrency: int, max_tasks_per_child: int, modules: tuple[str, ...]):
+    def __init__(
+        self,
+        concurrency: int,
+        max_tasks_per_child: int,
+        modules: tuple[str, ...],
+        on_progress: Callable[[str, float, str, float], None] = lambda *report: None,
+    ):
+        """`on_progress(task_id, fraction, message, at)` gets each progress report (on
+        the channel's reader thread)."""
+        self._channel = Channel(on_progress)
         self._settings = {
             "max_workers": concurrency,
             "max_tasks": max_tasks_per_child,
-            "initializer": tasks.load_modules,
-            "initargs": (modules,),
+            "initializer": start_process,
+            "initargs": (modules, self._channel.sender),
         }
         self._pool = ProcessPool(**self._settings)
 
@@ -35,8 +56,8 @@ class TaskPool:
         first task does not pay for them."""
         self._pool.schedule(run_chunk, args=([],)).result(timeout=60)
 
-    def start(self, items: list[tuple[str, dict]], timeout: float) -> ProcessFuture:
-        """Run (type, payload) items in one pool process, in order; killed at `timeout`."""
+    def start(self, items: list[Item], timeout: float) -> ProcessFuture:
+        """Run items in one pool process, in order; killed at `timeout`."""
         try:
             return self._pool.schedule(run_chunk, args=(items,), timeout=timeout)
         except RuntimeError as exc:
@@ -58,20 +79,38 @@ class TaskPool:
     def stop(self) -> None:
         self._pool.stop()
         self._pool.join(timeout=10)
+        self._channel.close()
 
 
-def run_chunk(items: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+# -- in a pool process ------------------------------------------------------------------
+
+_outbox: Outbox | None = None  # this pool process's progress reports
+
+
+def start_process(modules: tuple[str, ...], progress: socket.socket) -> None:
+    """A pool process's initializer: the task modules, and where progress goes."""
+    global _outbox
+    tasks.load_modules(modules)
+    _outbox = Outbox(progress)
+
+
+def run_chunk(items: list[Item]) -> list[dict[str, Any]]:
     """In a pool process: each item's result body, {"status", "result"|"error"}."""
-    return [_run_one(type_, payload) for type_, payload in items]
+    return [_run_one(*item) for item in items]
 
 
-def _run_one(type_: str, payload: dict) -> dict[str, Any]:
+def _run_one(task_id: str, attempt: int, queue: str, type_: str, payload: dict) -> dict[str, Any]:
+    report = _outbox.report if _outbox is not None else None
+    context = TaskContext(task_id, attempt, queue, report=report)
+    set_current(context)
     try:
-        value = tasks.run_task(type_, payload)
+        value = tasks.run_task(type_, payload, context)
     except tasks.TaskFailed as exc:
         return {"status": "failed", "error": str(exc) or "task failed"}
     except Exception as exc:  # whatever the task raised
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        set_current(None)
     try:
         json.dumps(value, allow_nan=False)  # what the dispatcher would refuse
     except (TypeError, ValueError) as exc:
