@@ -47,7 +47,7 @@ def with_iso(item: dict) -> dict:
     for attempt in item.get("history", ()):
         with_iso(attempt)
     if progress := item.get("progress"):  # a task's, or a worker's by task id
-        for p in (progress,) if "updated_at" in progress else progress.values():
+        for p in progress.values() if "current_tasks" in item else (progress,):
             p["updated_at"] = iso(p["updated_at"])
     return item
 

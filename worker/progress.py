@@ -67,7 +67,11 @@ class Channel:
         """Stop the reader and close both ends (again: nothing more)."""
         if self.sender.fileno() == -1:
             return
-        self.sender.send(b"")  # the reader's last datagram
+        self.sender.settimeout(5)  # the pool processes send with MSG_DONTWAIT anyway
+        try:
+            self.sender.send(b"")  # the reader's last datagram
+        except OSError as exc:
+            log.warning("progress channel: could not stop its reader: %s", exc)
         self._reader.join(timeout=5)
         self.sender.close()
         self.receiver.close()

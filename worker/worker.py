@@ -568,7 +568,7 @@ class Worker:
                 task_ids = [*self.running, *(c["task_id"] for c in self.buffer)]
                 held_at = time.monotonic()
             progress = self.progress.take(task_ids, held_at)  # None: no report waits
-            sent, delivered = time.monotonic(), False
+            delivered = False
             try:
                 reply = client.heartbeat(
                     self.worker_id,
@@ -586,14 +586,14 @@ class Worker:
                 delivered = True
                 for task_id in reply.get("abandon", ()):
                     self._abandon(task_id)
-            if self._until_next_heartbeat(sent, sooner=delivered):
+            if self._until_next_heartbeat(time.monotonic(), sooner=delivered):
                 break
         client.close()
 
     def _until_next_heartbeat(self, last: float, sooner: bool) -> bool:
         """Wait until the next heartbeat is due: WORKER_HEARTBEAT_INTERVAL after the last
-        one, or, with `sooner` and a progress report waiting, PROGRESS_SOONER_S after it.
-        True when the worker has stopped (no more heartbeats)."""
+        one (answered at `last`), or, with `sooner` and a progress report waiting,
+        PROGRESS_SOONER_S after it. True when the worker has stopped (no more heartbeats)."""
         interval = self.config.worker_heartbeat_interval
         while not self.stopped.is_set():
             soon = sooner and self.progress.waiting
