@@ -30,11 +30,12 @@ if __name__ == "__main__":
 
 from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.progress import (  # noqa: E402
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -50,6 +51,8 @@ TASK_OPTIONS = ("queue", "max_retries", "timeout", "priority", "delay", "idempot
 ALGORITHMS = ("sieve", "trial_division")
 WAIT_PER_REQUEST = 10.0  # seconds one GET /task/<id>?wait= may be held
 WAIT_THREADS = 4  # tasks waited on at once (each holds one dispatcher thread)
+PROGRESS_ROWS = 5  # running tasks whose progress --wait shows, at most
+PROGRESS_EVERY_S = 1.0  # how often --wait reads their progress (one GET /workers)
 RANDOM_DEFAULT_COUNT = 10
 RETRY_FOR_DEFAULT = 60.0  # --retry-for: seconds to keep trying while the queue is full (429)
 
@@ -494,25 +497,88 @@ def _wait_one(client: Client, task_id: str, wait: float) -> dict:
 def wait_with_progress(config: Config, task_ids: list[str], show: bool) -> list[dict]:
     progress = Progress(
         SpinnerColumn(),
-        TextColumn("[bold]waiting[/] for tasks"),
+        TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("{task.fields[count]}"),
         TextColumn("{task.fields[failed]}"),
         TimeElapsedColumn(),
         console=Console(stderr=True),
         disable=not show,
     )
-    failed = 0
+    failed = done = 0
+    stop = threading.Event()
     with progress:
-        bar = progress.add_task("wait", total=len(task_ids), failed="")
+        total = len(task_ids)
+        bar = progress.add_task(
+            "[bold]waiting[/] for tasks", total=total, failed="", count=f"0/{total}"
+        )
 
         def advance(task: dict) -> None:
-            nonlocal failed
+            nonlocal failed, done
+            done += 1
             failed += task["status"] != "completed"
             note = f"[red]{failed} failed[/]" if failed else ""
-            progress.update(bar, advance=1, failed=note)
+            progress.update(bar, advance=1, failed=note, count=f"{done}/{total}")
 
-        return wait_all(config, task_ids, advance)
+        rows: dict[str, TaskID] = {}  # the running tasks shown under the bar
+        lock = threading.Lock()
+        if show:
+            watch = (config, set(task_ids), progress, rows, lock, stop)
+            threading.Thread(target=show_running, args=watch, daemon=True).start()
+        try:
+            return wait_all(config, task_ids, advance)
+        finally:
+            with lock:  # the summary follows the bar alone
+                stop.set()
+                for row in rows.values():
+                    progress.remove_task(row)
+
+
+def show_running(
+    config: Config,
+    mine: set[str],
+    progress: Progress,
+    rows: dict[str, TaskID],
+    lock: threading.Lock,
+    stop: threading.Event,
+) -> None:
+    """Until `stop`: in `rows`, a row under the bar for each of our running tasks that
+    reported progress (at most PROGRESS_ROWS), with its message and fraction, from GET
+    /workers every PROGRESS_EVERY_S."""
+    client = cli.connect(config)
+    try:
+        while not stop.wait(PROGRESS_EVERY_S):
+            try:
+                workers = client.workers()
+            except (DispatcherUnreachable, ApiError):
+                continue  # the waiting threads report an outage; the rows stay as they are
+            running = running_progress(workers, mine)
+            with lock:
+                if stop.is_set():
+                    return
+                for task_id in rows.keys() - running.keys():
+                    progress.remove_task(rows.pop(task_id))
+                for task_id, (text, fraction) in running.items():
+                    shown = {"description": text, "completed": fraction, "count": f"{fraction:.0%}"}
+                    if task_id in rows:
+                        progress.update(rows[task_id], **shown)
+                    else:
+                        rows[task_id] = progress.add_task(**shown, total=1.0, failed="")
+    finally:
+        client.close()
+
+
+def running_progress(workers: list[dict], mine: set[str]) -> dict[str, tuple[str, float]]:
+    """Of our tasks, those running with progress (GET /workers), at most PROGRESS_ROWS:
+    task id -> (the row's text: the id's last 8 characters, its first ones are the time
+    it was made; and the message; the fraction)."""
+    out: dict[str, tuple[str, float]] = {}
+    for worker in workers:
+        for task_id, p in (worker.get("progress") or {}).items():
+            if task_id in mine and len(out) < PROGRESS_ROWS:
+                text = f"  …{task_id[-8:]} {escape(p['message'])}".rstrip()
+                out[task_id] = (text, p["fraction"])
+    return out
 
 
 def summary_table(tasks: list[dict]) -> Table:

@@ -123,6 +123,20 @@ def duration(seconds: float | None) -> str:
     return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
 
 
+def task_progress(progress: dict[str, dict] | None) -> str:
+    """A worker's running tasks that reported progress (GET /workers `progress`), one line
+    each: the id's last 8 characters (its first ones are the time it was made), the
+    percentage and the message."""
+    if not progress:
+        return "—"
+    lines = [
+        f"…{task_id[-8:]} {p['fraction']:.0%} {p['message']}".rstrip()
+        for task_id, p in list(progress.items())[:MAX_SHOWN_TASKS]
+    ]
+    more = len(progress) - MAX_SHOWN_TASKS
+    return "\n".join(lines + ([f"(+{more} more)"] if more > 0 else []))
+
+
 def current_tasks(task_ids: list[str]) -> str:
     if not task_ids:
         return "—"
@@ -204,6 +218,7 @@ def workers_table(workers: list[dict], now: float) -> Table:
     table.add_column("status")
     table.add_column("last heartbeat", justify="right")
     table.add_column("current tasks", overflow="fold")
+    table.add_column("progress", overflow="fold")
     table.add_column("attempts completed", justify="right")
     table.add_column("attempts failed", justify="right")
     for w in workers:
@@ -214,11 +229,12 @@ def workers_table(workers: list[dict], now: float) -> Table:
             Text(status, style=COLOURS.get(status, "")),
             "—" if age is None else f"{duration(age)} ago",
             current_tasks(w.get("current_tasks") or []),
+            Text(task_progress(w.get("progress"))),
             str(w.get("attempts_completed", 0)),
             str(w.get("attempts_failed", 0)),
         )
     if not workers:
-        table.add_row("(none yet)", "", "", "", "", "", style="dim")
+        table.add_row("(none yet)", "", "", "", "", "", "", style="dim")
     return table
 
 

@@ -366,9 +366,11 @@ class Client:
         task_ids: list[str],
         state: str | None = None,
         concurrency: int | None = None,
+        progress: dict[str, dict] | None = None,
     ) -> dict:
         """`state`: "stopping" (claims nothing more) or "stopped" (gone, not dead);
-        `concurrency`: the tasks it runs at once (shown by GET /workers)."""
+        `concurrency`: the tasks it runs at once (shown by GET /workers); `progress`:
+        {task_id: {"fraction", "message"}} its tasks reported since the last heartbeat."""
         body: dict[str, Any] = {"worker_id": worker_id, "task_ids": task_ids}
         if instance_id:
             body["instance_id"] = instance_id
@@ -376,6 +378,8 @@ class Client:
             body["state"] = state
         if concurrency:
             body["concurrency"] = concurrency
+        if progress:
+            body["progress"] = progress
         return self.call("POST", "/heartbeat", body)
 
     def release(self, worker_id: str, tasks: list[tuple[str, str]]) -> int:

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta, Struct, UnsetType
 
 from common.config import MAX_QUEUES, Config
+from tasks.context import MAX_MESSAGE
 
 from .storage import STATUSES, WORKER_STATES
 
@@ -85,6 +86,14 @@ class Lease(Body):
     lease_token: _name("its lease")
 
 
+class ProgressReport(Body):
+    fraction: _field(float, "how far the task has got, from 0 to 1", ge=0, le=1)
+    message: (
+        _field(str, f"what it is doing, at most {MAX_MESSAGE} characters", max_length=MAX_MESSAGE)
+        | None
+    ) = None
+
+
 class Heartbeat(Body):
     worker_id: WorkerId
     instance_id: InstanceId | None = None
@@ -99,6 +108,14 @@ class Heartbeat(Body):
     ) = None
     concurrency: (
         _field(int, "tasks it runs at once (GET /workers shows it)", ge=1, le=100_000) | None
+    ) = None
+    progress: (
+        _field(
+            dict[HeldId, ProgressReport],
+            "the progress its running tasks reported since its last heartbeat, by task id; "
+            "stored for the tasks it holds in progress, ignored for others",
+        )
+        | None
     ) = None
 
 
@@ -260,6 +277,12 @@ class Attempt(Answer):
     error: str | None
 
 
+class Progress(Answer):
+    fraction: Annotated[float, Meta(ge=0, le=1)]
+    message: str
+    updated_at: Time  # when the dispatcher stored it
+
+
 class TaskSummary(Answer):
     task_id: AnswerId
     type: str
@@ -275,6 +298,14 @@ class TaskSummary(Answer):
     created_at: Time
     started_at: Time | None
     finished_at: Time | None
+    progress: (
+        _field(
+            Progress,
+            "the last progress its running (or last) attempt reported; null before any, "
+            "and again when a new attempt starts",
+        )
+        | None
+    )
 
 
 class Task(TaskSummary):
@@ -290,6 +321,7 @@ class TaskList(Answer):
 class ClaimedTask(Answer):
     task_id: AnswerId
     type: str
+    queue: str
     payload: dict
     attempt: Annotated[int, Meta(ge=1)]
     timeout: _field(float, "seconds")
@@ -348,6 +380,7 @@ class Worker(Answer):
     attempts_completed: _field(int, "attempts it ran to completion (not tasks)", ge=0)
     attempts_failed: _field(int, "attempts it reported failed (a task retried counts each)", ge=0)
     concurrency: _field(int, "tasks it runs at once, as its heartbeats say", ge=1) | None
+    progress: _field(dict[AnswerId, Progress], "of its current tasks, those that reported progress")
 
 
 class Workers(Answer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any
 
 import msgspec
@@ -55,25 +56,66 @@ def _whole(value: Any, t: mi.Type) -> Any:
     return value
 
 
+STEP = re.compile(r"\[(\d+)\]|\[(\.\.\.)\]|(\w+)")
+KEY = re.compile(r"(.*) - at `key` in `\$\.?(.*)`$")
+
+
 def _explain(text: str, data: Any, kind: type, what: str) -> str:
-    """msgspec's complaint, told as the rule of the field it is about, as bodies.py
-    declares it."""
-    refusal = rules.explain(text, data, kind)
-    where = refusal.where
-    if refusal.kind == "missing":
-        rule = f"'{refusal.field}' is required"
-    elif refusal.kind == "unknown":
-        noun = plain(refusal.type).cls.__name__.removeprefix("New").lower()
-        rule = f"unknown field '{refusal.field}' in {noun}"
+    """msgspec's complaint (`Expected ... - at `$.tasks[1].priority``), told as the rule of
+    the field it is about, as bodies.py declares it. A value of an object keyed by the
+    client (`$.progress[...]`) is named by its key."""
+    if key := KEY.match(text):  # a key of such an object
+        text, where = key.groups()
+        t = plain(rules.info(kind))
+        for name in where.split("."):
+            t = plain(next(f.type for f in t.fields if f.encode_name == name))
+        return f"{where}: a key {_rule(plain(t.key_type), text, None)}"
+    text, _, where = text.partition(" - at `$")
+    where = where.rstrip("`").lstrip(".")
+    t, value = rules.info(kind), data
+    head, last = "", ""  # the path shown: up to its last field name, and from that name
+    for index, entry, name in STEP.findall(where):
+        t = plain(t)
+        if index:
+            t, value = t.item_type, value[int(index)]
+            last += f"[{index}]"
+        elif entry:
+            key = _first_refused(value, t.value_type)
+            t, value = t.value_type, value[key]
+            last += f"[{key!r}]"
+        else:
+            t, value = next(f.type for f in t.fields if f.encode_name == name), value[name]
+            head, last = _joined(head, last), name
+    field = text.split("`")[1] if text.startswith("Object ") else ""
+    if text.startswith("Object missing required field"):
+        rule, where = f"'{field}' is required", _joined(head, last)
+    elif text.startswith("Object contains unknown field"):
+        noun = plain(t).cls.__name__.removeprefix("New").lower()
+        rule, where = f"unknown field '{field}' in {noun}", _joined(head, last)
     else:
-        head, _, field = where.rpartition(".")
         rule = (
-            f"'{field}' {_rule(plain(refusal.type), refusal.text, refusal.value)}"
-            if field
-            else f"{what} {_rule(refusal.type, refusal.text, refusal.value)}"
+            f"'{last}' {_rule(plain(t), text, value)}"
+            if last
+            else f"{what} {_rule(t, text, value)}"
         )
         where = head
     return f"{where}: {rule}" if where else rule
+
+
+def _joined(head: str, field: str) -> str:
+    return f"{head}.{field}" if head and field else head or field
+
+
+def _first_refused(mapping: dict, t: mi.Type) -> str:
+    """The first key of `mapping` whose value a Struct type `t` refuses."""
+    kind = plain(t)
+    if isinstance(kind, mi.StructType):
+        for key, value in mapping.items():
+            try:
+                msgspec.convert(_whole(value, kind), kind.cls)
+            except msgspec.ValidationError:
+                return key
+    return next(iter(mapping))
 
 
 def _rule(t: mi.Type, text: str, value: Any) -> str:
@@ -215,10 +257,16 @@ def claim(data: Any, config: Config) -> Any:
 
 
 def heartbeat(data: Any) -> Any:
-    """POST /heartbeat: worker_id, instance_id ("" if none), task_ids, state."""
+    """POST /heartbeat: worker_id, instance_id ("" if none), task_ids, state, concurrency,
+    and progress ({task_id: {"fraction", "message"}}, or None when none was sent)."""
     beat = _worker(convert(data, bodies.Heartbeat))
     for task_id in beat.task_ids or ():
         storable(task_id, "task_ids")
+    if beat.progress:
+        beat.progress = {
+            storable(task_id, "progress"): {"fraction": p.fraction, "message": p.message or ""}
+            for task_id, p in beat.progress.items()
+        }
     return beat
 
 

@@ -46,6 +46,9 @@ def with_iso(item: dict) -> dict:
             item[key] = iso(item[key])
     for attempt in item.get("history", ()):
         with_iso(attempt)
+    if progress := item.get("progress"):  # a task's, or a worker's by task id
+        for p in progress.values() if "current_tasks" in item else (progress,):
+            p["updated_at"] = iso(p["updated_at"])
     return item
 
 
@@ -222,6 +225,7 @@ def heartbeat():
         lease_s=c.config.lease_seconds,
         state=state,
         concurrency=beat.concurrency,
+        progress=beat.progress,
     )
     if state is not None:  # from now on its claims get nothing (the worker ends its own)
         log.info("worker %s is %s", worker_id, state, extra={"worker_id": worker_id})

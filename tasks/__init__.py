@@ -6,8 +6,11 @@ low-level `registry.register(name, validate, run)` registers such a pair directl
 
 The dispatcher calls `registry.validate(name, payload, config)` before storing a task
 (InvalidPayload -> HTTP 400 with str(exc) as the message); the worker's pool processes
-call `run_task(name, payload, context)` with the normalized payload. The five built-in
-types are registered below; TASK_MODULES names extra modules that register more.
+call `run_task(name, payload, context)` with the normalized payload and the task's
+TaskContext (tasks/context.py): a typed task receives it as an argument when it declares
+one; a low-level `run(payload)` is called with the payload alone and may reach the
+context through `tasks.context.current()`. The five built-in types are registered below;
+TASK_MODULES names extra modules that register more.
 """
 
 from __future__ import annotations
@@ -142,7 +145,8 @@ class Registry:
         return self.get(name).accept(payload, config)
 
     def run(self, name: str, payload: dict, context: TaskContext | None = None) -> Any:
-        """Run a stored payload; a typed task gets `context` (low-level ones do not)."""
+        """Run a stored payload; a typed task gets `context` as an argument when it wants
+        it; a low-level `run(payload)` the payload alone (tasks.context.current() has it)."""
         task_type = self.get(name)
         if task_type.typed is None:
             return task_type.run(payload)

@@ -1,8 +1,10 @@
 """TaskContext: what a running task may know about itself, and how it reports progress.
 
-A task function that declares a parameter annotated `TaskContext` receives one. In a
+A task function that declares a parameter annotated `TaskContext` receives one; any
+task code may ask for the one of the task running in its process with `current()`. In a
 worker's pool process `progress()` hands the value to the worker, which sends it to the
-dispatcher with its next heartbeat; called directly (a unit test), it only records it.
+dispatcher with its next heartbeat (worker/progress.py); called directly (a unit test),
+it only records it.
 """
 
 from __future__ import annotations
@@ -38,3 +40,17 @@ class TaskContext:
 
 
 MAX_MESSAGE = 200
+
+_current: TaskContext | None = None
+
+
+def current() -> TaskContext | None:
+    """The TaskContext of the task running in this process (the worker's pool sets it
+    around each task's run), or None outside a task."""
+    return _current
+
+
+def set_current(context: TaskContext | None) -> None:
+    """For the code that runs tasks: `context` is the running task's from now on."""
+    global _current
+    _current = context

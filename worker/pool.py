@@ -4,12 +4,18 @@ A call runs a *chunk*: one task, or several quick ones in a row, so that a pool 
 trip (~0.2 ms of the parent's CPU with pebble) is paid once per chunk, not per task.
 Each task of a chunk gets its own outcome: one task raising does not touch the others.
 Only the death of the process (a timeout, a crash) ends a chunk as a whole.
+
+Each task runs with its TaskContext (its id, attempt and queue), which is also
+`tasks.context.current()` while it runs; its progress reports reach the worker through
+the pool's progress channel (worker/progress.py), made once with the pool.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -18,8 +24,14 @@ from pebble import ProcessExpired, ProcessFuture, ProcessPool
 import tasks
 from common.config import HostAllowList
 from tasks import http_fetch
+from tasks.context import TaskContext, set_current
+
+from .progress import Channel, Outbox
 
 log = logging.getLogger("worker")
+
+# what a pool call runs, per task: (task_id, attempt, queue, type, payload)
+Item = tuple[str, int, str, str, dict]
 
 
 class TaskPool:
@@ -29,12 +41,17 @@ class TaskPool:
         max_tasks_per_child: int,
         modules: tuple[str, ...],
         allowed_hosts: HostAllowList | None = None,
+        on_progress: Callable[[str, float, str, float], None] = lambda *report: None,
     ):
+        """`on_progress(task_id, fraction, message, at)` gets each progress report (on
+        the channel's reader thread); `allowed_hosts` is what http_request's real mode
+        may reach (HTTP_REQUEST_ALLOWED_HOSTS)."""
+        self._channel = Channel(on_progress)
         self._settings = {
             "max_workers": concurrency,
             "max_tasks": max_tasks_per_child,
-            "initializer": init_process,
-            "initargs": (modules, allowed_hosts or HostAllowList()),
+            "initializer": start_process,
+            "initargs": (modules, self._channel.sender, allowed_hosts or HostAllowList()),
         }
         self._pool = ProcessPool(**self._settings)
 
@@ -43,8 +60,8 @@ class TaskPool:
         first task does not pay for them."""
         self._pool.schedule(run_chunk, args=([],)).result(timeout=60)
 
-    def start(self, items: list[tuple[str, dict]], timeout: float) -> ProcessFuture:
-        """Run (type, payload) items in one pool process, in order; killed at `timeout`."""
+    def start(self, items: list[Item], timeout: float) -> ProcessFuture:
+        """Run items in one pool process, in order; killed at `timeout`."""
         try:
             return self._pool.schedule(run_chunk, args=(items,), timeout=timeout)
         except RuntimeError as exc:
@@ -66,28 +83,43 @@ class TaskPool:
     def stop(self) -> None:
         self._pool.stop()
         self._pool.join(timeout=10)
+        self._channel.close()
 
 
-def init_process(modules: tuple[str, ...], allowed_hosts: HostAllowList) -> None:
-    """Each pool process's start: import TASK_MODULES, and give `http_request` the
-    worker's HTTP_REQUEST_ALLOWED_HOSTS, which its real mode checks before connecting (a
-    task's run gets only its payload; this is the one setting a built-in type needs)."""
+# -- in a pool process ------------------------------------------------------------------
+
+_outbox: Outbox | None = None  # this pool process's progress reports
+
+
+def start_process(
+    modules: tuple[str, ...], progress: socket.socket, allowed_hosts: HostAllowList
+) -> None:
+    """A pool process's initializer: the task modules, where progress goes, and the
+    worker's HTTP_REQUEST_ALLOWED_HOSTS, which http_request's real mode checks before
+    connecting (the one setting a built-in type needs)."""
+    global _outbox
     tasks.load_modules(modules)
+    _outbox = Outbox(progress)
     http_fetch.use_allow_list(allowed_hosts)
 
 
-def run_chunk(items: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+def run_chunk(items: list[Item]) -> list[dict[str, Any]]:
     """In a pool process: each item's result body, {"status", "result"|"error"}."""
-    return [_run_one(type_, payload) for type_, payload in items]
+    return [_run_one(*item) for item in items]
 
 
-def _run_one(type_: str, payload: dict) -> dict[str, Any]:
+def _run_one(task_id: str, attempt: int, queue: str, type_: str, payload: dict) -> dict[str, Any]:
+    report = _outbox.report if _outbox is not None else None
+    context = TaskContext(task_id, attempt, queue, report=report)
+    set_current(context)
     try:
-        value = tasks.run_task(type_, payload)
+        value = tasks.run_task(type_, payload, context)
     except tasks.TaskFailed as exc:
         return {"status": "failed", "error": str(exc) or "task failed"}
     except Exception as exc:  # whatever the task raised
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        set_current(None)
     try:
         json.dumps(value, allow_nan=False)  # what the dispatcher would refuse
     except (TypeError, ValueError) as exc:

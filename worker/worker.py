@@ -4,7 +4,8 @@ Threads, each with its own HTTP connection:
 - the main thread starts buffered tasks in the pool as slots free up;
 - the fetcher long-polls `get-task` whenever the buffer is below concurrency + prefetch;
 - the reporter sends results in batches and owns the on-disk cache;
-- the heartbeat thread extends leases and abandons what the dispatcher says to.
+- the heartbeat thread extends leases, abandons what the dispatcher says to, and carries
+  the progress tasks report (worker/progress.py; a thread reads the pool's reports).
 A network error costs a log line and a capped back-off; nothing a task does (raise,
 time out, crash its process) stops the worker.
 
@@ -42,6 +43,8 @@ from .cache import ResultCache
 from .pool import TaskPool, outcomes
 from .prefetch import TARGET_S as PREFETCH_TARGET_S
 from .prefetch import Prefetch
+from .progress import SOONER_S as PROGRESS_SOONER_S
+from .progress import Board
 from .reporter import Reporter
 
 log = logging.getLogger("worker")
@@ -115,11 +118,14 @@ class Worker:
             on_failure=lambda: metrics.DISPATCHER_ERRORS.inc(),
         )
         self.prefetch = Prefetch(config.prefetch, config.worker_concurrency, config.max_batch)
+        self._beat_now = threading.Event()  # set: the heartbeat thread looks again
+        self.progress = Board(on_change=self._beat_now.set)  # what tasks reported
         self.pool = TaskPool(
             config.worker_concurrency,
             config.worker_max_tasks_per_child,
             config.modules,
             config.http_request_allow_list,
+            on_progress=self.progress.put,
         )
         self.reporter = Reporter(
             self._client(),
@@ -290,7 +296,10 @@ class Worker:
         if len(chunk) > 1:
             expected = (self.prefetch.average or 0.0) * len(chunk)
             timeout = min(timeout, max(CHUNK_MIN_TIMEOUT_S, CHUNK_SLACK * expected))
-        future = self.pool.start([(c["type"], c["payload"]) for c in chunk], timeout)
+        items = [
+            (c["task_id"], c["attempt"], c.get("queue", ""), c["type"], c["payload"]) for c in chunk
+        ]  # a dispatcher older than the claim's queue: "" (unknown)
+        future = self.pool.start(items, timeout)
         started = time.monotonic()
         for claim in chunk:
             self.running[claim["task_id"]] = Running(claim, future, started)
@@ -558,23 +567,44 @@ class Worker:
         while True:
             with self.cv:
                 task_ids = [*self.running, *(c["task_id"] for c in self.buffer)]
+                held_at = time.monotonic()
+            progress = self.progress.take(task_ids, held_at)  # None: no report waits
+            delivered = False
             try:
                 reply = client.heartbeat(
                     self.worker_id,
                     self.instance_id,
                     task_ids,
                     concurrency=self.config.worker_concurrency,
+                    progress=progress,
                 )
             except DispatcherUnreachable as exc:
                 log.warning("heartbeat failed worker=%s: %s", self.worker_id, exc)
+                self.progress.not_sent(progress)  # with the next heartbeat, not sooner
             except ApiError as exc:
                 self._api_refused(exc)
             else:
+                delivered = True
                 for task_id in reply.get("abandon", ()):
                     self._abandon(task_id)
-            if self.stopped.wait(self.config.worker_heartbeat_interval):
+            if self._until_next_heartbeat(time.monotonic(), sooner=delivered):
                 break
         client.close()
+
+    def _until_next_heartbeat(self, last: float, sooner: bool) -> bool:
+        """Wait until the next heartbeat is due: WORKER_HEARTBEAT_INTERVAL after the last
+        one (answered at `last`), or, with `sooner` and a progress report waiting,
+        PROGRESS_SOONER_S after it. True when the worker has stopped (no more heartbeats)."""
+        interval = self.config.worker_heartbeat_interval
+        while not self.stopped.is_set():
+            soon = sooner and self.progress.waiting
+            left = last + (min(PROGRESS_SOONER_S, interval) if soon else interval)
+            left -= time.monotonic()
+            if left <= 0:
+                return False
+            self._beat_now.wait(left)  # a new report, or the stop
+            self._beat_now.clear()
+        return True
 
     def _abandon(self, task_id: str) -> None:
         """Stop working on a task the dispatcher no longer holds for us."""
@@ -625,6 +655,7 @@ class Worker:
         if self.burst:
             self._burst_outcome(client)
         self.stopped.set()
+        self._beat_now.set()  # the heartbeat thread ends now
         self._say(client, "stopped")  # shown as stopped, not dead
         self.pool.stop()
         log.info("worker %s stopped", self.worker_id)

@@ -152,7 +152,8 @@ class Storage(Protocol):
         opened. Registers or refreshes the worker (a new instance_id takes the worker
         over: the earlier instance's tasks go back to the queue at once). Raises
         WorkerTakenOver for a retired instance, WorkerStopping for one that said it is
-        stopping. Returns `{task_id, type, payload, attempt, timeout, lease_token,
+        stopping. A claimed task has no progress until its new attempt reports some.
+        Returns `{task_id, type, queue, payload, attempt, timeout, lease_token,
         lease_expires_at}` each."""
 
     def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
@@ -180,12 +181,16 @@ class Storage(Protocol):
         lease_s: float,
         state: str | None = None,
         concurrency: int | None = None,
+        progress: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> list[str]:
         """Registers or refreshes the worker and extends to now + lease_s the leases of
         the listed tasks it holds in_progress (without a list: all of them). Returns the
         listed tasks it should abandon (cancelled, finished, deleted, leased to
         another). `state`: stopping (give it no more tasks) or stopped (it is gone,
         not dead); `concurrency`, the tasks it runs at once, is kept when given.
+        `progress` ({task_id: {"fraction", "message"}}) is stored, with `now` as its
+        `updated_at`, for the tasks this worker holds in_progress, in one statement
+        (none without it); for any other task it is ignored.
         Raises WorkerTakenOver for a retired instance."""
 
     def release(self, worker_id: str, tasks: list[tuple[str, str]], now: float) -> int:
@@ -210,7 +215,9 @@ class Storage(Protocol):
         """failed | cancelled -> pending, attempts reset. TaskNotFound, or Conflict."""
 
     def get(self, task_id: str) -> dict:
-        """The task with its history (task_dict in rows.py). TaskNotFound."""
+        """The task with its history (task_dict in rows.py), and `progress`: the last
+        {"fraction", "message", "updated_at"} its current or last attempt reported
+        (None before any; kept once it finished). TaskNotFound."""
 
     def status_of(self, task_id: str) -> str:
         """The task's status alone (one column: held waits read it often)."""
@@ -236,7 +243,8 @@ class Storage(Protocol):
         without pending tasks left out)."""
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
-        """Every worker not yet forgotten, with the tasks it holds (worker_dict)."""
+        """Every worker not yet forgotten, with the tasks it holds and the progress of
+        those that reported some (worker_dict)."""
 
     def ping(self) -> None:
         """A read; raises DatabaseUnavailable when it fails."""

@@ -38,7 +38,7 @@ T = TypeVar("T")
 # _complete_current's answer for a task it completed without reading its queue and type:
 # finish() reads them afterwards, for all such tasks of the batch at once (LABELS)
 UNLABELLED: Mapping[str, str] = MappingProxyType({})
-SCHEMA_VERSION = 4  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
+SCHEMA_VERSION = 5  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 TASK_COLUMNS = ", ".join(["id", *rows.TASK_KEYS])
@@ -62,6 +62,9 @@ TO_VERSION_4 = [
     PENDING_AGE_BY_QUEUE,
     WORKER_CONCURRENCY_COLUMN,
 ]
+# version 4 -> 5, on both databases: the progress its running attempt reported last, JSON
+# text {"fraction", "message", "updated_at"} (NULL: none reported)
+TO_VERSION_5 = ["ALTER TABLE tasks ADD COLUMN progress TEXT"]
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -73,6 +76,7 @@ SCHEMA = [
         worker_id TEXT, lease_token TEXT, lease_expires_at DOUBLE PRECISION,
         result TEXT, error TEXT, finished_lease TEXT,
         expired_failure BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT UNIQUE,
+        progress TEXT,
         seq BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite: rowid)
     )
     """,
@@ -201,11 +205,11 @@ UPDATE tasks SET status = 'pending', attempts = attempts - 1, lease_token = NULL
 UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
        lease_expires_at = NULL
  WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')""",
-    # failed | cancelled -> pending, attempts reset
+    # failed | cancelled -> pending, attempts reset (and the progress forgotten)
     RETRY="""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
        error = NULL, finished_at = NULL, started_at = NULL, finished_lease = NULL,
-       expired_failure = FALSE, worker_id = NULL
+       expired_failure = FALSE, worker_id = NULL, progress = NULL
  WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
     TASK_STATUS_LOCKED="""
 SELECT status, lease_token, queue, type FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
@@ -216,6 +220,13 @@ UPDATE tasks SET lease_expires_at = %(until)s
     EXTEND_LISTED="""
 UPDATE tasks SET lease_expires_at = %(until)s
  WHERE id = ANY(%(ids)s) AND worker_id = %(worker_id)s AND status = 'in_progress'""",
+    # in_progress (progress reported): each task of the JSON object {task_id: progress
+    # as JSON text} that this worker holds in progress takes its value; others are left
+    # alone
+    SET_PROGRESS="""
+UPDATE tasks SET progress = p.value
+  FROM json_each_text(%(progress)s::json) AS p
+ WHERE tasks.id = p.key AND tasks.worker_id = %(worker_id)s AND tasks.status = 'in_progress'""",
     LISTED_STATES="""
 SELECT id, status, worker_id, expired_failure FROM tasks WHERE id = ANY(%(ids)s)""",
     # -- workers --
@@ -303,7 +314,7 @@ SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = %(queue)
 SELECT queue, status, floor(finished_at / 60) AS minute, count(*) AS n FROM tasks
  WHERE finished_at >= %(since)s GROUP BY queue, status, minute""",
     RUNNING_BY_WORKER="""
-SELECT worker_id, id FROM tasks WHERE status = 'in_progress' ORDER BY started_at""",
+SELECT worker_id, id, progress FROM tasks WHERE status = 'in_progress' ORDER BY started_at""",
     ALL_WORKERS='SELECT * FROM workers ORDER BY worker_id COLLATE "C"',
     PING="SELECT 1 AS one",
     **browse.STATEMENTS,  # the dashboard's finders and bulk moves
@@ -581,7 +592,7 @@ class SqlStorage(browse.Browse):
                 args = {"worker_id": worker_id, "now": now, "lease_s": lease_s, "queue": queue}
                 got = self._claim_queue(tx, {**args, "max_tasks": max_tasks - len(claimed)})
                 got.sort(key=lambda r: (-r["priority"], r["run_at"]))
-                claimed.extend(rows.claim_dict(r) for r in got)
+                claimed.extend(rows.claim_dict(r, queue) for r in got)
             return claimed
 
         return self._transact(claim_tasks, fsync=False)
@@ -628,12 +639,35 @@ class SqlStorage(browse.Browse):
         return args["status"]
 
     def heartbeat(
-        self, worker_id, instance_id, task_ids, now, lease_s, state=None, concurrency=None
+        self,
+        worker_id,
+        instance_id,
+        task_ids,
+        now,
+        lease_s,
+        state=None,
+        concurrency=None,
+        progress=None,
     ) -> list[str]:
         until = now + lease_s
+        # {task_id: its progress as JSON text} as one JSON object, for SET_PROGRESS (none:
+        # no statement). Text inside text: whatever a message holds (a NUL, a lone
+        # surrogate) stays escaped, which PostgreSQL's json type requires
+        reported = None
+        if progress:
+            reported = dumps(
+                {
+                    task_id: dumps(
+                        {"fraction": p["fraction"], "message": p["message"], "updated_at": now}
+                    )
+                    for task_id, p in progress.items()
+                }
+            )
 
         def beat(tx: Tx) -> list[str]:
             self._touch_worker(tx, worker_id, instance_id, now, state, concurrency=concurrency)
+            if reported:
+                tx.execute(self.q.SET_PROGRESS, {"progress": reported, "worker_id": worker_id})
             if task_ids is None:
                 tx.execute(self.q.EXTEND_ALL, {"until": until, "worker_id": worker_id})
                 return []
@@ -801,10 +835,15 @@ class SqlStorage(browse.Browse):
 
     def workers(self, now: float, dead_after: float) -> list[dict]:
         running: dict[str, list[str]] = {}
+        progress: dict[str, dict[str, dict]] = {}  # worker -> task -> its progress
         for r in self._read(self.q.RUNNING_BY_WORKER):
             running.setdefault(r["worker_id"], []).append(r["id"])
+            if r["progress"] is not None:
+                progress.setdefault(r["worker_id"], {})[r["id"]] = rows.loads(r["progress"])
         return [
-            rows.worker_dict(r, running.get(r["worker_id"], []), now, dead_after)
+            rows.worker_dict(
+                r, running.get(r["worker_id"], []), now, dead_after, progress.get(r["worker_id"])
+            )
             for r in self._read(self.q.ALL_WORKERS)
         ]
 

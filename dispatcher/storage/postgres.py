@@ -51,7 +51,11 @@ SCHEMA = [
     "CREATE SEQUENCE changes",
 ]
 # Migrations from version N to N + 1, applied in order (the first PostgreSQL schema was 2)
-MIGRATIONS: dict[int, list[str]] = {2: [core.WORKER_QUEUES_COLUMN], 3: core.TO_VERSION_4}
+MIGRATIONS: dict[int, list[str]] = {
+    2: [core.WORKER_QUEUES_COLUMN],
+    3: core.TO_VERSION_4,
+    4: core.TO_VERSION_5,
+}
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('taskqueue migrate ' || %s))"
@@ -78,8 +82,9 @@ SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retri
 INSERT_KEYS = ("type", "queue", "priority", "max_retries")  # as they are in NewTask
 RESULT_KEYS = ("task_id", "lease_token", "worker_id", "status")  # as they are in Result
 
-# pending -> in_progress: one more attempt, a fresh random lease token for each task,
-# and the attempt recorded, in one statement. SKIP LOCKED: rows another claim is taking
+# pending -> in_progress: one more attempt, a fresh random lease token for each task, no
+# progress yet (an earlier attempt's is forgotten), and the attempt recorded, in one
+# statement. SKIP LOCKED: rows another claim is taking
 # are passed over, not waited for. The pick is MATERIALIZED: run once, so the LIMIT
 # holds (as a plain `id IN (SELECT ... LIMIT n)` the planner may re-run the sub-select
 # and lease more than n); the UPDATE re-checks `pending` on each row it locked.
@@ -95,7 +100,7 @@ WITH picked AS MATERIALIZED (
        SET status = 'in_progress', attempts = tasks.attempts + 1, worker_id = %(worker_id)s,
            lease_token = replace(gen_random_uuid()::text, '-', ''),
            lease_expires_at = %(now)s + %(lease_s)s, started_at = %(now)s,
-           expired_failure = FALSE
+           expired_failure = FALSE, progress = NULL
       FROM picked
      WHERE tasks.id = picked.id AND tasks.status = 'pending'
     RETURNING tasks.id, tasks.type, tasks.payload, tasks.attempts, tasks.timeout,

@@ -46,7 +46,7 @@ def last_id_of(now: float) -> str:
 
 # a task's columns (after its id) in the order GET /task shows them
 TASK_KEYS = """type queue payload status result error attempts max_retries priority worker_id
-    created_at started_at finished_at timeout run_at""".split()
+    created_at started_at finished_at progress timeout run_at""".split()
 
 
 def task_dict(r: Mapping) -> dict:
@@ -54,14 +54,22 @@ def task_dict(r: Mapping) -> dict:
     task = {"task_id": r["id"], **{key: r[key] for key in TASK_KEYS}}
     task["payload"] = loads(task["payload"])
     task["result"] = None if task["result"] is None else loads(task["result"])
+    if task["progress"] is not None:  # {"fraction", "message", "updated_at"}
+        task["progress"] = loads(task["progress"])
     return task
 
 
-def worker_dict(r: Mapping, running: list[str], now: float, dead_after: float) -> dict:
+def worker_dict(
+    r: Mapping,
+    running: list[str],
+    now: float,
+    dead_after: float,
+    progress: Mapping[str, dict] | None = None,
+) -> dict:
     """A `workers` row as GET /workers shows it: dead when silent for `dead_after`
     (unless it said it stopped). The counts are of attempts, not tasks: a task that
     failed twice and then completed adds 2 to attempts_failed and 1 to
-    attempts_completed."""
+    attempts_completed. `progress`: of its running tasks, those that reported some."""
     status = r["status"]
     if status != "stopped" and (status == "dead" or r["last_heartbeat"] < now - dead_after):
         status = "dead"
@@ -76,6 +84,7 @@ def worker_dict(r: Mapping, running: list[str], now: float, dead_after: float) -
         "attempts_completed": r["completed"],
         "attempts_failed": r["failed"],
         "concurrency": r["concurrency"],
+        "progress": dict(progress or {}),
     }
 
 
@@ -107,11 +116,12 @@ def stats_dict(
     }
 
 
-def claim_dict(r: Mapping) -> dict:
-    """A claimed task as POST /get-task returns it."""
+def claim_dict(r: Mapping, queue: str) -> dict:
+    """A claimed task (of `queue`) as POST /get-task returns it."""
     return {
         "task_id": r["id"],
         "type": r["type"],
+        "queue": queue,
         "payload": loads(r["payload"]),
         "attempt": r["attempts"],
         "timeout": r["timeout"],

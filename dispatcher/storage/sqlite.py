@@ -44,6 +44,7 @@ MIGRATIONS: dict[int, list[str]] = {
     1: [core.PENDING_AGE_INDEX],  # version 2: /stats reads the queue's age from an index
     2: [core.WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
     3: core.TO_VERSION_4,  # version 4: each queue's age from an index; worker concurrency
+    4: core.TO_VERSION_5,  # version 5: the progress a running task reported
 }
 
 # -- SQLite's own statements ---------------------------------------------------------
@@ -54,7 +55,8 @@ INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_a
                    max_retries, timeout)
 VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"""
 
-# pending -> in_progress: one more attempt, a fresh random lease token for each task. By
+# pending -> in_progress: one more attempt, a fresh random lease token for each task, no
+# progress yet (an earlier attempt's is forgotten). By
 # rowid: the subquery is answered from tasks_ready alone and the update finds each row
 # without the id index; at 10^6 pending tasks this halves its cost (docs/PERFORMANCE.md).
 # Named: tasks_pending_age (queue, run_at) also fits the WHERE, but would read every
@@ -63,7 +65,7 @@ CLAIM = """
 UPDATE tasks
    SET status = 'in_progress', attempts = attempts + 1, worker_id = :worker_id,
        lease_token = lower(hex(randomblob(16))), lease_expires_at = :now + :lease_s,
-       started_at = :now, expired_failure = 0
+       started_at = :now, expired_failure = 0, progress = NULL
  WHERE rowid IN (SELECT rowid FROM tasks INDEXED BY tasks_ready
                   WHERE status = 'pending' AND queue = :queue AND run_at <= :now
                   ORDER BY priority DESC, run_at LIMIT :max_tasks)
@@ -103,8 +105,10 @@ SELECT queue, status, CAST(finished_at / 60 AS INTEGER) AS minute, count(*) AS n
 def for_sqlite(sql: str) -> str:
     """A core statement in SQLite's words: `:name` placeholders; no row locks and no
     collation (the write transaction holds the whole file, and text compares
-    bytewise); `rowid` for PostgreSQL's insertion-order column `seq`; lists as JSON."""
+    bytewise); `rowid` for PostgreSQL's insertion-order column `seq`; lists as JSON,
+    and PostgreSQL's `json_each_text` of a JSON object is SQLite's `json_each`."""
     sql = re.sub(r"%\((\w+)\)s", r":\1", sql)
+    sql = re.sub(r"json_each_text\((:\w+)::json\)", r"json_each(\1)", sql)
     sql = re.sub(r" FOR UPDATE( SKIP LOCKED)?| COLLATE \"C\"|::text", "", sql)
     sql = sql.replace("created_at, seq", "created_at, rowid")
     return sql.replace("= ANY(:ids)", "IN (SELECT value FROM json_each(:ids))")
@@ -139,9 +143,17 @@ FIND_IN_WINDOW = _indexed_by(
     for_sqlite(browse.STATEMENTS["FIND_IN_WINDOW"]), "sqlite_autoindex_tasks_1"
 )
 
+# each reported task found by its id (the planner would walk the worker's running tasks
+# and search the reported ones for each)
+SET_PROGRESS = for_sqlite(core.SHARED["SET_PROGRESS"]).replace(
+    "UPDATE tasks SET", "UPDATE tasks INDEXED BY sqlite_autoindex_tasks_1 SET", 1
+)
+assert "INDEXED BY" in SET_PROGRESS, SET_PROGRESS
+
 Q = statements(
     for_sqlite,
     FIND_IN_WINDOW=FIND_IN_WINDOW,
+    SET_PROGRESS=SET_PROGRESS,
     CLAIM=CLAIM,
     OLDEST_PENDING_IN=OLDEST_PENDING_IN,
     FINISHED_SINCE=FINISHED_SINCE,

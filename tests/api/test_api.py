@@ -32,11 +32,13 @@ TASK_FIELDS = {
     "created_at",
     "started_at",
     "finished_at",
+    "progress",
     "history",
 }
 CLAIM_FIELDS = {
     "task_id",
     "type",
+    "queue",
     "payload",
     "attempt",
     "timeout",
@@ -421,6 +423,89 @@ def test_heartbeat_extends_the_lease(client, clock):
     clock.now = T0 + 100
     response = client.post("/heartbeat", json={"worker_id": "w1"})
     assert parse_time(response.get_json()["lease_expires_at"]) == parse_time(iso(T0 + 220))
+
+
+# -- progress -------------------------------------------------------------------------
+
+
+def beat(client, progress: dict, worker: str = "w1", **fields):
+    return client.post("/heartbeat", json={"worker_id": worker, "progress": progress, **fields})
+
+
+def test_a_heartbeats_progress_shows_in_get_task_and_stays_after_it_finishes(client, clock):
+    task_id = submit(client)
+    lease = claim_one(client, task_id)
+    assert get_task(client, task_id)["progress"] is None
+    clock.now = T0 + 2
+    response = beat(client, {task_id: {"fraction": 0.5, "message": "halfway"}}, task_ids=[task_id])
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["abandon"] == []
+    shown = {"fraction": 0.5, "message": "halfway", "updated_at": iso(T0 + 2)}
+    assert get_task(client, task_id)["progress"] == shown
+    assert parse_time(shown["updated_at"]).timestamp() == T0 + 2  # ISO 8601 UTC, as others
+    [listed] = client.get("/tasks").get_json()["tasks"]
+    assert listed["progress"] == shown
+    [worker] = client.get("/workers").get_json()["workers"]
+    assert worker["progress"] == {task_id: shown}
+    clock.now = T0 + 3
+    assert beat(client, {task_id: {"fraction": 1}}).status_code == 200  # message: ""
+    send_result(client, task_id, lease, result={"count": 25})
+    kept = {"fraction": 1.0, "message": "", "updated_at": iso(T0 + 3)}
+    assert get_task(client, task_id)["progress"] == kept
+
+
+def test_progress_for_a_task_the_worker_does_not_hold_is_ignored(client):
+    mine, theirs = submit(client), submit(client)
+    claim_one(client, mine, "w1")
+    claim_one(client, theirs, "w2")
+    response = beat(client, {theirs: {"fraction": 0.9, "message": "not mine"}})
+    assert response.status_code == 200
+    assert get_task(client, theirs)["progress"] is None
+
+
+BAD_PROGRESS = {  # a task's entry -> what the 400 says about it
+    "fraction-above-1": ({"fraction": 1.5}, "'fraction' must be between 0 and 1"),
+    "fraction-below-0": ({"fraction": -0.1}, "'fraction' must be between 0 and 1"),
+    "fraction-as-text": ({"fraction": "half"}, "'fraction' must be a number"),
+    "fraction-as-bool": ({"fraction": True}, "'fraction' must be a number"),
+    "no-fraction": ({"message": "hi"}, "'fraction' is required"),
+    "message-too-long": ({"fraction": 0, "message": "x" * 201}, "'message' must be at most 200 c"),
+    "message-as-number": ({"fraction": 0.5, "message": 5}, "'message' must be a string"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("entry, rule", BAD_PROGRESS.values(), ids=BAD_PROGRESS)
+def test_a_bad_progress_is_400_naming_the_task_and_field(client, entry, rule):
+    task_id = submit(client)
+    claim_one(client, task_id)
+    progress = {task_id: {"fraction": 0.5, "message": "fine"}, "t1": entry}
+    assert assert_error(beat(client, progress), 400).startswith(f"progress['t1']: {rule}")
+    assert get_task(client, task_id)["progress"] is None  # nothing of it stored
+
+
+@pytest.mark.parametrize(
+    "progress, error",
+    [
+        pytest.param({"t1": 0.5}, "'progress['t1']' must be a JSON object", id="entry-a-number"),
+        pytest.param([0.5], "'progress' must be a JSON object", id="progress-as-list"),
+        pytest.param(
+            {"t" * 201: {"fraction": 0.5}},
+            "progress: a key must be at most 200 characters",
+            id="task-id-too-long",
+        ),
+    ],
+)
+def test_a_bad_progress_object_is_400(client, progress, error):
+    assert assert_error(beat(client, progress), 400) == error
+
+
+def test_a_heartbeat_without_progress_from_an_older_worker_still_works(client):
+    task_id = submit(client)
+    claim_one(client, task_id)
+    response = client.post("/heartbeat", json={"worker_id": "w1", "task_ids": [task_id]})
+    assert response.status_code == 200
+    assert beat(client, None).status_code == 200  # null: the same as left out
+    assert get_task(client, task_id)["progress"] is None
 
 
 # -- reading --------------------------------------------------------------------------

@@ -245,7 +245,11 @@ def test_answers_of_a_whole_task_life_match_the_document(api):
     claimed = api.post("/get-task", json={**worker, "max_tasks": 3}).get_json()["tasks"]
     leases = {t["task_id"]: t["lease_token"] for t in claimed}
     api.post("/heartbeat", json={**worker, "task_ids": [first, second, "gone"]})
-    api.post("/heartbeat", json=worker)
+    progress = {first: {"fraction": 0.5, "message": "halfway"}, second: {"fraction": 1}}
+    api.post("/heartbeat", json={**worker, "progress": progress})
+    assert api.get(f"/task/{first}").get_json()["progress"]["message"] == "halfway"
+    assert set(api.get("/workers").get_json()["workers"][0]["progress"]) == {first, second}
+    api.get("/tasks?status=in_progress")
     done = {"worker_id": "w1", "status": "completed", "result": {"count": 25}}
     api.post("/submit-result", json={**done, "task_id": first, "lease_token": leases[first]})
     results = [

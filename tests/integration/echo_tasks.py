@@ -1,18 +1,25 @@
-"""Task types for tests/integration/test_injection.py (TASK_MODULES=tests.integration.echo_tasks).
+"""Task types for tests/integration/test_injection.py and test_progress.py
+(TASK_MODULES=tests.integration.echo_tasks).
 
 - `testing_echo` {any JSON object}: returns its payload unchanged, so a test can check
   that a payload makes the whole trip (client, dispatcher, database, worker, pool process
   and back) byte for byte.
 - `testing_big_result` {"size": int}: returns a string of `size` characters, a result
   larger than the dispatcher takes in one request.
+- `testing_progress` {"fraction", "message", "path"}: a typed task (@task) that reports
+  that progress through the TaskContext it declares, then runs until the file `path`
+  exists (the test opens the gate), and returns its context's task id, attempt and queue.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from common.config import Config
-from tasks import InvalidPayload, registry
+from tasks import InvalidPayload, TaskContext, registry, task
+from tasks.context import current
 
 
 @registry.task("testing_echo")  # the default validation: any JSON object, as is
@@ -30,3 +37,13 @@ def validate_size(payload: dict[str, Any], config: Config) -> dict[str, Any]:
 @registry.task("testing_big_result", validate=validate_size)
 def big_result(payload: dict[str, Any]) -> str:
     return "x" * payload["size"]
+
+
+@task("testing_progress")
+def progress_then_wait(fraction: float, message: str, path: str, context: TaskContext) -> dict:
+    assert context is current(), "the argument is the pool process's current TaskContext"
+    context.progress(fraction, message)
+    gate = Path(path)
+    while not gate.exists():
+        time.sleep(0.01)  # inside the task's process: the task's own work
+    return {"task_id": context.task_id, "attempt": context.attempt, "queue": context.queue}

@@ -12,7 +12,7 @@ import pytest
 
 from common.config import Config
 from dispatcher.storage import NewTask, open_storage
-from dispatcher.storage.sqlite import CLAIM, FINISHED_SINCE, OLDEST_PENDING_IN
+from dispatcher.storage.sqlite import CLAIM, FINISHED_SINCE, OLDEST_PENDING_IN, SET_PROGRESS
 
 T0 = 1_700_000_000.0
 BATCHES, BATCH = 20, 10_000  # 200,000 tasks, one storage.submit per batch
@@ -97,6 +97,16 @@ def test_the_tasks_finished_lately_are_read_from_their_index(loaded):
     with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
         plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {FINISHED_SINCE}", (T0,))]
     assert plan[0] == "SEARCH tasks USING INDEX tasks_finished (finished_at>?)", "\n".join(plan)
+
+
+def test_a_heartbeats_progress_finds_each_task_by_its_id(loaded):
+    """Left to itself the planner walked all the worker's running tasks (tasks_by_worker)
+    and searched the reported ones for each."""
+    _, path, _ = loaded
+    args = {"progress": '{"a": "{}"}', "worker_id": "w1"}
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {SET_PROGRESS}", args)]
+    assert plan[-1] == "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id=?)", "\n".join(plan)
 
 
 def test_the_claim_takes_the_highest_priority_then_the_oldest_of_its_queue(loaded):

@@ -597,6 +597,93 @@ def test_a_heartbeat_keeps_a_task_whose_late_result_would_still_count(storage):
     assert finish(storage, task_id, lease, result="done", now=T0 + 33) == "completed"
 
 
+# -- progress -------------------------------------------------------------------------
+
+
+def report(storage, progress: dict, worker="w1", now=T0 + 1, task_ids=None):
+    """A heartbeat carrying {task_id: (fraction, message)}."""
+    items = {t: {"fraction": f, "message": m} for t, (f, m) in progress.items()}
+    return storage.heartbeat(worker, "", task_ids, now=now, lease_s=LEASE, progress=items)
+
+
+def test_a_task_has_no_progress_until_its_worker_reports_some(storage, claimed_task):
+    task_id, _ = claimed_task
+    assert storage.get(task_id)["progress"] is None
+    heartbeat(storage, "w1", [task_id], now=T0 + 1)  # a heartbeat without progress
+    assert storage.get(task_id)["progress"] is None
+
+
+def test_a_heartbeat_stores_progress_only_for_tasks_its_worker_holds(storage):
+    mine, theirs, waiting = (submit(storage, now=T0 + i) for i in range(3))
+    claim_one(storage, mine, "w1", now=T0 + 5)
+    claim_one(storage, theirs, "w2", now=T0 + 5)
+    progress = {mine: (0.5, "halfway"), theirs: (0.9, "not yours"), waiting: (0.1, "no")}
+    report(storage, {**progress, "no-such-task": (1.0, "")}, now=T0 + 6, task_ids=[mine])
+    stored = {"fraction": 0.5, "message": "halfway", "updated_at": T0 + 6}
+    assert storage.get(mine)["progress"] == stored
+    assert storage.get(theirs)["progress"] is None
+    assert storage.get(waiting)["progress"] is None
+    assert [t["progress"] for t in storage.list_tasks("in_progress", None, 10, 0)] == [
+        stored,
+        None,
+    ]
+    report(storage, {mine: (0.75, "")}, now=T0 + 7)  # the newest value replaces it
+    assert storage.get(mine)["progress"] == {"fraction": 0.75, "message": "", "updated_at": T0 + 7}
+
+
+def test_a_message_keeps_whatever_text_it_holds(storage, claimed_task):
+    task_id, _ = claimed_task
+    message = 'quotes " \\ é \u2028 \x00 \udc00 {"json": [1]}'
+    report(storage, {task_id: (1, message)})
+    assert storage.get(task_id)["progress"]["message"] == message
+
+
+def test_progress_is_kept_once_the_task_finishes_and_ignored_after(storage, claimed_task):
+    task_id, lease = claimed_task
+    report(storage, {task_id: (0.5, "halfway")}, now=T0 + 1)
+    assert finish(storage, task_id, lease, result=1, now=T0 + 2) == "completed"
+    report(storage, {task_id: (1.0, "too late")}, now=T0 + 3)
+    assert storage.get(task_id)["progress"] == {
+        "fraction": 0.5,
+        "message": "halfway",
+        "updated_at": T0 + 1,
+    }
+
+
+def test_a_new_attempt_starts_without_the_last_ones_progress(storage, claimed_task):
+    task_id, lease = claimed_task
+    report(storage, {task_id: (0.5, "halfway")}, now=T0 + 1)
+    assert finish(storage, task_id, lease, "failed", error="boom", now=T0 + 2) == "pending"
+    assert storage.get(task_id)["progress"]["message"] == "halfway"  # while it waits
+    claim_one(storage, task_id, "w2", now=T0 + 100)
+    assert storage.get(task_id)["progress"] is None
+
+
+def test_retrying_a_task_forgets_its_progress(storage, claimed_task):
+    task_id, _ = claimed_task
+    report(storage, {task_id: (0.5, "halfway")})
+    storage.cancel(task_id, now=T0 + 2)
+    assert storage.get(task_id)["progress"]["message"] == "halfway"
+    storage.retry(task_id, now=T0 + 3)
+    assert storage.get(task_id)["progress"] is None
+
+
+def test_workers_show_the_progress_of_their_running_tasks(storage):
+    quiet, busy = submit(storage, now=T0), submit(storage, now=T0 + 1)
+    claim(storage, "w1", max_tasks=2, now=T0 + 2)
+    report(storage, {busy: (0.25, "a quarter")}, now=T0 + 3)
+    [w] = storage.workers(now=T0 + 4, dead_after=FOREVER)
+    assert sorted(w["current_tasks"]) == sorted([quiet, busy])
+    assert w["progress"] == {busy: {"fraction": 0.25, "message": "a quarter", "updated_at": T0 + 3}}
+
+
+def test_a_claim_names_each_tasks_queue(storage):
+    submit(storage, queue="fast")
+    submit(storage, queue="slow")
+    claimed = claim(storage, max_tasks=2, queues=("slow", "fast"))
+    assert [c["queue"] for c in claimed] == ["slow", "fast"]
+
+
 # -- worker restarts ------------------------------------------------------------------
 
 
@@ -889,6 +976,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         db.execute("DROP INDEX tasks_pending_age")
         db.execute("ALTER TABLE workers DROP COLUMN queues")
         db.execute("ALTER TABLE workers DROP COLUMN concurrency")
+        db.execute("ALTER TABLE tasks DROP COLUMN progress")
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -896,11 +984,12 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
     try:
         assert migrated.get(task_id)["status"] == "pending"
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
             index = db.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_pending_age'")
             [(sql,)] = index.fetchall()
         db.close()
         assert "(queue, run_at)" in sql, sql  # version 4's shape, by way of version 2's
+        assert migrated.get(task_id)["progress"] is None  # version 5's column
     finally:
         migrated.close()
 

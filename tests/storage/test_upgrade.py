@@ -1,13 +1,15 @@
 """Databases made by the code before this one, committed under tests/fixtures/: schema
-version 2 (commit 9a9130d) and version 3 (commit faa55a7). Opened by this code they are
-migrated once and keep every task, result, error, attempt history, idempotency key,
-worker and live lease; an old worker's lease goes on working.
+version 2 (commit 9a9130d), version 3 (commit faa55a7) and version 4 (commit 6c4aaab,
+made by tests/fixtures/make_schema_fixture.py). Opened by this code they are migrated
+once and keep every task, result, error, attempt history, idempotency key, worker and
+live lease; an old worker's lease goes on working, and new columns start empty.
 
 schema-vN.db and schema-vN-postgres.sql (pg_dump of schema tq_fixture_vN) hold the same
 story: four tasks submitted at T0 (one with idempotency_key "key-1"), worker w-old
 (instance inst-1) claimed three at T0 + 1 with a 3,600 s lease, completed one, failed one
 (max_retries 0: failed for good), and heart-beat the third, still in progress; the fourth
-(queue slow) is pending. Version 3 also knows the queues w-old claimed from."""
+(queue slow) is pending. Version 3 also knows the queues w-old claimed from; version 4
+its concurrency (2), and has a fifth task, cancelled before the claim."""
 
 from __future__ import annotations
 
@@ -36,7 +38,14 @@ def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     by_status = {}
     for t in tasks.values():
         by_status.setdefault(t["status"], []).append(t)
-    assert sorted(by_status) == ["completed", "failed", "in_progress", "pending"], by_status
+    statuses = ["completed", "failed", "in_progress", "pending"]
+    if version >= 4:
+        statuses = ["cancelled", *statuses]
+        [cancelled] = by_status["cancelled"]
+        assert storage.get(cancelled["task_id"])["history"] == []
+    assert sorted(by_status) == statuses, by_status
+    # no task of an older release has reported progress
+    assert [storage.get(t)["progress"] for t in tasks] == [None] * len(tasks)
     [done] = by_status["completed"]
     assert storage.get(done["task_id"])["result"] == {"result": 4}
     [failed] = by_status["failed"]
@@ -55,19 +64,25 @@ def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     token, worker = lease_of[running["task_id"]]
     assert worker == "w-old"
     assert storage.heartbeat("w-old", "inst-1", [running["task_id"]], T0 + 20, 3600) == []
+    # ...and a new worker's progress is stored for it, and kept once it is finished
+    half = {running["task_id"]: {"fraction": 0.5, "message": "halfway"}}
+    storage.heartbeat("w-old", "inst-1", None, T0 + 20.5, 3600, progress=half)
+    progress = {"fraction": 0.5, "message": "halfway", "updated_at": T0 + 20.5}
+    assert storage.get(running["task_id"])["progress"] == progress
     result = Result(running["task_id"], token, "w-old", "completed", result={"result": 2})
     assert storage.finish([result], now=T0 + 21) == ["completed"]
     [w] = storage.workers(now=T0 + 22, dead_after=60)
+    assert storage.get(running["task_id"])["progress"] == progress
     assert (w["worker_id"], w["status"], w["attempts_completed"]) == ("w-old", "alive", 2)
-    # version 2 did not know the queues, version 3 did; nobody knew the concurrency
+    # version 2 did not know the queues, version 3 did; version 4 knew the concurrency
     assert w["queues"] == (None if version == 2 else ["default"])
-    assert w["concurrency"] is None
+    assert w["concurrency"] == (2 if version >= 4 else None)
     storage.claim("w-old", "inst-1", ("default", "slow"), 1, now=T0 + 23, lease_s=60)
     [w] = storage.workers(now=T0 + 24, dead_after=60)
     assert w["queues"] == ["default", "slow"]
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_an_older_sqlite_file_is_migrated_and_keeps_everything(tmp_path, version):
     path = tmp_path / "tasks.db"
     shutil.copy(FIXTURES / f"schema-v{version}.db", path)
@@ -83,7 +98,7 @@ def test_an_older_sqlite_file_is_migrated_and_keeps_everything(tmp_path, version
     finally:
         storage.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     db.close()
 
 
@@ -96,7 +111,7 @@ def load_postgres_fixture(url: str, schema: str, version: int) -> None:
         admin.execute(script.replace(f"tq_fixture_v{version}", schema))
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_an_older_postgresql_schema_is_migrated_and_keeps_everything(version):
     with fresh_schema_url() as url:
         schema = url.rsplit("%3D", 1)[1]
@@ -117,4 +132,4 @@ def test_an_older_postgresql_schema_is_migrated_and_keeps_everything(version):
         with connect(url) as db:
             db.execute(f"SET search_path = {schema}")
             assert db.execute("SELECT schema_version FROM meta").fetchone() == (PG_VERSION,)
-    assert PG_VERSION == 4
+    assert PG_VERSION == 5

@@ -36,6 +36,9 @@ WORKERS = [
         "current_tasks": ["t1"],
         "attempts_completed": 15,
         "attempts_failed": 2,
+        "progress": {
+            "t1": {"fraction": 0.5, "message": "halfway", "updated_at": "2026-01-01T00:00:09Z"}
+        },
     },
     {
         "worker_id": "w2",
@@ -354,7 +357,40 @@ def test_the_view_renders_every_section_and_the_problem_line():
     text = console.export_text()
     for word in ("pending", "completed", "12 completed/min", "4.5 s", "slow", "w2", "10.0 s ago"):
         assert word in text
+    assert "…t1 50% halfway" in text  # w1's running task's progress
     assert "dispatcher unreachable" in text
+
+
+def test_monitor_shows_each_running_tasks_progress():
+    def report(fraction: float, message: str = "") -> dict:
+        return {"fraction": fraction, "message": message, "updated_at": "2026-01-01T00:00:00Z"}
+
+    assert monitor.task_progress({}) == "—"
+    assert monitor.task_progress(None) == "—"  # a dispatcher older than progress
+    many = {f"{i}" * 32: report(i / 10, f"step {i}") for i in range(1, 6)}
+    assert monitor.task_progress(many).splitlines() == [
+        "…11111111 10% step 1",
+        "…22222222 20% step 2",
+        "…33333333 30% step 3",
+        "(+2 more)",
+    ]
+    assert monitor.task_progress({"a" * 32: report(1)}) == "…aaaaaaaa 100%"
+
+
+def test_wait_shows_the_progress_of_our_running_tasks_only():
+    def report(fraction: float, message: str) -> dict:
+        return {"fraction": fraction, "message": message, "updated_at": "2026-01-01T00:00:00Z"}
+
+    ours, theirs = "a" * 32, "b" * 32
+    workers = [
+        {"worker_id": "w1", "progress": {theirs: report(0.1, "not ours")}},
+        {"worker_id": "w2", "progress": {ours: report(0.5, "[bold]halfway")}},
+        {"worker_id": "w3"},  # a dispatcher older than progress
+    ]
+    rows = add_task.running_progress(workers, {ours})
+    assert rows == {ours: ("  …aaaaaaaa \\[bold]halfway", 0.5)}  # markup shown as written
+    many = {"progress": {f"{i}" * 32: report(0.5, "") for i in range(9)}}
+    assert len(add_task.running_progress([many], set(many["progress"]))) == add_task.PROGRESS_ROWS
 
 
 @pytest.mark.parametrize("argv", [["--interval", "0"], ["--export", "xml"], ["extra"]])

@@ -285,11 +285,15 @@ def test_non_public(address, kind):
 
 def test_the_pool_initializer_gives_each_process_the_workers_list():
     before = http_fetch.worker_allow_list()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        pool.init_process((), allow("127.0.0.1/32"))
+        pool.start_process((), theirs, allow("127.0.0.1/32"))
         assert http_fetch.worker_allow_list() == allow("127.0.0.1/32")
     finally:
         http_fetch.use_allow_list(before)
+        pool._outbox = None
+        ours.close()
+        theirs.close()
 
 
 def test_a_worker_without_the_setting_refuses_every_real_request():
