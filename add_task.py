@@ -497,12 +497,15 @@ def task_types_table(task_types: list[dict]) -> Table:
 
 def describe_fields(schema: dict) -> list[str]:
     """One line per property of a JSON Schema object: `name: type (bounds)`, with `?`
-    after the name of a field that is not required."""
+    after the name of a field that is not required and ` = value` after its default."""
     required = set(schema.get("required") or ())
-    return [
-        f"{name}{'' if name in required else '?'}: {describe_property(prop)}"
-        for name, prop in (schema.get("properties") or {}).items()
-    ]
+    lines = []
+    for name, prop in (schema.get("properties") or {}).items():
+        line = f"{name}{'' if name in required else '?'}: {describe_property(prop)}"
+        if "default" in prop:
+            line += f" = {json.dumps(prop['default'])}"
+        lines.append(line)
+    return lines
 
 
 def describe_property(prop: dict) -> str:
