@@ -31,7 +31,7 @@ from common.client import READ_TIMEOUT, ApiError, Dispatchers, DispatcherUnreach
 from common.config import PROJECT_ROOT, Config
 from common.statuses import FINISHED
 from taskqueue.errors import InvalidRequest, refine, shift_index
-from taskqueue.handle import TaskHandle
+from taskqueue.handle import TaskHandle, outcome
 
 # The options of a submission (POST /submit-task), besides its type and payload.
 OPTIONS = frozenset(("queue", "priority", "delay", "max_retries", "timeout", "idempotency_key"))
@@ -271,77 +271,34 @@ class Client:
     ) -> Iterator[TaskHandle]:
         """Yield each handle as its task finishes (its `record` then holds the finished
         task, so `.result()` asks nothing more); TimeoutError if some are not finished
-        within `timeout` seconds (None: no limit).
-
-        A few threads (WAIT_THREADS) long-poll GET /task/<id>?wait= for the oldest
-        unfinished tasks, each with its own connection: a finished task is answered at
-        once, an unfinished one holds the poll until it finishes. While more tasks wait
-        their turn than threads poll, a poll is held at most SLICE seconds and its task
-        goes to the back of the line, so one slow task delays no other for long."""
+        within `timeout` seconds (None: no limit). See _Pollers for how it waits."""
         handles = list(handles)
-        line = deque(h for h in handles if h.record is None or h.record["status"] not in FINISHED)
-        return self._as_completed(handles, line, timeout)
+        return self._as_completed(handles, timeout)
 
     def _as_completed(
-        self, handles: list[TaskHandle], line: deque, timeout: float | None
+        self, handles: list[TaskHandle], timeout: float | None
     ) -> Iterator[TaskHandle]:
+        line = [h for h in handles if h.record is None or h.record["status"] not in FINISHED]
         waiting = set(map(id, line))
         for h in handles:  # finished already: no request
             if id(h) not in waiting:
                 yield h
-        count = len(line)
-        if not count:
+        if not line:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        done: queue.SimpleQueue[TaskHandle | BaseException] = queue.SimpleQueue()
-        stop = threading.Event()
-        lock = threading.Lock()
-        pollers = min(WAIT_THREADS, len(line))
-        conns = [self._new_conn() for _ in range(pollers)]
-
-        def poll(conn: _Connection) -> None:
-            try:
-                while not stop.is_set():
-                    with lock:
-                        if not line:
-                            return
-                        h = line.popleft()
-                        crowded = len(line) >= pollers
-                    record = self._poll(conn, h.id, deadline, SLICE if crowded else self.max_wait)
-                    if record["status"] in FINISHED:
-                        h.record = record
-                        done.put(h)
-                    elif deadline is not None and time.monotonic() >= deadline:
-                        return
-                    else:
-                        with lock:
-                            line.append(h)
-            except BaseException as exc:  # handed to the caller's thread, which raises it
-                if not stop.is_set():
-                    done.put(exc)
-            finally:
-                _close(conn, self._open, self._lock)
-
-        threads = [threading.Thread(target=poll, args=(c,), daemon=True) for c in conns]
-        for t in threads:
-            t.start()
+        pollers = _Pollers(self, deadline)
         try:
-            for finished in range(count):
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            pollers.add(line)
+            for finished in range(len(line)):
                 try:
-                    item = done.get(timeout=left)
-                except queue.Empty:
+                    yield pollers.next_done()
+                except TimeoutError:
                     raise TimeoutError(
-                        f"{count - finished} of {len(handles)} tasks not finished "
+                        f"{len(line) - finished} of {len(handles)} tasks not finished "
                         f"after {timeout:g} s"
                     ) from None
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
         finally:
-            stop.set()
-            for conn in conns:  # end held polls now rather than when they time out
-                conn.abort()
+            pollers.stop()
 
     def wait_all(self, handles: Iterable[TaskHandle], timeout: float | None = None) -> list[dict]:
         """Wait until every task is finished; their records, in the order of `handles`
@@ -384,21 +341,110 @@ class Client:
         window: deque[TaskHandle] = deque()  # submitted, not yet yielded: in input order
         refill = max(1, max_in_flight // 2)  # submit when this much room is free
         more = True
-        while True:
-            room = max_in_flight - len(window)
-            if more and (room >= refill or not window):
-                want = min(room, batch_size or self.max_batch)
-                bodies = [_body(type_or_task, p, options) for p in islice(payloads, want)]
-                more = len(bodies) == want
-                if bodies:
-                    window += self._submit_bodies(bodies, batch_size)
-                continue
-            if not window:
-                return
-            yield window.popleft().result()
+        pollers = _Pollers(self)
+        try:
+            while True:
+                room = max_in_flight - len(window)
+                if more and (room >= refill or not window):
+                    want = min(room, batch_size or self.max_batch)
+                    bodies = [_body(type_or_task, p, options) for p in islice(payloads, want)]
+                    more = len(bodies) == want
+                    if bodies:
+                        handles = self._submit_bodies(bodies, batch_size)
+                        window += handles
+                        pollers.add(handles)
+                    continue
+                if not window:
+                    return
+                head = window[0]
+                while head.record is None:  # the pollers set it once the task is finished
+                    pollers.next_done()
+                window.popleft()
+                yield outcome(head.record)
+        finally:
+            pollers.stop()
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+class _Pollers:
+    """Threads that wait for tasks to finish: up to WAIT_THREADS, each with its own
+    connection, take the handles added to their line in order and long-poll
+    GET /task/<id>?wait= for each. A finished task is answered at once: its handle gets
+    the record and is handed over (next_done()). An unfinished one holds the poll until it
+    finishes, or, while more handles wait their turn than threads poll, for at most SLICE
+    seconds before it goes to the back of the line, so one slow task holds up no other
+    for long. When tasks finish in about the order they were submitted, that is one
+    request per task. stop() ends the threads (their held polls aborted)."""
+
+    def __init__(self, client: Client, deadline: float | None = None) -> None:
+        self.client = client
+        self.deadline = deadline
+        self.line: deque[TaskHandle] = deque()
+        self.cv = threading.Condition()
+        self.done: queue.SimpleQueue[TaskHandle | BaseException] = queue.SimpleQueue()
+        self.stopping = False
+        self.conns: list[_Connection] = []
+        self.polling = 0  # handles added and not handed over yet
+
+    def add(self, handles: list[TaskHandle]) -> None:
+        with self.cv:
+            self.line.extend(handles)
+            self.polling += len(handles)
+            self.cv.notify(len(handles))
+            more = min(WAIT_THREADS, self.polling) - len(self.conns)
+        for _ in range(more):
+            conn = self.client._new_conn()
+            self.conns.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def next_done(self) -> TaskHandle:
+        """The next handle whose task finished; TimeoutError at the deadline; what a
+        poller's request raised."""
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        try:
+            item = self.done.get(timeout=left)
+        except queue.Empty:
+            raise TimeoutError from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopping = True
+            self.cv.notify_all()
+        for conn in self.conns:  # end held polls now rather than when they time out
+            conn.abort()
+
+    def _run(self, conn: _Connection) -> None:
+        client = self.client
+        try:
+            while True:
+                with self.cv:
+                    while not self.line and not self.stopping:
+                        self.cv.wait()
+                    if self.stopping:
+                        return
+                    h = self.line.popleft()
+                    longest = SLICE if len(self.line) >= len(self.conns) else client.max_wait
+                record = client._poll(conn, h.id, self.deadline, longest)
+                if record["status"] in FINISHED:
+                    h.record = record
+                    with self.cv:
+                        self.polling -= 1
+                    self.done.put(h)
+                elif self.deadline is not None and time.monotonic() >= self.deadline:
+                    return
+                else:
+                    with self.cv:
+                        self.line.append(h)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            if not self.stopping:
+                self.done.put(exc)
+        finally:
+            _close(conn, client._open, client._lock)
 
 
 class _Guard:
