@@ -147,13 +147,17 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=8, help="pairs of rounds in (a)")
     parser.add_argument("--map", type=int, default=10_000, help="tasks in (b) and (c)")
     parser.add_argument("--max-in-flight", type=int, default=100, help="client.map's bound")
+    parser.add_argument(
+        "--only", default="abcd", help="the measurements to make, e.g. 'b' or 'bd' (default all)"
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="client-rate-") as tmp,
         Procs(Path(tmp) / "logs", Ports()) as procs,
     ):
-        _, url = procs.dispatcher("dispatcher-a", Path(tmp) / "a.db")
-        single_submits(url, args.submits, args.pairs)
+        if "a" in args.only:
+            _, url = procs.dispatcher("dispatcher-a", Path(tmp) / "a.db")
+            single_submits(url, args.submits, args.pairs)
         # a fresh database for the runs with workers: (a)'s tasks are not theirs to run
         _, url = procs.dispatcher("dispatcher-b", Path(tmp) / "b.db")
         workers = [procs.worker(f"worker-{i}", url, Path(tmp) / f"cache-{i}") for i in range(1, 5)]
@@ -163,8 +167,12 @@ def main() -> int:
                 120,
                 lambda: f"workers not all alive: {raw.workers()}",
             )
-        mapped(url, args.map, args.max_in_flight)
-        completed(url, args.map)
+        if "b" in args.only:
+            mapped(url, args.map, args.max_in_flight)
+        if "c" in args.only:
+            completed(url, args.map)
+        if "d" not in args.only:
+            return 0
         # (d) the queue without the client, W1's way, on this machine: the tasks are
         # stored first, then 4 workers start; tasks/s from their launch to the last result
         _, url = procs.dispatcher("dispatcher-c", Path(tmp) / "c.db")

@@ -403,6 +403,15 @@ class Client:
         path = f"/task/{quote(task_id, safe='')}"
         return self.call("GET", path, params=params, read_timeout=wait + self.read_timeout)
 
+    def wait_tasks(self, task_ids: list[str], wait: float = 0.0) -> tuple[list[dict], list[str]]:
+        """The finished tasks among `task_ids` (held up to `wait` seconds until one is),
+        and the ids of no stored task."""
+        body = {"task_ids": task_ids, "wait": wait}
+        answer = self.call(
+            "POST", "/wait-tasks", body, read_timeout=wait + self.read_timeout, repeatable=True
+        )
+        return answer["tasks"], answer["missing"]
+
     def tasks(
         self, status: str | None = None, type_: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[dict]:

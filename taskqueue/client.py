@@ -30,7 +30,7 @@ from common import client as http
 from common.client import READ_TIMEOUT, ApiError, Dispatchers, DispatcherUnreachable
 from common.config import PROJECT_ROOT, Config
 from common.statuses import FINISHED
-from taskqueue.errors import InvalidRequest, refine, shift_index
+from taskqueue.errors import InvalidRequest, NotFound, refine, shift_index
 from taskqueue.handle import TaskHandle, outcome
 
 # The options of a submission (POST /submit-task), besides its type and payload.
@@ -40,7 +40,7 @@ WAIT_THREADS = 4  # tasks as_completed() and wait_all() long-poll at once
 SLICE = 1.0  # longest hold of one poll while more tasks wait their turn than threads poll
 NO_WAIT_POLL = 0.5  # seconds between polls when the dispatcher allows no wait (MAX_WAIT_SECONDS=0)
 
-BATCH_LIMIT = re.compile(r"^'tasks' holds \d+ items; at most (\d+) per call")
+BATCH_LIMIT = re.compile(r"^'(?:tasks|task_ids)' holds \d+ items; at most (\d+) per call")
 WAIT_LIMIT = re.compile(r"^'wait' must be between 0 and ([\d.]+)")
 
 
@@ -87,6 +87,7 @@ class Client:
         self.timeout = timeout
         self.max_batch = config.max_batch
         self.max_wait = config.max_wait_seconds
+        self.wait_many = True  # POST /wait-tasks; False once a dispatcher says it has none
         self._options = {"retry_429_for": retry_429_for, "on_429": on_429, "read_timeout": timeout}
         self._local = threading.local()
         self._open: set[_Connection] = set()  # every thread's, to close them all
@@ -242,15 +243,33 @@ class Client:
         self, conn: http.Client, task_id: str, deadline: float | None, longest: float
     ) -> dict:
         """One GET /task/<id>?wait=: held until the task finishes, `longest` seconds pass
-        or the deadline comes. Follows a dispatcher whose MAX_WAIT_SECONDS is smaller
-        than ours; a 429 (it holds all the polls it may) waits its Retry-After."""
+        or the deadline comes."""
+        return self._held(
+            lambda wait: conn.task(task_id, wait=wait),
+            lambda record: record["status"] in FINISHED,
+            deadline,
+            longest,
+        )
+
+    def _held(
+        self,
+        request: Callable[[float], Any],
+        done: Callable[[Any], bool],
+        deadline: float | None,
+        longest: float,
+    ) -> Any:
+        """`request(wait)`, a held request, with the wait the deadline, `longest` and the
+        dispatcher allow. Follows a dispatcher whose MAX_WAIT_SECONDS is smaller than
+        ours (its 400 says it); a 429 (it holds all the polls it may) waits its
+        Retry-After; with no wait allowed at all, an answer not `done` is asked again
+        after NO_WAIT_POLL seconds."""
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             wait = (
                 min(longest, self.max_wait) if left is None else min(longest, self.max_wait, left)
             )
             try:
-                record = conn.task(task_id, wait=wait)
+                answer = request(wait)
             except InvalidRequest as exc:
                 match = WAIT_LIMIT.match(exc.message)
                 if match is None or float(match[1]) >= wait:
@@ -262,9 +281,9 @@ class Client:
                     raise
                 time.sleep(min(exc.retry_after or 1.0, 1.0 if left is None else left))
                 continue
-            if wait <= 0 and record["status"] not in FINISHED and (left is None or left > 0):
+            if wait <= 0 and not done(answer) and (left is None or left > 0):
                 time.sleep(min(NO_WAIT_POLL, NO_WAIT_POLL if left is None else left))
-            return record
+            return answer
 
     def as_completed(
         self, handles: Iterable[TaskHandle], timeout: float | None = None
@@ -369,14 +388,18 @@ class Client:
 
 
 class _Pollers:
-    """Threads that wait for tasks to finish: up to WAIT_THREADS, each with its own
-    connection, take the handles added to their line in order and long-poll
-    GET /task/<id>?wait= for each. A finished task is answered at once: its handle gets
-    the record and is handed over (next_done()). An unfinished one holds the poll until it
-    finishes, or, while more handles wait their turn than threads poll, for at most SLICE
-    seconds before it goes to the back of the line, so one slow task holds up no other
-    for long. When tasks finish in about the order they were submitted, that is one
-    request per task. stop() ends the threads (their held polls aborted)."""
+    """Threads that wait for tasks to finish and hand each handle over (next_done()) with
+    its finished record, in the order the tasks finish.
+
+    Each thread has its own connection and takes handles from the front of the line:
+    up to MAX_BATCH of them for one POST /wait-tasks, held by the dispatcher until one
+    of them finishes; the finished ones are handed over, the others go back to the
+    front. A thread per MAX_BATCH handles waiting, at most WAIT_THREADS. A dispatcher
+    without /wait-tasks (404) is asked for each task alone instead, GET /task/<id>?wait=
+    with up to WAIT_THREADS threads: while more handles wait their turn than threads
+    poll, a poll is held at most SLICE seconds and its task goes to the back of the line,
+    so one slow task holds up no other for long. stop() ends the threads (their held
+    requests aborted)."""
 
     def __init__(self, client: Client, deadline: float | None = None) -> None:
         self.client = client
@@ -393,15 +416,23 @@ class _Pollers:
             self.line.extend(handles)
             self.polling += len(handles)
             self.cv.notify(len(handles))
-            more = min(WAIT_THREADS, self.polling) - len(self.conns)
-        for _ in range(more):
-            conn = self.client._new_conn()
-            self.conns.append(conn)
+        self._grow()
+
+    def _grow(self) -> None:
+        """Start the threads the handles waiting call for."""
+        client = self.client
+        with self.cv:
+            per_thread = client.max_batch if client.wait_many else 1
+            wanted = min(WAIT_THREADS, -(-self.polling // per_thread))
+            more = 0 if self.stopping else wanted - len(self.conns)
+            conns = [client._new_conn() for _ in range(more)]
+            self.conns += conns
+        for conn in conns:
             threading.Thread(target=self._run, args=(conn,), daemon=True).start()
 
     def next_done(self) -> TaskHandle:
         """The next handle whose task finished; TimeoutError at the deadline; what a
-        poller's request raised."""
+        thread's request raised."""
         left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
         try:
             item = self.done.get(timeout=left)
@@ -415,36 +446,97 @@ class _Pollers:
         with self.cv:
             self.stopping = True
             self.cv.notify_all()
-        for conn in self.conns:  # end held polls now rather than when they time out
+            conns = list(self.conns)
+        for conn in conns:  # end held requests now rather than when they time out
             conn.abort()
+
+    def _take(self, n: int) -> list[TaskHandle]:
+        """Up to `n` handles from the front of the line, once there are any; [] when
+        stopping."""
+        with self.cv:
+            while not self.line and not self.stopping:
+                self.cv.wait()
+            if self.stopping:
+                return []
+            return [self.line.popleft() for _ in range(min(n, len(self.line)))]
+
+    def _hand_over(self, h: TaskHandle, record: dict) -> None:
+        h.record = record
+        with self.cv:
+            self.polling -= 1
+        self.done.put(h)
 
     def _run(self, conn: _Connection) -> None:
         client = self.client
         try:
-            while True:
-                with self.cv:
-                    while not self.line and not self.stopping:
-                        self.cv.wait()
-                    if self.stopping:
-                        return
-                    h = self.line.popleft()
-                    longest = SLICE if len(self.line) >= len(self.conns) else client.max_wait
-                record = client._poll(conn, h.id, self.deadline, longest)
-                if record["status"] in FINISHED:
-                    h.record = record
-                    with self.cv:
-                        self.polling -= 1
-                    self.done.put(h)
-                elif self.deadline is not None and time.monotonic() >= self.deadline:
-                    return
-                else:
-                    with self.cv:
-                        self.line.append(h)
+            if client.wait_many:
+                self._wait_many(conn)
+            if not client.wait_many:
+                self._wait_each(conn)
         except BaseException as exc:  # handed to the caller's thread, which raises it
             if not self.stopping:
                 self.done.put(exc)
         finally:
             _close(conn, client._open, client._lock)
+
+    def _wait_many(self, conn: _Connection) -> None:
+        """POST /wait-tasks for up to MAX_BATCH handles at a time; returns when stopping,
+        at the deadline, or when the dispatcher has no /wait-tasks."""
+        client = self.client
+        while batch := self._take(client.max_batch):
+            ids = [h.id for h in batch]
+            try:
+                tasks, missing = client._held(
+                    lambda wait, ids=ids: conn.wait_tasks(ids, wait),
+                    lambda answer: bool(answer[0] or answer[1]),
+                    self.deadline,
+                    client.max_wait,
+                )
+            except (NotFound, InvalidRequest) as exc:
+                with self.cv:
+                    self.line.extendleft(reversed(batch))
+                match = BATCH_LIMIT.match(exc.message) if isinstance(exc, InvalidRequest) else None
+                if match and 0 < int(match[1]) < len(batch):
+                    client.max_batch = int(match[1])  # the dispatcher's MAX_BATCH
+                    continue
+                if isinstance(exc, InvalidRequest):
+                    raise
+                client.wait_many = False  # an older dispatcher: each task alone
+                self._grow()
+                return
+            if missing:
+                raise NotFound(404, f"task {missing[0]} not found")
+            finished = {t["task_id"]: t for t in tasks}
+            rest = []
+            for h in batch:
+                record = finished.get(h.id)
+                if record is None:
+                    rest.append(h)
+                else:
+                    self._hand_over(h, record)
+            with self.cv:
+                self.line.extendleft(reversed(rest))
+                if rest:
+                    self.cv.notify()  # another thread may take what this one held
+            if not finished and self.deadline is not None and time.monotonic() >= self.deadline:
+                return
+
+    def _wait_each(self, conn: _Connection) -> None:
+        """GET /task/<id>?wait= for one handle at a time."""
+        client = self.client
+        while batch := self._take(1):
+            [h] = batch
+            with self.cv:
+                crowded = len(self.line) >= len(self.conns)
+            record = client._poll(conn, h.id, self.deadline, SLICE if crowded else client.max_wait)
+            if record["status"] in FINISHED:
+                self._hand_over(h, record)
+            elif self.deadline is not None and time.monotonic() >= self.deadline:
+                return
+            else:
+                with self.cv:
+                    self.line.append(h)
+                    self.cv.notify()
 
 
 class _Guard:

@@ -323,16 +323,74 @@ def test_as_completed_yields_each_task_as_it_finishes(
     assert [r["status"] for r in client.wait_all([slow, quick])] == ["completed"] * 2
 
 
-def test_as_completed_over_more_tasks_than_pollers(served, workers, client_for):
-    dispatcher = served()
+def record_requests(paths: list[str]):
+    """A dispatcher setup hook: the path of every request, `/task/<id>` as `/task/`."""
+
+    def setup(app) -> None:
+        @app.before_request
+        def count() -> None:
+            paths.append("/task/" if request.path.startswith("/task/") else request.path)
+
+    return setup
+
+
+def without_wait_tasks(app) -> None:
+    """A dispatcher setup hook: answer POST /wait-tasks as a dispatcher without it does."""
+
+    @app.before_request
+    def refuse():
+        if request.path == "/wait-tasks":
+            return {"error": "no such endpoint"}, 404
+        return None
+
+
+def test_as_completed_waits_for_many_tasks_with_few_requests(served, workers, client_for):
+    paths: list[str] = []
+    dispatcher = served(record_requests(paths))
     workers(dispatcher.worker_config(worker_concurrency=2))
     client = client_for(dispatcher)
     handles = client.submit_many([("compute", double(i)) for i in range(60)])
     seen = list(client.as_completed(handles, timeout=60))
     assert sorted(h.id for h in seen) == sorted(h.id for h in handles)
     assert [h.result()["result"] for h in handles] == [2 * i for i in range(60)]
+    assert handles[0].record["history"][0]["outcome"] == "completed"  # as GET /task/<id>
+    asked = [p for p in paths if p in ("/wait-tasks", "/task/")]
+    assert "/task/" not in asked and 1 <= len(asked) < 60, asked
     own = client._conn()  # the test's thread's: submit_many's
     wait_for(lambda: client._open == {own}, 10, lambda: f"pollers' still open: {client._open}")
+
+
+def test_a_dispatcher_without_wait_tasks_is_asked_for_each_task(served, workers, client_for):
+    paths: list[str] = []
+    dispatcher = served(lambda app: (record_requests(paths)(app), without_wait_tasks(app)))
+    workers(dispatcher.worker_config(worker_concurrency=2))
+    client = client_for(dispatcher)
+    handles = client.submit_many([("compute", double(i)) for i in range(20)])
+    assert [r["result"]["result"] for r in client.wait_all(handles, timeout=60)] == [
+        2 * i for i in range(20)
+    ]
+    assert client.wait_many is False
+    assert paths.count("/wait-tasks") == 1 and paths.count("/task/") >= 20
+    assert [r["result"] for r in client.map("compute", map(double, range(5)))] == [0, 2, 4, 6, 8]
+
+
+def test_waiting_for_many_follows_a_dispatcher_whose_max_batch_is_smaller(
+    served, workers, client_for
+):
+    dispatcher = served(max_batch=3)
+    workers(dispatcher.worker_config())
+    ids = [h.id for h in client_for(dispatcher).submit_many([("compute", double(1))] * 7)]
+    fresh = client_for(dispatcher)  # its MAX_BATCH: ours, 1000, until told
+    records = fresh.wait_all([fresh.handle(i) for i in ids], timeout=60)
+    assert [r["status"] for r in records] == ["completed"] * 7
+    assert fresh.max_batch == 3
+
+
+def test_a_task_that_is_not_stored_is_not_found_when_waited_for(served, client_for):
+    client = client_for(served())
+    handles = [client.submit("compute", double(1)), client.handle("never-submitted")]
+    with pytest.raises(NotFound, match="task never-submitted not found"):
+        client.wait_all(handles, timeout=30)
 
 
 def test_map_yields_in_input_order_with_at_most_max_in_flight_outstanding(
