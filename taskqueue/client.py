@@ -36,7 +36,7 @@ from taskqueue.handle import TaskHandle, outcome
 # The options of a submission (POST /submit-task), besides its type and payload.
 OPTIONS = frozenset(("queue", "priority", "delay", "max_retries", "timeout", "idempotency_key"))
 ITEM_FIELDS = OPTIONS | {"type", "payload"}
-WAIT_THREADS = 4  # tasks as_completed() and wait_all() long-poll at once
+WAIT_THREADS = 4  # most threads waiting for tasks at once (each holds one long poll)
 SLICE = 1.0  # longest hold of one poll while more tasks wait their turn than threads poll
 NO_WAIT_POLL = 0.5  # seconds between polls when the dispatcher allows no wait (MAX_WAIT_SECONDS=0)
 
