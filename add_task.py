@@ -5,8 +5,10 @@
     python3 add_task.py --payload JSON               one task object, or a JSON list of them
     python3 add_task.py --payload-file FILE          a JSON object, a JSON list or JSON lines
     python3 add_task.py --random --count N [--seed S]
+    python3 add_task.py --list-types                 the dispatcher's task types, as a table
 
-Runs with any python3: the first call creates .venv (see common/bootstrap.py).
+Runs with any python3: the first call creates .venv (see common/bootstrap.py). Talks
+to the dispatcher through the client library (taskqueue/, docs/CLIENT.md).
 """
 
 from __future__ import annotations
@@ -14,13 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import queue
 import random
-import re
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from common.bootstrap import ensure_venv
@@ -42,15 +41,13 @@ from rich.progress import (  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from common import cli, logs  # noqa: E402
-from common.client import ApiError, Client, DispatcherUnreachable  # noqa: E402
 from common.config import Config  # noqa: E402
-from common.statuses import FINISHED  # noqa: E402
+from taskqueue import ApiError, Client, DispatcherUnreachable, TaskHandle  # noqa: E402
+from taskqueue.errors import shift_index  # noqa: E402, F401  (tests/unit/test_cli_parsing.py)
 from tasks import registry  # noqa: E402
 
 TASK_OPTIONS = ("queue", "max_retries", "timeout", "priority", "delay", "idempotency_key")
 ALGORITHMS = ("sieve", "trial_division")
-WAIT_PER_REQUEST = 10.0  # seconds one GET /task/<id>?wait= may be held
-WAIT_THREADS = 4  # tasks waited on at once (each holds one dispatcher thread)
 PROGRESS_ROWS = 5  # running tasks whose progress --wait shows, at most
 PROGRESS_EVERY_S = 1.0  # how often --wait reads their progress (one GET /workers)
 RANDOM_DEFAULT_COUNT = 10
@@ -175,19 +172,6 @@ def apply_options(tasks: list[dict], options: dict[str, Any]) -> list[dict]:
     return [{**task, **given} for task in tasks]
 
 
-def chunks(items: list, size: int) -> Iterable[tuple[int, list]]:
-    """(offset, slice) pairs of at most `size` items."""
-    for start in range(0, len(items), size):
-        yield start, items[start : start + size]
-
-
-def shift_index(message: str, offset: int) -> str:
-    """A batch error names `tasks[i]` within its chunk; name it within the whole list."""
-    if not offset:
-        return message
-    return re.sub(r"^tasks\[(\d+)\]", lambda m: f"tasks[{int(m[1]) + offset}]", message)
-
-
 def summarize(task: dict, width: int = 72) -> str:
     """One short line: the result of a completed task, or the error of another."""
     if task.get("status") == "completed":
@@ -256,6 +240,7 @@ examples:
   python3 add_task.py --payload '{{"type": "sleep", "payload": {{"duration": 2}}}}'
   python3 add_task.py --payload-file tasks.jsonl --priority 5 --json
   python3 add_task.py --random --count 50 --seed 1 --wait
+  python3 add_task.py --list-types               the task types, their defaults and fields
 
 DISPATCHER_URL may list several dispatchers, comma-separated: one that answers takes
 the tasks. A submission whose reply is lost is sent again elsewhere only when every
@@ -293,6 +278,12 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
         help="a JSON object, a JSON list or JSON lines (one task per line); - reads stdin",
     )
     source.add_argument("--random", action="store_true", help="a random mix of task types")
+    source.add_argument(
+        "--list-types",
+        action="store_true",
+        help="submit nothing: print the dispatcher's task types (GET /task-types) as a table: "
+        "each one's description, defaults and payload fields (with --json: as JSON)",
+    )
     parser.add_argument(
         "--count",
         dest="random_count",  # apart from the positional COUNT
@@ -347,6 +338,10 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
 
 
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.list_types:
+        if args.count is not None or args.wait:
+            parser.error("--list-types submits nothing: it takes no COUNT LIMIT and no --wait")
+        return
     if not args.random and (args.random_count is not None or args.seed is not None):
         parser.error("--count and --seed go with --random (the seed form is COUNT LIMIT)")
     other = args.payload is not None or args.payload_file is not None or args.random
@@ -398,22 +393,28 @@ def _read_source(name: str, stdin) -> tuple[str, str]:
 # -- talking to the dispatcher -----------------------------------------------------------
 
 
-def submit(config: Config, client: Client, tasks: list[dict], as_json: bool = False) -> list[str]:
-    """Submit in chunks of MAX_BATCH; each chunk is one POST /submit-tasks, all or nothing."""
-    ids: list[str] = []
-    for offset, chunk in chunks(tasks, config.max_batch):
-        try:
-            ids.extend(client.submit_tasks(chunk))
-        except (DispatcherUnreachable, ApiError) as exc:
-            if isinstance(exc, ApiError):
-                message = shift_index(exc.message, offset)
-            else:
-                message = cli.unreachable(config, exc)
-            if ids:  # earlier chunks are stored: say which, so nothing is submitted twice
-                print_ids(ids, as_json)
-                message += f" ({len(ids)} of {len(tasks)} tasks were submitted: ids on stdout)"
-            raise cli.CliError(message) from None
-    return ids
+def connect(config: Config, retry_for: float = 0.0) -> Client:
+    """The client library's Client for DISPATCHER_URL; a full queue (429) is tried again
+    for `retry_for` seconds, saying so on stderr."""
+    return Client(config=config, retry_429_for=retry_for, on_429=_queue_full)
+
+
+def submit(
+    config: Config, client: Client, tasks: list[dict], as_json: bool = False
+) -> list[TaskHandle]:
+    """Submit in batches of MAX_BATCH; each batch is one POST /submit-tasks, all or nothing."""
+    try:
+        return client.submit_many(tasks)
+    except (DispatcherUnreachable, ApiError) as exc:
+        if isinstance(exc, ApiError):
+            message = exc.message  # names the item in the whole list: tasks[1042]
+        else:
+            message = cli.unreachable(config, exc)
+        stored = getattr(exc, "submitted", [])
+        if stored:  # earlier batches are stored: say which, so nothing is submitted twice
+            print_ids([h.id for h in stored], as_json)
+            message += f" ({len(stored)} of {len(tasks)} tasks were submitted: ids on stdout)"
+        raise cli.CliError(message) from None
 
 
 def unserved_queues(tasks: list[dict], workers: list[dict]) -> list[str]:
@@ -444,57 +445,17 @@ def warn_unserved(client: Client, tasks: list[dict]) -> None:
 
 
 def wait_all(
-    config: Config, task_ids: list[str], on_finished: Callable[[dict], None]
+    client: Client, handles: list[TaskHandle], on_finished: Callable[[dict], None]
 ) -> list[dict]:
-    """Each task as GET /task/<id> shows it once finished, in the order of `task_ids`.
-
-    A few threads (one Client each) hold GET /task/<id>?wait=S requests, so the
-    dispatcher answers the moment a task finishes: no polling.
-    """
-    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for task_id in task_ids:
-        todo.put(task_id)
-    done: queue.SimpleQueue[tuple[str, dict | Exception]] = queue.SimpleQueue()
-    wait = min(config.max_wait_seconds, WAIT_PER_REQUEST)
-
-    def waiter() -> None:
-        client = cli.connect(config)
-        try:
-            while True:
-                try:
-                    task_id = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    done.put((task_id, _wait_one(client, task_id, wait)))
-                except Exception as exc:  # handed to the main thread, which reports it
-                    done.put((task_id, exc))
-                    return
-        finally:
-            client.close()
-
-    for _ in range(min(WAIT_THREADS, len(task_ids))):
-        threading.Thread(target=waiter, daemon=True).start()
-    finished: dict[str, dict] = {}
-    while len(finished) < len(task_ids):
-        task_id, outcome = done.get()
-        if isinstance(outcome, Exception):
-            raise outcome
-        finished[task_id] = outcome
-        on_finished(outcome)
-    return [finished[task_id] for task_id in task_ids]
+    """Each task as GET /task/<id> shows it once finished, in the order of `handles`;
+    `on_finished(task)` as each one finishes (client.as_completed: a few held long polls,
+    so the dispatcher answers the moment a task finishes)."""
+    for handle in client.as_completed(handles):
+        on_finished(handle.record)
+    return [h.record for h in handles]
 
 
-def _wait_one(client: Client, task_id: str, wait: float) -> dict:
-    while True:
-        task = client.task(task_id, wait=wait)
-        if task["status"] in FINISHED:
-            return task
-        if wait <= 0:  # MAX_WAIT_SECONDS=0 forbids held requests: ask again shortly
-            time.sleep(0.5)
-
-
-def wait_with_progress(config: Config, task_ids: list[str], show: bool) -> list[dict]:
+def wait_with_progress(client: Client, handles: list[TaskHandle], show: bool) -> list[dict]:
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -508,7 +469,7 @@ def wait_with_progress(config: Config, task_ids: list[str], show: bool) -> list[
     failed = done = 0
     stop = threading.Event()
     with progress:
-        total = len(task_ids)
+        total = len(handles)
         bar = progress.add_task(
             "[bold]waiting[/] for tasks", total=total, failed="", count=f"0/{total}"
         )
@@ -523,10 +484,10 @@ def wait_with_progress(config: Config, task_ids: list[str], show: bool) -> list[
         rows: dict[str, TaskID] = {}  # the running tasks shown under the bar
         lock = threading.Lock()
         if show:
-            watch = (config, set(task_ids), progress, rows, lock, stop)
+            watch = (client, {h.id for h in handles}, progress, rows, lock, stop)
             threading.Thread(target=show_running, args=watch, daemon=True).start()
         try:
-            return wait_all(config, task_ids, advance)
+            return wait_all(client, handles, advance)
         finally:
             with lock:  # the summary follows the bar alone
                 stop.set()
@@ -535,7 +496,7 @@ def wait_with_progress(config: Config, task_ids: list[str], show: bool) -> list[
 
 
 def show_running(
-    config: Config,
+    client: Client,
     mine: set[str],
     progress: Progress,
     rows: dict[str, TaskID],
@@ -545,27 +506,23 @@ def show_running(
     """Until `stop`: in `rows`, a row under the bar for each of our running tasks that
     reported progress (at most PROGRESS_ROWS), with its message and fraction, from GET
     /workers every PROGRESS_EVERY_S."""
-    client = cli.connect(config)
-    try:
-        while not stop.wait(PROGRESS_EVERY_S):
-            try:
-                workers = client.workers()
-            except (DispatcherUnreachable, ApiError):
-                continue  # the waiting threads report an outage; the rows stay as they are
-            running = running_progress(workers, mine)
-            with lock:
-                if stop.is_set():
-                    return
-                for task_id in rows.keys() - running.keys():
-                    progress.remove_task(rows.pop(task_id))
-                for task_id, (text, fraction) in running.items():
-                    shown = {"description": text, "completed": fraction, "count": f"{fraction:.0%}"}
-                    if task_id in rows:
-                        progress.update(rows[task_id], **shown)
-                    else:
-                        rows[task_id] = progress.add_task(**shown, total=1.0, failed="")
-    finally:
-        client.close()
+    while not stop.wait(PROGRESS_EVERY_S):
+        try:
+            workers = client.workers()
+        except (DispatcherUnreachable, ApiError):
+            continue  # the waiting threads report an outage; the rows stay as they are
+        running = running_progress(workers, mine)
+        with lock:
+            if stop.is_set():
+                return
+            for task_id in rows.keys() - running.keys():
+                progress.remove_task(rows.pop(task_id))
+            for task_id, (text, fraction) in running.items():
+                shown = {"description": text, "completed": fraction, "count": f"{fraction:.0%}"}
+                if task_id in rows:
+                    progress.update(rows[task_id], **shown)
+                else:
+                    rows[task_id] = progress.add_task(**shown, total=1.0, failed="")
 
 
 def running_progress(workers: list[dict], mine: set[str]) -> dict[str, tuple[str, float]]:
@@ -579,6 +536,89 @@ def running_progress(workers: list[dict], mine: set[str]) -> dict[str, tuple[str
                 text = f"  …{task_id[-8:]} {escape(p['message'])}".rstrip()
                 out[task_id] = (text, p["fraction"])
     return out
+
+
+def task_types_table(task_types: list[dict]) -> Table:
+    """GET /task-types as a table: name, description, defaults, payload fields."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("type", no_wrap=True, style="bold")
+    table.add_column("description", overflow="fold")
+    table.add_column("defaults", overflow="fold")
+    table.add_column("fields (? optional)", overflow="fold")
+    for t in task_types:
+        defaults = t.get("defaults") or {}
+        table.add_row(
+            t["name"],
+            t.get("description") or "",
+            "\n".join(f"{k}={_short(v)}" for k, v in defaults.items()),
+            "\n".join(describe_fields(t.get("schema") or {})),
+        )
+    if not task_types:
+        table.add_row("(none)", "", "", "", style="dim")
+    return table
+
+
+def describe_fields(schema: dict) -> list[str]:
+    """One line per property of a JSON Schema object: `name: type (bounds)`, with `?`
+    after the name of a field that is not required and ` = value` after its default."""
+    required = set(schema.get("required") or ())
+    lines = []
+    for name, prop in (schema.get("properties") or {}).items():
+        line = f"{name}{'' if name in required else '?'}: {describe_property(prop)}"
+        if "default" in prop:
+            line += f" = {json.dumps(prop['default'])}"
+        lines.append(line)
+    return lines
+
+
+def describe_property(prop: dict) -> str:
+    """A JSON Schema property in a few words: `integer (≥ 2, ≤ 100000000)`."""
+    if "enum" in prop:
+        kind = " | ".join(json.dumps(v) for v in prop["enum"])
+    elif "const" in prop:
+        kind = json.dumps(prop["const"])
+    elif "anyOf" in prop or "oneOf" in prop:
+        kind = " | ".join(describe_property(p) for p in prop.get("anyOf") or prop["oneOf"])
+    elif "$ref" in prop:
+        kind = prop["$ref"].rsplit("/", 1)[-1]
+    else:
+        kind = prop.get("type", "any")
+        if isinstance(kind, list):
+            kind = " | ".join(kind)
+        if kind == "array" and isinstance(prop.get("items"), dict):
+            kind = f"array of {describe_property(prop['items'])}"
+    bounds = [
+        f"{sign} {_short(prop[key])}"
+        for key, sign in (
+            ("minimum", "≥"),
+            ("exclusiveMinimum", ">"),
+            ("maximum", "≤"),
+            ("exclusiveMaximum", "<"),
+        )
+        if key in prop
+    ]
+    for key, sign, unit in (
+        ("minLength", "≥", "characters"),
+        ("maxLength", "≤", "characters"),
+        ("minItems", "≥", "items"),
+        ("maxItems", "≤", "items"),
+    ):
+        if prop.get(key):
+            bounds.append(f"{sign} {prop[key]} {unit}")
+    return f"{kind} ({', '.join(bounds)})" if bounds else kind
+
+
+def list_types(client: Client, as_json: bool) -> int:
+    """--list-types: GET /task-types, as a table or (--json) as the dispatcher said it."""
+    task_types = client.task_types()
+    if as_json:
+        print(json.dumps({"task_types": task_types}))
+    else:
+        console = Console()
+        if not console.is_terminal:  # a file or a pipe: no need to fold at 80 columns
+            console = Console(width=max(console.width, 120))
+        console.print(task_types_table(task_types))
+    return cli.EXIT_OK
 
 
 def summary_table(tasks: list[dict]) -> Table:
@@ -612,18 +652,22 @@ def _queue_full(exc: ApiError, delay: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_types:
+        config = cli.load_config()
+        return cli.api_call(config, lambda: list_types(connect(config), args.json))
     try:
         tasks = build_tasks(args)
     except InputError as exc:
         raise cli.CliError(str(exc), cli.EXIT_USAGE) from None
     config = cli.load_config()
-    client = cli.connect(config, retry_429_for=args.retry_for, on_429=_queue_full)
+    client = connect(config, args.retry_for)
     try:
-        task_ids = submit(config, client, tasks, args.json)
+        handles = submit(config, client, tasks, args.json)
     except cli.CliError as exc:
         if "MAX_PENDING_TASKS" in str(exc):
             raise cli.CliError(f"{exc} (gave up after --retry-for {args.retry_for:g} s)") from None
         raise
+    task_ids = [h.id for h in handles]
     warn_unserved(client, tasks)
     if not args.wait:
         print_ids(task_ids, args.json)
@@ -631,7 +675,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         cli.say(f"submitted {_plural(len(task_ids), 'task')}")
     try:  # no progress bar among JSON log lines
-        finished = wait_with_progress(config, task_ids, show=not logs.json_mode())
+        finished = wait_with_progress(client, handles, show=not logs.json_mode())
     except KeyboardInterrupt:  # the tasks keep running: print what the user needs to find them
         print_ids(task_ids, args.json)
         cli.say(f"interrupted; {_plural(len(task_ids), 'task')} keep running", logging.WARNING)

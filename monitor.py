@@ -7,7 +7,8 @@ GET /workers.
     python3 monitor.py --export json    {"stats": ..., "workers": [...]} on stdout
     python3 monitor.py --export csv     section,name,status,count rows on stdout
 
-Runs with any python3: the first call creates .venv (see common/bootstrap.py).
+Runs with any python3: the first call creates .venv (see common/bootstrap.py). Talks
+to the dispatcher through the client library (taskqueue/, docs/CLIENT.md).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from common import cli  # noqa: E402
-from common.client import ApiError, Client, DispatcherUnreachable  # noqa: E402
 from common.config import Config  # noqa: E402
 from common.statuses import STATUSES  # noqa: E402
+from taskqueue import ApiError, Client, DispatcherUnreachable  # noqa: E402
 
 COLOURS = {
     "pending": "cyan",
@@ -276,11 +277,11 @@ def where(client: Client) -> str:
     urls = client.urls
     if len(urls) == 1:
         return urls[0]
-    return f"{client.base_url} (one of {len(urls)} dispatchers)"
+    return f"{client.url} (one of {len(urls)} dispatchers)"
 
 
 def once(config: Config, export: str | None) -> int:
-    client = cli.connect(config)
+    client = Client(config=config)
     stats, workers = cli.api_call(config, lambda: fetch(client))
     if export == "json":
         print(to_json(stats, workers))
@@ -296,7 +297,7 @@ def once(config: Config, export: str | None) -> int:
 
 def live(config: Config, interval: float) -> int:
     """Refresh every `interval` seconds until Ctrl-C; an outage is shown, not fatal."""
-    client = cli.connect(config)
+    client = Client(config=config)
     stats: dict | None = None
     workers: list[dict] | None = None
     updated: float | None = None

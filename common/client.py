@@ -120,6 +120,7 @@ class Client:
         retry_429_for: float = 0.0,
         pause: Callable[[float], bool] | None = None,
         on_429: Callable[[ApiError, float], None] | None = None,
+        read_timeout: float = READ_TIMEOUT,
     ):
         """`base_url`: one URL or a comma-separated list (DISPATCHER_URL), or a
         Dispatchers shared with other Clients (a worker's threads share one, so they
@@ -131,8 +132,11 @@ class Client:
         MAX_PENDING_TASKS, or a dispatcher holding all the polls it may), the call is
         sent again after the reply's Retry-After; then the 429 is raised as ApiError.
         `pause(seconds)` waits (True: stop waiting and raise now; default time.sleep),
-        `on_429(exc, seconds)` is told before each wait."""
+        `on_429(exc, seconds)` is told before each wait.
+
+        `read_timeout`: seconds to wait for an answer (a held request: its wait more)."""
         self.breaker = breaker
+        self.read_timeout = read_timeout
         self.retry_429_for = retry_429_for
         self._pause = pause
         self._on_429 = on_429
@@ -185,7 +189,7 @@ class Client:
         path: str,
         body: Any = None,
         params: dict | None = None,
-        read_timeout: float = READ_TIMEOUT,
+        read_timeout: float | None = None,
         repeatable: bool | None = None,
     ) -> Any:
         """One request, to the dispatcher in use or, when it does not answer, the next.
@@ -193,6 +197,8 @@ class Client:
         the REPEATABLE paths)? With a breaker, one call (whatever URLs it tried) is one
         success (any answer below 500) or one failure (DispatcherUnreachable). A 429
         is tried again for up to `retry_429_for` seconds (see __init__)."""
+        if read_timeout is None:
+            read_timeout = self.read_timeout
         if self.retry_429_for <= 0:
             return self._call_once(method, path, body, params, read_timeout, repeatable)
         deadline = None
@@ -354,7 +360,7 @@ class Client:
         }
         if instance_id:
             body["instance_id"] = instance_id
-        return self.call("POST", "/get-task", body, read_timeout=wait + READ_TIMEOUT)["tasks"]
+        return self.call("POST", "/get-task", body, read_timeout=wait + self.read_timeout)["tasks"]
 
     def submit_results(self, results: list[dict]) -> list[dict]:
         return self.call("POST", "/submit-results", {"results": results})["results"]
@@ -399,13 +405,41 @@ class Client:
     def task(self, task_id: str, wait: float = 0.0) -> dict:
         params = {"wait": f"{wait:g}"} if wait else None
         path = f"/task/{quote(task_id, safe='')}"
-        return self.call("GET", path, params=params, read_timeout=wait + READ_TIMEOUT)
+        return self.call("GET", path, params=params, read_timeout=wait + self.read_timeout)
+
+    def wait_tasks(self, task_ids: list[str], wait: float = 0.0) -> tuple[list[dict], list[str]]:
+        """The finished tasks among `task_ids` (held up to `wait` seconds until one is),
+        and the ids of no stored task."""
+        body = {"task_ids": task_ids, "wait": wait}
+        answer = self.call(
+            "POST", "/wait-tasks", body, read_timeout=wait + self.read_timeout, repeatable=True
+        )
+        return answer["tasks"], answer["missing"]
+
+    def tasks(
+        self, status: str | None = None, type_: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[dict]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        if type_:
+            params["type"] = type_
+        return self.call("GET", "/tasks", params=params)["tasks"]
+
+    def cancel(self, task_id: str) -> str:
+        return self.call("POST", f"/task/{quote(task_id, safe='')}/cancel")["status"]
+
+    def retry(self, task_id: str) -> str:
+        return self.call("POST", f"/task/{quote(task_id, safe='')}/retry")["status"]
 
     def stats(self) -> dict:
         return self.call("GET", "/stats")
 
     def workers(self) -> list[dict]:
         return self.call("GET", "/workers")["workers"]
+
+    def task_types(self) -> list[dict]:
+        return self.call("GET", "/task-types")["task_types"]
 
 
 def _seconds(header: str | None) -> float | None:

@@ -128,6 +128,7 @@ class Requests(NamedTuple):
     claim: type
     results: type
     release: type
+    wait_tasks: type
 
 
 def requests(config: Config) -> Requests:
@@ -214,7 +215,14 @@ def _requests(batch: int, max_wait: float, retries: int, task_timeout: float) ->
         worker_id: WorkerId
         tasks: _field(list[Lease], "tasks to give back", min_length=1, max_length=batch)
 
-    return Requests(NewTask, NewTasks, Claim, Results, Release)
+    class WaitTasks(Body):
+        task_ids: _field(list[TaskId], "the tasks to wait for", min_length=1, max_length=batch)
+        wait: (
+            _field(float, "seconds to hold the request while none is finished", ge=0, le=max_wait)
+            | None
+        ) = 0.0
+
+    return Requests(NewTask, NewTasks, Claim, Results, Release, WaitTasks)
 
 
 # -- answers (declared for the document; the routes build plain dicts) -----------------
@@ -310,6 +318,11 @@ class TaskSummary(Answer):
 
 class Task(TaskSummary):
     history: list[Attempt]
+
+
+class Finished(Answer):
+    tasks: _field(list[Task], "the finished ones, with their history, in the order asked")
+    missing: _field(list[str], "ids of no stored task (never submitted, or past retention)")
 
 
 class TaskList(Answer):

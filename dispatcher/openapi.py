@@ -224,6 +224,12 @@ def _operations(config: Config, requests: b.Requests) -> dict:
                 ),
             ],
         ),
+        "/wait-tasks": _post(
+            "The finished tasks among many (long poll with wait)",
+            requests.wait_tasks,
+            {"200": _reply("the finished ones; empty when none finished within wait", b.Finished)},
+            {"429": BUSY},
+        ),
         "/tasks": _operation(
             "get",
             "List tasks, oldest first",
@@ -318,6 +324,7 @@ ANSWERS = (
     b.Released,
     b.Beat,
     b.Task,
+    b.Finished,
     b.TaskList,
     b.Cancelled,
     b.Stats,

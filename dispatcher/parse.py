@@ -285,6 +285,12 @@ def release(data: Any, config: Config) -> tuple[str, list[tuple[str, str]]]:
     return storable(body.worker_id, "worker_id"), items
 
 
+def wait_tasks(data: Any, config: Config) -> tuple[list[str], float]:
+    """POST /wait-tasks: the task ids (each once, in order) and the wait."""
+    body = _null_means_default(convert(data, bodies.requests(config).wait_tasks))
+    return list(dict.fromkeys(storable(t, "task_ids") for t in body.task_ids)), body.wait
+
+
 def results(data: Any, config: Config) -> list:
     """POST /submit-results: the items, each to be read by `result` on its own."""
     return convert(data, bodies.requests(config).results).results

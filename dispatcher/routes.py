@@ -258,6 +258,28 @@ def get_task_status(task_id: str):
     return with_iso(task)
 
 
+@bp.post("/wait-tasks")
+def wait_tasks():
+    """The finished tasks among many; with `wait`, held until one of them is finished
+    (or an id is of no stored task), as GET /task/<id>?wait= is for one."""
+    c = ctx()
+    task_ids, wait = parse.wait_tasks(json_body(), c.config)
+    deadline = time.monotonic() + wait
+    with c.held.hold(wait > 0):
+        seen = c.wakeup.generation(wait > 0)
+        while True:
+            finished, missing = c.storage.finished_among(task_ids)
+            left = deadline - time.monotonic()
+            if finished or missing or left <= 0:
+                break
+            seen = c.wakeup.wait(seen, left)
+    for task in finished:
+        task.pop("timeout", None)
+        task.pop("run_at", None)
+        with_iso(task)
+    return {"tasks": finished, "missing": missing}
+
+
 @bp.get("/tasks")
 def list_tasks():
     c = ctx()

@@ -1,10 +1,29 @@
-"""The task queue for Python code: task types from typed functions, and (soon) a client.
+"""The Python API of the task queue (docs/CLIENT.md, docs/TASKS.md):
 
-from taskqueue import task, TaskContext, TaskFailed, TaskCancelled
+from taskqueue import Client, TaskContext, TaskFailed, TaskCancelled, task
 """
 
+from common.client import ApiError, DispatcherUnreachable
+from taskqueue.client import Client
+from taskqueue.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from taskqueue.handle import TaskHandle
 from tasks.context import TaskContext
 from tasks.errors import InvalidPayload, TaskCancelled, TaskFailed
 from tasks.typed import Task, task
 
-__all__ = ["InvalidPayload", "Task", "TaskCancelled", "TaskContext", "TaskFailed", "task"]
+__all__ = [
+    "ApiError",
+    "Client",
+    "Conflict",
+    "DispatcherUnreachable",
+    "InvalidPayload",
+    "InvalidRequest",
+    "NotFound",
+    "Task",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskFailed",
+    "TaskHandle",
+    "Unauthorized",
+    "task",
+]

@@ -222,6 +222,12 @@ class Storage(Protocol):
     def status_of(self, task_id: str) -> str:
         """The task's status alone (one column: held waits read it often)."""
 
+    def finished_among(self, task_ids: list[str]) -> tuple[list[dict], list[str]]:
+        """Of `task_ids`: the finished tasks (completed, failed, cancelled) with their
+        history, as `get` gives them, in the order given; and the ids of no stored task.
+        One status read of them all, then the finished ones' rows (held waits for many
+        tasks call it on every wake-up)."""
+
     def list_tasks(
         self, status: str | None, type_: str | None, limit: int, offset: int
     ) -> list[dict]:

@@ -288,6 +288,12 @@ SELECT 1 FROM tasks
 SELECT attempt, worker_id, started_at, finished_at, outcome, error
   FROM attempts WHERE task_id = %(task_id)s ORDER BY id""",
     STATUS_OF="SELECT status FROM tasks WHERE id = %(task_id)s",
+    # (read) the status of each of many tasks (held waits for many read it often)
+    STATUS_AMONG="SELECT id, status FROM tasks WHERE id = ANY(%(ids)s)",
+    TASKS_AMONG=f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY(%(ids)s)",
+    HISTORY_AMONG="""
+SELECT task_id, attempt, worker_id, started_at, finished_at, outcome, error
+  FROM attempts WHERE task_id = ANY(%(ids)s) ORDER BY task_id, id""",
     # optional filters, written in SQL: a NULL filter lets every row through
     LIST_TASKS=f"""
 SELECT {TASK_COLUMNS} FROM tasks
@@ -801,6 +807,23 @@ class SqlStorage(browse.Browse):
         if not found:
             raise TaskNotFound(task_id)
         return found[0]["status"]
+
+    def finished_among(self, task_ids: list[str]) -> tuple[list[dict], list[str]]:
+        ids = [t for t in task_ids if "\x00" not in t]  # as _known_id: no such task
+        found = self._read(self.q.STATUS_AMONG, {"ids": self._ids(ids)}) if ids else []
+        status = {r["id"]: r["status"] for r in found}
+        done = [t for t in dict.fromkeys(task_ids) if status.get(t) in FINISHED]
+        missing = [t for t in task_ids if t not in status]
+        if not done:
+            return [], missing
+        args = {"ids": self._ids(done)}
+        tasks = {r["id"]: rows.task_dict(r) for r in self._read(self.q.TASKS_AMONG, args)}
+        for task in tasks.values():
+            task["history"] = []
+        for r in self._read(self.q.HISTORY_AMONG, args):
+            attempt = dict(r)
+            tasks[attempt.pop("task_id")]["history"].append(attempt)
+        return [tasks[t] for t in done if t in tasks], missing
 
     def list_tasks(
         self, status: str | None, type_: str | None, limit: int, offset: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -568,6 +569,52 @@ def test_waiting_on_a_finished_task_returns_it(client):
     send_result(client, task_id, lease, result="done")
     response = client.get(f"/task/{task_id}?wait=0.2")
     assert response.get_json()["result"] == "done"
+
+
+def test_wait_tasks_answers_the_finished_ones_and_the_unknown_ids(client):
+    done, waiting = submit(client), submit(client)
+    send_result(client, done, claim_one(client, done), result="done")
+    response = client.post("/wait-tasks", json={"task_ids": [waiting, done, "nope"]})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["missing"] == ["nope"]
+    [task] = body["tasks"]
+    assert task == get_task(client, done)  # the task as GET /task/<id> shows it
+    held = client.post("/wait-tasks", json={"task_ids": [waiting], "wait": 0.2})
+    assert held.get_json() == {"tasks": [], "missing": []}
+
+
+def test_a_held_wait_tasks_answers_when_one_of_them_finishes(client):
+    first, second = submit(client), submit(client)
+    lease = claim_one(client, first)
+    answers = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(
+            client.post("/wait-tasks", json={"task_ids": [second, first], "wait": 30})
+        )
+    )
+    waiter.start()
+    send_result(client, first, lease, result=1)
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    [response] = answers
+    assert [t["task_id"] for t in response.get_json()["tasks"]] == [first]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="no-ids"),
+        pytest.param({"task_ids": []}, id="empty"),
+        pytest.param({"task_ids": "abc"}, id="not-a-list"),
+        pytest.param({"task_ids": ["a"], "wait": -1}, id="negative-wait"),
+        pytest.param({"task_ids": ["a"], "wait": 31}, id="wait-above-max"),
+        pytest.param({"task_ids": ["a"] * 1001}, id="more-than-max-batch"),
+        pytest.param({"task_ids": [""]}, id="empty-id"),
+    ],
+)
+def test_a_bad_wait_tasks_is_400(client, body):
+    assert_error(client.post("/wait-tasks", json=body), 400)
 
 
 @pytest.mark.parametrize("wait", ["abc", "-1", "30.5", "nan", "inf"])

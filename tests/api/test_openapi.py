@@ -268,6 +268,8 @@ def test_answers_of_a_whole_task_life_match_the_document(api):
     api.post(f"/task/{fourth}/cancel")
     api.post(f"/task/{fourth}/retry")
     api.get(f"/task/{first}?wait=0")
+    finished = api.post("/wait-tasks", json={"task_ids": [first, second, fourth, "gone"]})
+    assert [t["task_id"] for t in finished.get_json()["tasks"]] == [first, second]
     api.get(f"/task/{second}")
     api.get("/tasks")
     api.get("/stats")
@@ -292,6 +294,7 @@ def test_error_answers_match_the_document(api, make_app):
     api.post("/submit-tasks", json={"tasks": []})  # 400
     api.post("/get-task", json={"worker_id": " "})  # 400
     api.get("/tasks?limit=0")  # 400
+    api.post("/wait-tasks", json={"task_ids": []})  # 400
     api.get("/task/x?wait=-1")  # 400
     api.get("/task/nope")  # 404
     api.post("/task/nope/cancel")  # 404

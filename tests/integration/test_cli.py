@@ -181,3 +181,19 @@ def test_a_queue_no_alive_worker_serves_gets_a_warning(queue, workdir):
     assert "no alive worker takes tasks from queue 'nobody'" in lonely.stderr, _explain(lonely)
     [task_id] = lonely.stdout.split()
     assert queue.task(task_id)["status"] == "pending"  # stored all the same
+
+
+# -- add_task.py --list-types -------------------------------------------------------------
+
+
+def test_list_types_prints_every_registered_type(queue, workdir):
+    done = _run(queue, "add_task.py", "--list-types", cwd=workdir)
+    assert done.returncode == 0, _explain(done)
+    for name in ("primes", "compute", "sleep", "http_request", "fail"):
+        assert name in done.stdout, _explain(done)
+    assert "limit: integer" in done.stdout, _explain(done)  # primes' required field
+    as_json = _run(queue, "add_task.py", "--list-types", "--json", cwd=workdir)
+    assert as_json.returncode == 0, _explain(as_json)
+    types = {t["name"]: t for t in json.loads(as_json.stdout)["task_types"]}
+    assert isinstance(types["primes"]["defaults"], dict)
+    assert "limit" in types["primes"]["schema"]["required"]

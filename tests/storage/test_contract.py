@@ -401,6 +401,25 @@ def test_the_same_failure_sent_again_for_the_same_lease_is_harmless(storage):
     assert finish(storage, task_id, lease, "failed", error="boom") == "failed"
 
 
+def test_finished_among_gives_the_finished_tasks_as_get_does_and_the_unknown_ids(storage):
+    done = submit(storage, max_retries=1)
+    failed = submit(storage, max_retries=0)
+    running = submit(storage)
+    cancelled = submit(storage)
+    waiting = submit(storage)
+    finish(storage, done, claim_one(storage, done), result={"n": 1})
+    finish(storage, failed, claim_one(storage, failed), "failed", error="boom")
+    claim_one(storage, running)
+    storage.cancel(cancelled, now=T0 + 2)
+    asked = [waiting, cancelled, "nope", running, failed, done, "x\x00y"]
+    tasks, missing = storage.finished_among(asked)
+    assert [t["task_id"] for t in tasks] == [cancelled, failed, done]  # in the order asked
+    assert tasks == [storage.get(t) for t in (cancelled, failed, done)]  # with history
+    assert tasks[1]["history"][0]["error"] == "boom"
+    assert missing == ["nope", "x\x00y"]
+    assert storage.finished_among([waiting, running]) == ([], [])
+
+
 def test_history_lists_every_attempt_with_its_outcome_and_error(storage):
     task_id = submit(storage, max_retries=2)
     first = claim_one(storage, task_id, "w1", now=T0)

@@ -190,8 +190,8 @@ def test_command_line_options_are_set_on_every_task_and_win():
     assert out == [{"type": "fail", "payload": {}, "priority": 1, "queue": "q"}] * 2
 
 
-def test_chunks_split_at_max_batch_and_a_batch_error_names_the_whole_list_index():
-    assert list(add_task.chunks([1, 2, 3, 4, 5], 2)) == [(0, [1, 2]), (2, [3, 4]), (4, [5])]
+def test_a_batch_error_names_the_whole_list_index():
+    # the batches themselves: client.submit_many (tests/unit/test_client_library.py)
     assert add_task.shift_index("tasks[1]: bad limit", 1000) == "tasks[1001]: bad limit"
     assert add_task.shift_index("tasks[1]: bad limit", 0) == "tasks[1]: bad limit"
 
