@@ -178,3 +178,37 @@ def test_the_client_fails_over_to_the_other_dispatcher_on_one_database(make_clus
         wait_for(
             lambda: all(h.done() for h in handles), 60, lambda: f"{[h.record for h in handles]}"
         )
+
+
+def test_a_task_type_of_a_few_lines_from_a_python_shell(make_cluster, monkeypatch):
+    """examples/wordcount.py (@task, 14 lines) in a cluster, submitted from this process
+    through the task object: .submit / .delay / .map on the default Client."""
+    from examples.wordcount import wordcount
+    from taskqueue import InvalidPayload
+    from taskqueue.client import default_client
+
+    cluster = make_cluster(TASK_MODULES="examples.wordcount", LOG_LEVEL="WARNING")
+    cluster.start_dispatcher()
+    cluster.wait_worker_alive(cluster.start_worker("w1", WORKER_QUEUES="text"))
+    monkeypatch.setenv("DISPATCHER_URL", cluster.url)
+    monkeypatch.setenv("API_TOKEN", "")
+    default_client.cache_clear()
+    try:
+        handle = wordcount.submit(text="to be or not to be", top=2)
+        assert handle.result(timeout=60) == {"words": 6, "lines": 1, "top": [["be", 2], ["to", 2]]}
+        record = handle.refresh()
+        assert (record["queue"], record["max_retries"]) == ("text", 2)  # the type's options
+        assert record["payload"] == {"text": "to be or not to be", "top": 2}
+        assert wordcount.delay(text="a a").result(timeout=60)["top"] == [["a", 2]]
+        texts = [{"text": "x " * n} for n in range(1, 6)]
+        assert [r["words"] for r in wordcount.map(texts, max_in_flight=2)] == [1, 2, 3, 4, 5]
+        stored = default_client().stats()["tasks"]
+        with pytest.raises(InvalidPayload, match="'top' must be between 1 and 100, not 0"):
+            wordcount.submit(text="x", top=0)  # checked here: nothing is sent
+        with pytest.raises(InvalidPayload, match="missing required field 'text'"):
+            wordcount.submit(top=3)
+        assert default_client().stats()["tasks"] == stored
+        assert wordcount("b a b")["top"] == [("b", 2), ("a", 1)]  # a plain call runs here
+    finally:
+        default_client().close()
+        default_client.cache_clear()
