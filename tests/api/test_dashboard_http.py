@@ -212,3 +212,19 @@ def test_the_overview_shows_counts_queues_and_the_last_hours_throughput(make_app
     assert re.search(r'id="count-completed">\s*1\s*<', page)
     assert "1 completed · 0 failed" in page  # the retried failure is not a final one
     assert len(ids) == 3
+
+
+def test_the_task_page_shows_a_running_task_s_progress(make_app):
+    app = make_app()
+    client = app.test_client()
+    task_id = client.post("/submit-task", json={"type": "sleep", "payload": {"duration": 1}}).json[
+        "task_id"
+    ]
+    assert 'id="progress"' not in client.get(f"/dashboard/task/{task_id}").text
+    [claimed] = client.post("/get-task", json={"worker_id": "w1"}).json["tasks"]
+    beat = {"worker_id": "w1", "progress": {task_id: {"fraction": 0.25, "message": "<b>x</b>"}}}
+    assert client.post("/heartbeat", json=beat).status_code == 200, claimed
+    page = client.get(f"/dashboard/task/{task_id}").text
+    shown = re.search(r'<dd id="progress">(.*?)</dd>', page, re.S)
+    assert shown, page[-2000:]
+    assert "25 %" in shown[1] and "&lt;b&gt;x&lt;/b&gt;" in shown[1]  # escaped
