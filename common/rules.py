@@ -13,7 +13,7 @@ from typing import Any
 
 from msgspec import inspect as mi
 
-STEP = re.compile(r"\[(\d+)\]|(\w+)")
+STEP = re.compile(r"\[(\d+)\]|\[(\.\.\.)\]|(\w+)")
 
 
 @functools.lru_cache(maxsize=256)
@@ -50,6 +50,8 @@ class Refusal:
     @property
     def rule(self) -> str:
         """The rule broken, as the end of a sentence: "must be at most 100, not 101"."""
+        if self.type is None or self.value is UNKNOWN:
+            return f"is not valid ({self.text})"
         return payload_rule(plain(self.type), self.text, self.value)
 
     @staticmethod
@@ -72,19 +74,30 @@ class Refusal:
         return f"a {type(value).__name__}"
 
 
+UNKNOWN: Any = object()  # a value explain() could not find
+
+
 def explain(text: str, data: Any, kind: type) -> Refusal:
-    """msgspec's complaint about converting `data` to `kind`, located."""
+    """msgspec's complaint about converting `data` to `kind`, located. Where the path
+    cannot be followed (a union, a tuple, a dict's key), the rule is msgspec's own text."""
+    if " - at `key` in `$" in text:  # a dict's key broke the rule
+        text, _, where = text.partition(" - at `key` in `$")
+        where = where.rstrip("`").lstrip(".")
+        return Refusal("rule", where, where.rpartition(".")[2], None, UNKNOWN, f"{text} (a key)")
     text, _, where = text.partition(" - at `$")
     where = where.rstrip("`").lstrip(".")
     t, value = info(kind), data
-    for index, name in STEP.findall(where):
-        t = plain(t)
-        if index:
-            t, value = t.item_type, value[int(index)]
-        elif isinstance(t, mi.DictType):
-            t, value = t.value_type, value[name]
-        else:
-            t, value = next(f.type for f in t.fields if f.encode_name == name), value[name]
+    try:
+        for index, entry, name in STEP.findall(where):
+            t = plain(t)
+            if index:
+                t, value = t.item_type, value[int(index)]
+            elif entry or isinstance(t, mi.DictType):
+                t, value = t.value_type, UNKNOWN if entry else value[name]
+            else:
+                t, value = next(f.type for f in t.fields if f.encode_name == name), value[name]
+    except (AttributeError, KeyError, IndexError, TypeError, StopIteration):
+        t, value = None, UNKNOWN  # a union, a tuple...: say what msgspec said
     if text.startswith(("Object missing required field", "Object contains unknown field")):
         kind_ = "missing" if "missing" in text else "unknown"
         return Refusal(kind_, where, text.split("`")[1], t, value, text)

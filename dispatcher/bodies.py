@@ -20,25 +20,22 @@ import msgspec
 from msgspec import Meta, Struct, UnsetType
 
 from common.config import MAX_QUEUES, Config
+from common.limits import (  # noqa: F401  (re-exported)
+    MAX_ID_LENGTH,
+    MAX_PRIORITY,
+    MAX_RETRIES,
+    MAX_TIMEOUT,
+    MIN_TIMEOUT,
+    NOT_BLANK,
+)
 from tasks.context import MAX_MESSAGE
 
 from .storage import STATUSES, WORKER_STATES
 
-MAX_ID_LENGTH = 200
 MAX_KEY_LENGTH = 200
 MAX_ERROR_LENGTH = 10_000
-MAX_PRIORITY = 1_000_000
-MAX_RETRIES = 100
 MAX_DELAY = 365 * 86_400.0  # a year
-MIN_TIMEOUT = 0.001
-MAX_TIMEOUT = 7 * 86_400.0  # a week
 MAX_DEPTH = 100  # nesting of a stored payload or result: JSON must hold it on the way out
-
-# At least one character that Python's str.isspace() does not call white space.
-NOT_BLANK = (
-    "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a"
-    "\\u2028\\u2029\\u202f\\u205f\\u3000]"
-)
 
 
 def _name(description: str, max_len: int = MAX_ID_LENGTH) -> Any:

@@ -339,7 +339,9 @@ def _schemas(requests: b.Requests, task_types: list[TaskType]) -> dict:
     task type, its payload the type's own schema (a typed task's, from its signature)."""
     payloads = [t.typed.payload_type for t in task_types if t.typed is not None]
     kinds = (*requests, b.Result, b.Heartbeat, *ANSWERS, *payloads)
-    _, schemas = msgspec.json.schema_components(kinds, ref_template=REF)
+    refs, schemas = msgspec.json.schema_components(kinds, ref_template=REF)
+    # msgspec names a component by its Struct, prefixed by module when two share a name
+    payload_refs = dict(zip(payloads, refs[len(refs) - len(payloads) :], strict=True))
     schemas = _nullable(schemas)
     common = schemas.pop("NewTask")
     mapping = {}
@@ -348,8 +350,8 @@ def _schemas(requests: b.Requests, task_types: list[TaskType]) -> dict:
         payload: dict = {"type": "object", "description": "checked by the type's own validate"}
         required = ["type"]
         if task_type.typed is not None:
-            payload = _ref(task_type.typed.payload_type)
-            if schemas[task_type.typed.payload_type.__name__].get("required"):
+            payload = payload_refs[task_type.typed.payload_type]
+            if schemas[payload["$ref"].rsplit("/", 1)[1]].get("required"):
                 required.append("payload")  # {} would lack a required field
         properties = {**common["properties"], "type": {"const": task_type.name}}
         properties["payload"] = payload

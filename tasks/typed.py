@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from common import limits
 from common.config import Config
 from common.rules import Refusal, explain
 from tasks.context import TaskContext
@@ -39,6 +41,21 @@ from tasks.errors import InvalidPayload
 Check = Callable[[dict, Config], "dict | None"]
 
 OPTIONS = ("queue", "priority", "timeout", "max_retries")
+
+
+class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """@task's options: the bounds of a submission's own fields (dispatcher/bodies.py)."""
+
+    queue: (
+        Annotated[
+            str, Meta(min_length=1, max_length=limits.MAX_ID_LENGTH, pattern=limits.NOT_BLANK)
+        ]
+        | None
+    ) = None
+    priority: Annotated[int, Meta(ge=-limits.MAX_PRIORITY, le=limits.MAX_PRIORITY)] | None = None
+    timeout: Annotated[float, Meta(ge=limits.MIN_TIMEOUT, le=limits.MAX_TIMEOUT)] | None = None
+    max_retries: Annotated[int, Meta(ge=0, le=limits.MAX_RETRIES)] | None = None
+
 
 # annotated_types' constraint classes, read by name so that the package is optional.
 _BOUNDS = {"Ge": "ge", "Gt": "gt", "Le": "le", "Lt": "lt", "MultipleOf": "multiple_of"}
@@ -69,6 +86,13 @@ class Task:
         self.payload_type = msgspec.defstruct(
             _struct_name(name), fields, forbid_unknown_fields=True, kw_only=True
         )
+        try:  # msgspec reads the types when first used: use them now, so that a bad
+            msgspec.json.schema(self.payload_type)  # signature fails at import, named
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"task {name!r}: its signature is not a payload schema: {exc}"
+            ) from None
+        self.options = _checked_options(name, self.options)
         self._floats = tuple(n for n, kind, *_ in fields if _is_float(kind))
         self.flat = all(_is_scalar(kind) for _, kind, *_ in fields)
         self.description = (inspect.getdoc(fn) or "").strip().split("\n", 1)[0]
@@ -98,27 +122,44 @@ class Task:
             value = msgspec.convert(payload, self.payload_type)
         except msgspec.ValidationError as exc:
             raise InvalidPayload(self._explain(str(exc), payload)) from None
-        stored = msgspec.structs.asdict(value)
-        for key in self._floats:
-            number = stored[key]
-            if isinstance(number, float) and not math.isfinite(number):
-                raise InvalidPayload(f"{self.name} field {key!r} must be a finite number")
+        if self.flat:  # plain fields: a shallow dict is all JSON already
+            stored = msgspec.structs.asdict(value)
+            for key in self._floats:
+                number = stored[key]
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise InvalidPayload(f"{self.name} field {key!r} must be a finite number")
+            return stored
+        stored = msgspec.to_builtins(value)  # nested Structs, sets, tuples: as JSON has them
+        where = _non_finite(stored)
+        if where is not None:
+            raise InvalidPayload(f"{self.name} field {where!r} must be a finite number")
         return stored
 
     def validate(self, payload: dict, config: Config) -> dict:
         """`check`, then the type's own `check(payload, config)` if it has one."""
         stored = self.check(payload)
         if self._check is not None:
-            replaced = self._check(stored, config)
+            try:
+                replaced = self._check(stored, config)
+            except InvalidPayload:
+                raise
+            except Exception as exc:  # a bug in the check: still the submitter's answer
+                raise InvalidPayload(
+                    f"{self.name} payload could not be checked "
+                    f"({self._check.__name__} raised {type(exc).__name__}: {exc})"
+                ) from exc
             if replaced is not None:
                 stored = replaced
         return stored
 
     def _explain(self, text: str, payload: dict) -> str:
         refusal = explain(text, payload, self.payload_type)
+        inside = f" in {refusal.where!r}" if refusal.where else ""
         if refusal.kind == "missing":
-            return f"missing required field {refusal.field!r} for {self.name}"
+            return f"missing required field {refusal.field!r}{inside} for {self.name}"
         if refusal.kind == "unknown":
+            if inside:
+                return f"unknown field {refusal.field!r}{inside} for {self.name}"
             known = ", ".join(sorted(self.payload_type.__struct_fields__)) or "none"
             return f"unknown field {refusal.field!r} for {self.name} (allowed fields: {known})"
         return f"{self.name} field {refusal.where!r} {refusal.rule}"
@@ -127,6 +168,9 @@ class Task:
 
     def run(self, payload: dict, context: TaskContext | None = None) -> Any:
         """Run one stored payload (in a worker's pool process)."""
+        if not self.flat:  # Structs, sets, tuples: as the signature declares them
+            value = msgspec.convert(payload, self.payload_type)
+            payload = {name: getattr(value, name) for name in value.__struct_fields__}
         if self.context_param is None:
             return self.fn(**payload)
         return self.fn(**payload, **{self.context_param: context or TaskContext()})
@@ -224,35 +268,71 @@ def _fields(fn: Callable[..., Any], name: str) -> tuple[str | None, list[tuple]]
 
 
 def _translate(kind: Any) -> Any:
-    """`Annotated[T, Ge(1), MaxLen(5)]` (annotated_types) as msgspec's Meta."""
-    if typing.get_origin(kind) is not Annotated:
+    """`Annotated[T, Ge(1), MaxLen(5)]` (annotated_types) as msgspec's Meta, wherever it
+    sits in the type (inside Optional, list[...], dict[...], ...)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Annotated:
+        base, *extras = args
+        rules: dict[str, Any] = {}
+        kept = []
+        for extra in extras:
+            cls = type(extra).__name__
+            if type(extra).__module__.split(".")[0] != "annotated_types":
+                kept.append(extra)
+            elif cls in _BOUNDS:
+                rules[_BOUNDS[cls]] = getattr(extra, _BOUNDS[cls])
+            elif cls == "Interval":
+                rules.update({k: getattr(extra, k) for k in ("gt", "ge", "lt", "le")})
+            elif cls in ("MinLen", "MaxLen", "Len"):
+                rules["min_length"] = getattr(extra, "min_length", None)
+                rules["max_length"] = getattr(extra, "max_length", None)
+            else:
+                raise TypeError(f"unsupported constraint {extra!r}: use msgspec.Meta")
+        rules = {key: value for key, value in rules.items() if value is not None}
+        if rules:
+            kept.append(Meta(**rules))
+        base = _translate(base)
+        return Annotated[(base, *kept)] if kept else base
+    if not args or origin is typing.Literal:
         return kind
-    base, *extras = typing.get_args(kind)
-    rules: dict[str, Any] = {}
-    kept = []
-    for extra in extras:
-        cls = type(extra).__name__
-        if type(extra).__module__.split(".")[0] != "annotated_types":
-            kept.append(extra)
-        elif cls in _BOUNDS:
-            rules[_BOUNDS[cls]] = getattr(extra, _BOUNDS[cls])
-        elif cls == "Interval":
-            rules.update({k: getattr(extra, k) for k in ("gt", "ge", "lt", "le")})
-        elif cls in ("MinLen", "MaxLen", "Len"):
-            rules["min_length"] = getattr(extra, "min_length", None)
-            rules["max_length"] = getattr(extra, "max_length", None)
-        else:
-            raise TypeError(f"unsupported constraint {extra!r}: use msgspec.Meta")
-    rules = {key: value for key, value in rules.items() if value is not None}
-    if rules:
-        kept.append(Meta(**rules))
-    return Annotated[(base, *kept)] if kept else base
+    inner = tuple(_translate(arg) if arg is not Ellipsis else arg for arg in args)
+    if inner == args:
+        return kind
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[inner]  # noqa: UP007 - built from a tuple
+    return origin[inner]
+
+
+def _checked_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """@task's options, held to the bounds of a submission's own fields."""
+    try:
+        checked = msgspec.structs.asdict(msgspec.convert(options, Options))
+        return {key: value for key, value in checked.items() if value is not None}
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"task {name!r}: option {exc}") from None
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """Where a stored payload holds NaN or an infinity (JSON has neither), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for inner_where, inner in items:
+        found = _non_finite(inner, inner_where)
+        if found is not None:
+            return found
+    return None
 
 
 def _is_float(kind: Any) -> bool:
     while typing.get_origin(kind) is Annotated:
         kind = typing.get_args(kind)[0]
-    if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
         return any(_is_float(k) for k in typing.get_args(kind))
     return kind is float
 
@@ -267,7 +347,7 @@ def _is_scalar(kind: Any) -> bool:
     origin = typing.get_origin(kind)
     if origin is typing.Literal:
         return True
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return all(_is_scalar(k) for k in typing.get_args(kind))
     return kind in SCALARS
 
@@ -294,7 +374,7 @@ def payload_defaults(kind: type) -> dict:
             defaults[f.name] = f.default
         elif f.default_factory is not msgspec.NODEFAULT:
             defaults[f.name] = f.default_factory()
-    return defaults
+    return msgspec.to_builtins(defaults)  # as JSON says them (a set is a list)
 
 
 def _describe(value: object) -> str:

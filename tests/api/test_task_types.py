@@ -106,3 +106,15 @@ def test_a_type_without_options_takes_the_dispatcher_s_defaults(make_api):
     assert (stored["queue"], stored["priority"], stored["max_retries"]) == ("default", 0, 5)
     [claimed] = claim(api)
     assert claimed["timeout"] == 40
+
+
+def test_two_types_whose_names_make_the_same_struct_name_both_get_their_schema(make_api):
+    import tests.api.typed_twins  # noqa: F401  ("my-twin" and "my_twin")
+
+    doc = make_api().get("/openapi.json").get_json()
+    mapping = doc["components"]["schemas"]["NewTask"]["discriminator"]["mapping"]
+    refs = set()
+    for name in ("my-twin", "my_twin"):
+        variant = doc["components"]["schemas"][mapping[name].rsplit("/", 1)[1]]
+        refs.add(variant["properties"]["payload"]["$ref"])
+    assert len(refs) == 2  # one schema each

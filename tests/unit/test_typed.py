@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Annotated
 
+import msgspec
 import pytest
-from annotated_types import Gt, Interval, Len, Lt
+from annotated_types import Ge, Gt, Interval, Le, Len, Lt
+from msgspec import Meta
 
 from common.config import Config
 from tasks import InvalidPayload, Registry, TaskContext, task
@@ -126,3 +130,89 @@ def test_a_payload_that_is_not_an_object_is_refused(reg):
 
     with pytest.raises(InvalidPayload, match="payload for one must be a JSON object, not an array"):
         one.check([1])
+
+
+class Point(msgspec.Struct, forbid_unknown_fields=True):
+    x: int
+    y: int = 0
+
+
+def test_nested_structs_and_sets_are_stored_as_json_and_run_as_declared(reg):
+    seen = {}
+
+    @task("shapes", registry=reg)
+    def shapes(p: Point | None = None, tags: set[str] = set(), pair: tuple[int, int] = (0, 0)):  # noqa: B006
+        seen.update(p=p, tags=tags, pair=pair)
+
+    stored = reg.validate("shapes", {"p": {"x": 1}, "tags": ["a", "a"], "pair": [1, 2]}, CONFIG)
+    assert json.loads(json.dumps(stored)) == {"p": {"x": 1, "y": 0}, "tags": ["a"], "pair": [1, 2]}
+    defaults = json.loads(json.dumps(reg.describe()[0]["defaults"]))
+    assert defaults == {"p": None, "tags": [], "pair": [0, 0]}
+    json.dumps(reg.describe())  # GET /task-types can say it
+    reg.run("shapes", stored)
+    assert seen == {"p": Point(1, 0), "tags": {"a"}, "pair": (1, 2)}
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        ({"p": {}}, "missing required field 'x' in 'p' for nested"),
+        ({"p": {"x": 1, "z": 2}}, "unknown field 'z' in 'p' for nested"),
+        ({"items": [1, 9]}, "nested field 'items[1]' must be between 0 and 5, not 9"),
+        ({"scores": {"a": -1}}, "nested field 'scores[...]' is not valid"),
+        ({"scores": {"a": "x"}}, "nested field 'scores[...]' is not valid"),
+        ({"keys": {"a": 1}}, "nested field 'keys' is not valid"),
+        ({"either": ["a"]}, "nested field 'either[0]' is not valid"),
+        ({"pair": [1, "a"]}, "nested field 'pair[1]' is not valid"),
+        ({"items": [1.5e308 * 10]}, "must be an integer"),
+        ({"weights": [1.0, math.inf]}, "nested field 'weights[1]' must be a finite number"),
+        ({"maybe": -1}, "nested field 'maybe' must be at least 0, not -1"),
+    ],
+)
+def test_nested_fields_are_named_and_their_rules_kept(reg, payload, words):
+    @task("nested", registry=reg)
+    def nested(
+        p: Point | None = None,
+        items: list[Annotated[int, Ge(0), Le(5)]] = [],  # noqa: B006
+        scores: dict[str, Annotated[int, Ge(0)]] = {},  # noqa: B006
+        keys: dict[int, int] = {},  # noqa: B006
+        either: list[int] | int = 0,
+        pair: tuple[int, int] = (0, 0),
+        weights: list[float] = [],  # noqa: B006
+        maybe: Annotated[int, Ge(0)] | None = None,
+    ) -> None: ...
+
+    with pytest.raises(InvalidPayload, match=re.escape(words)):
+        reg.validate("nested", payload, CONFIG)
+
+
+def test_a_bad_signature_or_option_fails_when_decorated_not_at_submission(reg):
+    with pytest.raises(TypeError, match="'bad'.*not a payload schema"):
+
+        @task("bad", registry=reg)
+        def bad(b: Annotated[str, Meta(ge=3)] = "") -> None: ...
+
+    for options, words in [
+        ({"queue": ""}, "queue"),
+        ({"queue": "  "}, "queue"),
+        ({"priority": 10**9}, "priority"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": "60"}, "timeout"),
+        ({"max_retries": 101}, "max_retries"),
+    ]:
+        with pytest.raises(ValueError, match=f"'opt'.*{words}"):
+            task("opt", registry=reg, **options)(lambda: None)
+    assert "bad" not in reg and "opt" not in reg
+    ok = task("opt", registry=reg, queue="q", timeout=60)(lambda: None)
+    assert ok.options == {"queue": "q", "timeout": 60.0}
+
+
+def test_a_check_that_breaks_is_a_refusal_naming_it(reg):
+    def broken(payload: dict, config: Config) -> None:
+        raise KeyError("nope")
+
+    @task("fragile", registry=reg, check=broken)
+    def fragile(a: int = 0) -> None: ...
+
+    with pytest.raises(InvalidPayload, match="could not be checked.*broken raised KeyError"):
+        reg.validate("fragile", {}, CONFIG)
