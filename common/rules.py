@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from msgspec import inspect as mi
 
 STEP = re.compile(r"\[(\d+)\]|\[(\.\.\.)\]|(\w+)")
@@ -38,7 +39,11 @@ def plain(t: mi.Type) -> mi.Type:
 @dataclass(frozen=True)
 class Refusal:
     """What msgspec refused: `kind` is "missing" or "unknown" (of `field`, in the object
-    at `where`) or "rule" (the value at `where`, of declared type `type`, broke `text`)."""
+    at `where`), "key" (a key of the object at `where`, of declared type `type`, broke
+    `text`) or "rule" (the value at `where`, of declared type `type`, broke `text`).
+    `where` is msgspec's path (`tasks[1].payload`, `progress[...]`); `head` and `last`
+    split it for a sentence, a dict's refused key named (`progress['t1']` -> "progress",
+    "['t1']"; `tasks[1].priority` -> "tasks[1]", "priority")."""
 
     kind: str
     where: str
@@ -46,10 +51,14 @@ class Refusal:
     type: mi.Type | None
     value: Any
     text: str
+    head: str = ""
+    last: str = ""
 
     @property
     def rule(self) -> str:
         """The rule broken, as the end of a sentence: "must be at most 100, not 101"."""
+        if self.kind == "key":
+            return f"is not valid ({self.text} (a key))"
         if self.type is None or self.value is UNKNOWN:
             return f"is not valid ({self.text})"
         return payload_rule(plain(self.type), self.text, self.value)
@@ -79,29 +88,63 @@ UNKNOWN: Any = object()  # a value explain() could not find
 
 def explain(text: str, data: Any, kind: type) -> Refusal:
     """msgspec's complaint about converting `data` to `kind`, located. Where the path
-    cannot be followed (a union, a tuple, a dict's key), the rule is msgspec's own text."""
+    cannot be followed (a union, a tuple), the type is None and the value UNKNOWN: the
+    rule is msgspec's own text."""
     if " - at `key` in `$" in text:  # a dict's key broke the rule
         text, _, where = text.partition(" - at `key` in `$")
         where = where.rstrip("`").lstrip(".")
-        return Refusal("rule", where, where.rpartition(".")[2], None, UNKNOWN, f"{text} (a key)")
+        t = info(kind)
+        try:
+            for name in where.split("."):
+                t = next(f.type for f in plain(t).fields if f.encode_name == name)
+            key_type = plain(t).key_type
+        except (AttributeError, StopIteration):
+            key_type = None
+        return Refusal("key", where, where.rpartition(".")[2], key_type, UNKNOWN, text, where)
     text, _, where = text.partition(" - at `$")
     where = where.rstrip("`").lstrip(".")
     t, value = info(kind), data
+    head, last = "", ""  # the path for a sentence: up to its last field name, and from it
     try:
         for index, entry, name in STEP.findall(where):
             t = plain(t)
             if index:
                 t, value = t.item_type, value[int(index)]
-            elif entry or isinstance(t, mi.DictType):
-                t, value = t.value_type, UNKNOWN if entry else value[name]
+                last += f"[{index}]"
+            elif entry:  # a dict's value: which one, when a Struct can say
+                if isinstance(plain(t.value_type), mi.StructType):
+                    key = _first_refused(value, plain(t.value_type).cls)
+                    t, value = t.value_type, value[key]
+                    last += f"[{key!r}]"
+                else:
+                    t, value = t.value_type, UNKNOWN
+                    last += "[...]"
+            elif isinstance(t, mi.DictType):
+                t, value = t.value_type, value[name]
+                head, last = joined(head, last), name
             else:
                 t, value = next(f.type for f in t.fields if f.encode_name == name), value[name]
+                head, last = joined(head, last), name
     except (AttributeError, KeyError, IndexError, TypeError, StopIteration):
         t, value = None, UNKNOWN  # a union, a tuple...: say what msgspec said
     if text.startswith(("Object missing required field", "Object contains unknown field")):
         kind_ = "missing" if "missing" in text else "unknown"
-        return Refusal(kind_, where, text.split("`")[1], t, value, text)
-    return Refusal("rule", where, where.rpartition(".")[2], t, value, text)
+        return Refusal(kind_, where, text.split("`")[1], t, value, text, head, last)
+    return Refusal("rule", where, where.rpartition(".")[2], t, value, text, head, last)
+
+
+def joined(head: str, field: str) -> str:
+    return f"{head}.{field}" if head and field else head or field
+
+
+def _first_refused(mapping: dict, cls: type) -> Any:
+    """The first key of `mapping` whose value the Struct `cls` refuses."""
+    for key, value in mapping.items():
+        try:
+            msgspec.convert(value, cls)
+        except msgspec.ValidationError:
+            return key
+    return next(iter(mapping))
 
 
 def show(value: object, limit: int = 40) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from typing import Any
 
 import msgspec
@@ -13,7 +12,7 @@ from msgspec import inspect as mi
 
 from common import rules
 from common.config import MAX_QUEUES, Config  # noqa: F401  (re-exported for the tests)
-from common.rules import plain
+from common.rules import joined, plain
 from tasks import Registry
 
 from . import bodies
@@ -38,10 +37,11 @@ def convert(data: Any, kind: type, what: str = "request body") -> Any:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError:
         pass
+    whole = _whole(data, rules.info(kind))
     try:
-        return msgspec.convert(_whole(data, rules.info(kind)), kind)
+        return msgspec.convert(whole, kind)
     except msgspec.ValidationError as exc:
-        raise BadRequest(_explain(str(exc), data, kind, what)) from None
+        raise BadRequest(_explain(str(exc), whole, kind, what)) from None
 
 
 def _whole(value: Any, t: mi.Type) -> Any:
@@ -56,66 +56,28 @@ def _whole(value: Any, t: mi.Type) -> Any:
     return value
 
 
-STEP = re.compile(r"\[(\d+)\]|\[(\.\.\.)\]|(\w+)")
-KEY = re.compile(r"(.*) - at `key` in `\$\.?(.*)`$")
-
-
 def _explain(text: str, data: Any, kind: type, what: str) -> str:
     """msgspec's complaint (`Expected ... - at `$.tasks[1].priority``), told as the rule of
     the field it is about, as bodies.py declares it. A value of an object keyed by the
     client (`$.progress[...]`) is named by its key."""
-    if key := KEY.match(text):  # a key of such an object
-        text, where = key.groups()
-        t = plain(rules.info(kind))
-        for name in where.split("."):
-            t = plain(next(f.type for f in t.fields if f.encode_name == name))
-        return f"{where}: a key {_rule(plain(t.key_type), text, None)}"
-    text, _, where = text.partition(" - at `$")
-    where = where.rstrip("`").lstrip(".")
-    t, value = rules.info(kind), data
-    head, last = "", ""  # the path shown: up to its last field name, and from that name
-    for index, entry, name in STEP.findall(where):
-        t = plain(t)
-        if index:
-            t, value = t.item_type, value[int(index)]
-            last += f"[{index}]"
-        elif entry:
-            key = _first_refused(value, t.value_type)
-            t, value = t.value_type, value[key]
-            last += f"[{key!r}]"
-        else:
-            t, value = next(f.type for f in t.fields if f.encode_name == name), value[name]
-            head, last = _joined(head, last), name
-    field = text.split("`")[1] if text.startswith("Object ") else ""
-    if text.startswith("Object missing required field"):
-        rule, where = f"'{field}' is required", _joined(head, last)
-    elif text.startswith("Object contains unknown field"):
-        noun = plain(t).cls.__name__.removeprefix("New").lower()
-        rule, where = f"unknown field '{field}' in {noun}", _joined(head, last)
+    refusal = rules.explain(text, data, kind)
+    if refusal.kind == "key":  # a key of such an object
+        return f"{refusal.where}: a key {_rule(plain(refusal.type), refusal.text, None)}"
+    here = joined(refusal.head, refusal.last)
+    if refusal.kind == "missing":
+        rule, where = f"'{refusal.field}' is required", here
+    elif refusal.kind == "unknown":
+        noun = plain(refusal.type).cls.__name__.removeprefix("New").lower()
+        rule, where = f"unknown field '{refusal.field}' in {noun}", here
     else:
+        t, value = refusal.type, refusal.value
         rule = (
-            f"'{last}' {_rule(plain(t), text, value)}"
-            if last
-            else f"{what} {_rule(t, text, value)}"
+            f"'{refusal.last}' {_rule(plain(t), refusal.text, value)}"
+            if refusal.last
+            else f"{what} {_rule(t, refusal.text, value)}"
         )
-        where = head
+        where = refusal.head
     return f"{where}: {rule}" if where else rule
-
-
-def _joined(head: str, field: str) -> str:
-    return f"{head}.{field}" if head and field else head or field
-
-
-def _first_refused(mapping: dict, t: mi.Type) -> str:
-    """The first key of `mapping` whose value a Struct type `t` refuses."""
-    kind = plain(t)
-    if isinstance(kind, mi.StructType):
-        for key, value in mapping.items():
-            try:
-                msgspec.convert(_whole(value, kind), kind.cls)
-            except msgspec.ValidationError:
-                return key
-    return next(iter(mapping))
 
 
 def _rule(t: mi.Type, text: str, value: Any) -> str:
