@@ -65,22 +65,13 @@ class Task:
     """A task type made from a function; registered on `registry` when made."""
 
     def __init__(
-        self,
-        fn: Callable[..., Any],
-        name: str,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        check: Check | None = None,
+        self, fn: Callable[..., Any], name: str, options: dict[str, Any], check: Check | None
     ) -> None:
+        """`options`: @task's queue, priority, timeout, max_retries (None: not set)."""
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.name = name
-        given = {"queue": queue, "priority": priority, "timeout": timeout}
-        given["max_retries"] = max_retries
-        self.options = {key: value for key, value in given.items() if value is not None}
+        self.options = _checked_options(name, options)
         self._check = check
         self.context_param, fields = _fields(fn, name)
         self.payload_type = msgspec.defstruct(
@@ -92,7 +83,6 @@ class Task:
             raise TypeError(
                 f"task {name!r}: its signature is not a payload schema: {exc}"
             ) from None
-        self.options = _checked_options(name, self.options)
         self._floats = tuple(n for n, kind, *_ in fields if _is_float(kind))
         self.flat = all(_is_scalar(kind) for _, kind, *_ in fields)
         self.description = (inspect.getdoc(fn) or "").strip().split("\n", 1)[0]
@@ -219,15 +209,8 @@ def task(
         raise ValueError(f"a task type name must be a non-empty string, not {name!r}")
 
     def decorate(fn: Callable[..., Any]) -> Task:
-        made = Task(
-            fn,
-            name,
-            queue=queue,
-            priority=priority,
-            timeout=timeout,
-            max_retries=max_retries,
-            check=check,
-        )
+        options = {"queue": queue, "priority": priority, "timeout": timeout}
+        made = Task(fn, name, {**options, "max_retries": max_retries}, check)
         if registry is None:
             from tasks import registry as default
 
