@@ -82,7 +82,7 @@ def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     assert w["queues"] == ["default", "slow"]
 
 
-@pytest.mark.parametrize("version", [2, 3, 4])
+@pytest.mark.parametrize("version", [2, 3, 4, 5])
 def test_an_older_sqlite_file_is_migrated_and_keeps_everything(tmp_path, version):
     path = tmp_path / "tasks.db"
     shutil.copy(FIXTURES / f"schema-v{version}.db", path)
@@ -111,7 +111,7 @@ def load_postgres_fixture(url: str, schema: str, version: int) -> None:
         admin.execute(script.replace(f"tq_fixture_v{version}", schema))
 
 
-@pytest.mark.parametrize("version", [2, 3, 4])
+@pytest.mark.parametrize("version", [2, 3, 4, 5])
 def test_an_older_postgresql_schema_is_migrated_and_keeps_everything(version):
     with fresh_schema_url() as url:
         schema = url.rsplit("%3D", 1)[1]
