@@ -8,6 +8,7 @@ Which ticks a firing creates tasks for is dispatcher/ticks.py's (pure) decision.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -139,6 +140,32 @@ def _replace(
         now=now,
         version=current["updated_at"],
     )
+
+
+class BadScheduleFile(ValueError):
+    """SCHEDULES_FILE cannot be applied; str() names the file and the problem."""
+
+
+def apply_schedules_file(storage: Storage, config: Config, registry: Registry, now: float):
+    """SCHEDULES_FILE (a JSON object {"schedules": [entry, ...]}, each entry the body of
+    POST /schedules), applied by `apply_file`; BadScheduleFile when it cannot be read or
+    an entry is refused (the entries before it are applied)."""
+    path = config.schedules_file
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise BadScheduleFile(f"SCHEDULES_FILE {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise BadScheduleFile(f"SCHEDULES_FILE {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("schedules"), list):
+        raise BadScheduleFile(
+            f'SCHEDULES_FILE {path}: must be a JSON object {{"schedules": [...]}}'
+        )
+    try:
+        return apply_file(storage, data["schedules"], config, registry, now)
+    except BadRequest as exc:
+        raise BadScheduleFile(f"SCHEDULES_FILE {path}: {exc}") from None
 
 
 def apply_file(storage: Storage, items: list, config: Config, registry: Registry, now: float):
