@@ -75,6 +75,11 @@ def when(schedule: dict) -> str:
     return schedule["cron"] or f"every {schedule['every']} s"
 
 
+def task_of(template: dict) -> str:
+    queue = template.get("queue")
+    return f"{template.get('type')}" + (f" ({queue})" if queue else "")
+
+
 def table(schedules: list[dict]) -> Table:
     out = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for column in ("name", "when", "timezone", "task", "enabled", "next run", "last run"):
@@ -86,7 +91,7 @@ def table(schedules: list[dict]) -> Table:
             escape(s["name"]),
             escape(when(s)),
             s["timezone"],
-            escape(f"{s['task'].get('type')} ({s['task'].get('queue') or 'default'})"),
+            escape(task_of(s["task"])),
             "yes" if s["enabled"] else "[yellow]paused[/]",
             s["next_run_at"] or "-",
             s["last_run_at"] or "-",
