@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(schedule))
     else:
         state = "enabled" if schedule["enabled"] else "paused"
-        print(f"{schedule['name']}: {when(schedule)}, {state}, next run {schedule['next_run_at']}")
+        print(
+            f"{schedule['name']}: {when(schedule)}, {state}, next run {schedule['next_run_at'] or '-'}"
+        )
     return cli.EXIT_OK
 
 

@@ -31,6 +31,7 @@ from common.limits import (  # noqa: F401  (re-exported)
 from tasks.context import MAX_MESSAGE
 
 from .storage import STATUSES, WORKER_STATES
+from .ticks import MAX_EVERY
 
 MAX_KEY_LENGTH = 200
 MAX_ERROR_LENGTH = 10_000
@@ -133,7 +134,9 @@ Cron = _field(
     min_length=1,
     max_length=200,
 )
-Every = _field(int, "seconds between ticks: the multiples of it since 1970-01-01 UTC", ge=1)
+Every = _field(
+    int, "seconds between ticks: the multiples of it since 1970-01-01 UTC", ge=1, le=MAX_EVERY
+)
 Zone = _field(str, "the IANA time zone cron is read in (default UTC)", min_length=1, max_length=100)
 
 
