@@ -137,9 +137,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(schedule))
     else:
         state = "enabled" if schedule["enabled"] else "paused"
-        print(
-            f"{schedule['name']}: {when(schedule)}, {state}, next run {schedule['next_run_at'] or '-'}"
-        )
+        next_run = schedule["next_run_at"] or "-"
+        print(f"{schedule['name']}: {when(schedule)}, {state}, next run {next_run}")
     return cli.EXIT_OK
 
 

@@ -14,7 +14,7 @@ checked by parse.py: a whole number written as 3.0, text a database cannot hold,
 # its arguments, which must be values when the class is made.
 
 import functools
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta, Struct, UnsetType
@@ -153,6 +153,8 @@ class NewSchedule(Body, forbid_unknown_fields=True):
 class ScheduleChange(Body, forbid_unknown_fields=True):
     """PUT /schedules/<name>: the fields given replace the schedule's; the others stay.
     Giving cron or every replaces both (the other one is dropped)."""
+
+    NOUN: ClassVar[str] = "schedule"  # what a refusal calls it (parse._explain)
 
     name: _name("if given, the schedule's own name") | None = None
     task: Template | None = None
