@@ -24,6 +24,7 @@ from tasks import Registry
 from . import bodies, metrics, parse, ticks
 from .errors import CLIENT_ERRORS, BadRequest, Conflict
 from .storage import Storage
+from .storage.errors import DatabaseUnavailable
 
 log = logging.getLogger("dispatcher")
 
@@ -270,6 +271,8 @@ class Scheduler:
             fire_due(self.storage, self.config, self.registry, self.clock())
             earliest = self.storage.next_schedule_at()
         except Exception as exc:  # never dies: the next step tries again
+            if isinstance(exc, DatabaseUnavailable):
+                metrics.DATABASE_ERRORS.inc()
             log.error("schedules: firing failed: %s", exc)
             return ERROR_SLEEP_S
         if earliest is None:
