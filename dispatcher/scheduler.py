@@ -22,7 +22,7 @@ from common.config import Config
 from tasks import Registry
 
 from . import bodies, metrics, parse, ticks
-from .errors import CLIENT_ERRORS, BadRequest, Conflict
+from .errors import CLIENT_ERRORS, BadRequest, Conflict, ScheduleNotFound
 from .storage import Storage
 from .storage.errors import DatabaseUnavailable
 
@@ -32,6 +32,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 FIELDS = ("cron", "every", "timezone", "catch_up", "task")  # a stored definition's keys
 MAX_SLEEP_S = 1.0  # the longest a scheduler sleeps: another process's new schedule is seen
 ERROR_SLEEP_S = 1.0  # after a firing failed (the database away): try again after this
+FILE_ATTEMPTS = 5  # reads and writes of one SCHEDULES_FILE entry racing other dispatchers
 
 
 @dataclass
@@ -172,24 +173,39 @@ def apply_schedules_file(storage: Storage, config: Config, registry: Registry, n
 def apply_file(storage: Storage, items: list, config: Config, registry: Registry, now: float):
     """SCHEDULES_FILE's entries: each created, or (its name taken) its definition
     replaced; `enabled` changes only when the entry says it, so a schedule paused by an
-    operator stays paused across restarts. Schedules not in the file are left alone.
-    Returns the names created and the names updated."""
+    operator stays paused across restarts; an entry that says what is stored already
+    writes nothing. Schedules not in the file are left alone. Returns the names created
+    and the names updated."""
     created, updated = [], []
     for i, item in enumerate(items):
         try:
             checked = from_body(item, config, registry)
         except BadRequest as exc:
             raise BadRequest(f"schedule {i + 1}: {exc}") from None
-        try:
-            create(storage, checked, now)
-            created.append(checked.name)
-        except Conflict:
-            given = dict(checked.definition)
-            if item.get("enabled") is not None:
-                given["enabled"] = checked.enabled
-            current = storage.get_schedule(checked.name)
-            _replace(storage, current, given, config, registry, now)
-            updated.append(checked.name)
+        given = dict(checked.definition)
+        if item.get("enabled") is not None:
+            given["enabled"] = checked.enabled
+        for _ in range(FILE_ATTEMPTS):  # dispatchers starting together apply it together
+            try:
+                current = storage.get_schedule(checked.name)
+            except ScheduleNotFound:
+                try:
+                    create(storage, checked, now)
+                    created.append(checked.name)
+                    break
+                except Conflict:
+                    continue  # another dispatcher made it just now: read it
+            enabled = given.get("enabled", current["enabled"])
+            if current["definition"] == checked.definition and current["enabled"] == enabled:
+                break  # as the file says already: no write
+            try:
+                _replace(storage, current, given, config, registry, now)
+                updated.append(checked.name)
+                break
+            except (Conflict, ScheduleNotFound):
+                continue  # changed (or deleted) meanwhile: read it again
+        else:
+            raise Conflict(f"schedule {checked.name} kept changing while SCHEDULES_FILE was read")
     return created, updated
 
 

@@ -5,13 +5,14 @@ the scheduler's own fire_due, at moments the test picks) of good and broken temp
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
 import tasks
 from common.config import Config
 from dispatcher.app import create_app
-from dispatcher.scheduler import fire_due
+from dispatcher.scheduler import apply_file, fire_due
 from tests.pg import fresh_schema_url
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a whole minute
@@ -211,3 +212,35 @@ def test_a_template_made_invalid_is_marked_skipped_and_cleared_by_a_valid_put(ap
     fixed = api.put("/schedules/r", json={"task": PRIMES}).get_json()
     assert fixed["error"] is None
     assert fire(app, T0 + 40) == 1
+
+
+def test_a_schedules_file_applied_again_and_by_several_dispatchers_at_once(app, api):
+    """apply_file (SCHEDULES_FILE at start): an entry already as stored writes nothing;
+    a pause by an operator survives; dispatchers starting together (threads here, each
+    with its own connections) create each schedule once and all start."""
+    c = app.extensions["taskqueue"]
+    entries = [{"name": f"s{i}", "every": 60, "task": PRIMES} for i in range(5)]
+    results: list = []
+
+    def apply():
+        try:
+            results.append(apply_file(c.storage, entries, c.config, c.registry, now=T0))
+        except Exception as exc:  # the test looks at every outcome
+            results.append(exc)
+
+    threads = [threading.Thread(target=apply) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(isinstance(r, tuple) for r in results) and len(results) == 4, results
+    assert sorted(name for created, _ in results for name in created) == [f"s{i}" for i in range(5)]
+    assert [r[1] for r in results] == [[]] * 4  # the same entries: nothing to update
+    api.put("/schedules/s0", json={"enabled": False})
+    before = api.get("/schedules/s0").get_json()
+    assert apply_file(c.storage, entries, c.config, c.registry, now=T0 + 5) == ([], [])
+    assert api.get("/schedules/s0").get_json() == before  # still paused, not written
+    changed = [{**entries[0], "every": 30}, {**entries[1], "enabled": False}]
+    assert apply_file(c.storage, changed, c.config, c.registry, now=T0 + 6) == ([], ["s0", "s1"])
+    s0, s1 = api.get("/schedules/s0").get_json(), api.get("/schedules/s1").get_json()
+    assert (s0["every"], s0["enabled"], s1["enabled"]) == (30, False, False)
