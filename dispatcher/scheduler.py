@@ -45,9 +45,13 @@ class Checked:
     timing: ticks.Timing
 
 
-def check(name: Any, fields: dict, config: Config, registry: Registry) -> Checked:
+def check(
+    name: Any, fields: dict, config: Config, registry: Registry, with_task: bool = True
+) -> Checked:
     """`fields` (cron, every, timezone, catch_up, task, enabled; absent or None: the
-    default) checked as a whole: BadRequest naming what is wrong."""
+    default) checked as a whole: BadRequest naming what is wrong. `with_task` False:
+    the task template is the stored one, not checked again (a broken schedule can be
+    paused; its ticks say its error)."""
     if not isinstance(name, str) or not NAME.match(name):
         raise BadRequest(
             "'name' must start with a letter or digit and hold only letters, digits, "
@@ -68,7 +72,8 @@ def check(name: Any, fields: dict, config: Config, registry: Registry) -> Checke
             "task: 'idempotency_key' is not allowed: each tick's task has its own "
             "(schedule:<name>:<tick>)"
         )
-    task_for(template, config, registry)
+    if with_task:
+        task_for(template, config, registry)
     definition = {
         "cron": timing.cron,
         "every": timing.every,
@@ -107,8 +112,8 @@ def update(
     storage: Storage, name: str, data: Any, config: Config, registry: Registry, now: float
 ) -> dict:
     """PUT /schedules/<name>: the fields given replace the stored ones (cron or every
-    replaces both); the next run is kept unless the timing changed or the schedule was
-    enabled again (then it is the first tick after `now`)."""
+    replaces both; a template given is checked); the next run is kept unless the timing
+    changed or the schedule was enabled again (then it is the first tick after `now`)."""
     change = parse.convert(data, bodies.ScheduleChange)
     if change.name is not None and change.name != name:
         raise BadRequest(f"'name' is {change.name!r} but the URL names {name!r}; names stay")
@@ -125,7 +130,7 @@ def _replace(
     if "cron" in given or "every" in given:
         fields["cron"] = fields["every"] = None
     fields.update(given)
-    checked = check(current["name"], fields, config, registry)
+    checked = check(current["name"], fields, config, registry, with_task="task" in given)
     old = current["definition"]
     same_timing = all(old.get(k) == checked.definition[k] for k in ("cron", "every", "timezone"))
     if not checked.enabled:
@@ -134,6 +139,12 @@ def _replace(
         next_run_at = current["next_run_at"]  # no tick is lost or fired twice by an edit
     else:
         next_run_at = checked.timing.after(now)
+    error = None
+    if "task" not in given:  # the stored template: still valid? (its error stays if not)
+        try:
+            task_for(checked.definition["task"], config, registry)
+        except BadRequest as exc:
+            error = str(exc)
     return storage.update_schedule(
         current["name"],
         checked.definition,
@@ -141,6 +152,7 @@ def _replace(
         next_run_at,
         now=now,
         version=current["updated_at"],
+        error=error,
     )
 
 

@@ -269,9 +269,10 @@ class Storage(Protocol):
         next_run_at: float | None,
         now: float,
         version: float | None = None,
+        error: str | None = None,
     ) -> dict:
-        """Replace a schedule's definition, enabled and next_run_at; its error is
-        cleared and its updated_at (the version a firing is judged by) moves.
+        """Replace a schedule's definition, enabled, next_run_at and error (None: none);
+        its updated_at (the version a firing is judged by) moves.
         ScheduleNotFound; Conflict when `version` (an updated_at read before) is given
         and no longer the schedule's."""
 

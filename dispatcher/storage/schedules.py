@@ -38,10 +38,10 @@ STATEMENTS = dict(
 INSERT INTO schedules (name, definition, enabled, next_run_at, created_at, updated_at)
 VALUES (%(name)s, %(definition)s, %(enabled)s, %(next_run_at)s, %(now)s, %(now)s)
 ON CONFLICT (name) DO NOTHING RETURNING name""",
-    # a schedule redefined: its error forgotten (the next firing judges the new template)
+    # a schedule redefined: its error is what the caller found of the new definition
     UPDATE_SCHEDULE="""
 UPDATE schedules SET definition = %(definition)s, enabled = %(enabled)s,
-       next_run_at = %(next_run_at)s, error = NULL, updated_at = %(now)s
+       next_run_at = %(next_run_at)s, error = %(error)s, updated_at = %(now)s
  WHERE name = %(name)s""",
     DELETE_SCHEDULE="DELETE FROM schedules WHERE name = %(name)s",
     GET_SCHEDULE="SELECT * FROM schedules WHERE name = %(name)s",
@@ -122,9 +122,10 @@ class Schedules:
         next_run_at: float | None,
         now: float,
         version: float | None = None,
+        error: str | None = None,
     ) -> dict:
         args = dict(name=name, definition=dumps(definition), enabled=enabled, now=now)
-        args["next_run_at"] = next_run_at
+        args.update(next_run_at=next_run_at, error=error)
 
         _known_name(name)
 

@@ -209,6 +209,10 @@ def test_a_template_made_invalid_is_marked_skipped_and_cleared_by_a_valid_put(ap
     assert lines == [f"schedule r skips its ticks: {broken['error']}"]
     metrics = api.get("/metrics").get_data(as_text=True)
     assert 'taskqueue_schedule_errors_total{schedule="r"}' in metrics
+    # a broken schedule can be paused and resumed; its error stays until its task is fixed
+    paused = api.put("/schedules/r", json={"enabled": False})
+    assert paused.status_code == 200 and paused.get_json()["error"] == broken["error"]
+    assert api.put("/schedules/r", json={"enabled": True}).get_json()["error"] == broken["error"]
     fixed = api.put("/schedules/r", json={"task": PRIMES}).get_json()
     assert fixed["error"] is None
     assert fire(app, T0 + 40) == 1

@@ -60,7 +60,7 @@ def test_a_schedule_is_created_read_listed_and_deleted(storage):  # noqa: F811
             storage.update_schedule(missing, DEFINITION, True, TICK, now=T0)
 
 
-def test_an_update_replaces_the_definition_and_clears_the_error(storage):  # noqa: F811
+def test_an_update_replaces_the_definition_and_its_error(storage):  # noqa: F811
     made = make(storage)
     assert storage.fire_schedule("nightly", TICK, T0, TICK + 60, [], TICK, error="bad") == []
     assert storage.get_schedule("nightly")["error"] == "bad"
@@ -72,6 +72,9 @@ def test_an_update_replaces_the_definition_and_clears_the_error(storage):  # noq
     with pytest.raises(Conflict):
         storage.update_schedule("nightly", DEFINITION, True, TICK, now=T0 + 6, version=T0)
     assert made["updated_at"] == T0
+    # the caller says what the new definition's error is
+    kept = storage.update_schedule("nightly", changed, True, TICK, now=T0 + 7, error="worse")
+    assert kept["error"] == "worse"
 
 
 def test_due_schedules_and_the_earliest_next_run(storage):  # noqa: F811
