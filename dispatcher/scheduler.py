@@ -294,10 +294,13 @@ class Scheduler:
             self._wake.clear()
 
     def step(self) -> float:
-        """Fire what is due; the seconds to sleep before the next step."""
+        """Fire what is due; the seconds to sleep before the next step. Idle, one read
+        (the earliest next run)."""
         try:
-            fire_due(self.storage, self.config, self.registry, self.clock())
             earliest = self.storage.next_schedule_at()
+            if earliest is not None and earliest <= self.clock():
+                fire_due(self.storage, self.config, self.registry, self.clock())
+                earliest = self.storage.next_schedule_at()
         except Exception as exc:  # never dies: the next step tries again
             if isinstance(exc, DatabaseUnavailable):
                 metrics.DATABASE_ERRORS.inc()

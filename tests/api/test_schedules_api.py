@@ -12,7 +12,7 @@ import pytest
 import tasks
 from common.config import Config
 from dispatcher.app import create_app
-from dispatcher.scheduler import apply_file, fire_due
+from dispatcher.scheduler import MAX_SLEEP_S, Scheduler, apply_file, fire_due
 from tests.pg import fresh_schema_url
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a whole minute
@@ -248,3 +248,15 @@ def test_a_schedules_file_applied_again_and_by_several_dispatchers_at_once(app, 
     assert apply_file(c.storage, changed, c.config, c.registry, now=T0 + 6) == ([], ["s0", "s1"])
     s0, s1 = api.get("/schedules/s0").get_json(), api.get("/schedules/s1").get_json()
     assert (s0["every"], s0["enabled"], s1["enabled"]) == (30, False, False)
+
+
+def test_the_scheduler_sleeps_until_the_earliest_next_run_at_most_a_second(app, api):
+    c = app.extensions["taskqueue"]
+    scheduler = Scheduler(c.storage, c.config, c.registry, app.clock)
+    assert scheduler.step() == MAX_SLEEP_S  # no schedule: look again in a second
+    api.post("/schedules", json={"name": "soon", "every": 10, "task": PRIMES})
+    app.clock.now = T0 + 9.75
+    assert scheduler.step() == pytest.approx(0.25)  # wakes at the tick
+    app.clock.now = T0 + 10.001
+    assert scheduler.step() == MAX_SLEEP_S  # fired; the next is 10 s away
+    assert api.get("/schedules/soon").get_json()["last_tick"] == "2027-01-15T08:00:10Z"
