@@ -35,7 +35,7 @@ from rich.text import Text  # noqa: E402
 from common import cli  # noqa: E402
 from common.config import Config  # noqa: E402
 from common.statuses import STATUSES  # noqa: E402
-from taskqueue import ApiError, Client, DispatcherUnreachable  # noqa: E402
+from taskqueue import ApiError, Client, DispatcherUnreachable, NotFound  # noqa: E402
 
 COLOURS = {
     "pending": "cyan",
@@ -156,8 +156,10 @@ def render(
     url: str,
     problem: str | None = None,
     updated: float | None = None,
+    schedules: list[dict] | None = None,
 ) -> RenderableType:
-    """The whole screen: header, task counts, queues, workers, and a red problem line."""
+    """The whole screen: header, task counts, queues, workers, the periodic tasks' line,
+    and a red problem line."""
     clock = datetime.fromtimestamp(now).strftime("%H:%M:%S")
     parts: list[RenderableType] = [
         Text.assemble(("taskqueue monitor", "bold"), f"  {url}  {clock}", style="")
@@ -170,7 +172,32 @@ def render(
         parts += [Text(""), queues_table(stats)]
     if workers is not None:
         parts += [Text(""), workers_table(workers, now)]
+    if schedules:
+        parts += [Text(""), schedules_line(schedules, now)]
     return Group(*parts)
+
+
+def schedules_line(schedules: list[dict], now: float) -> Text:
+    """`schedules 3 (1 paused, 1 failing)   next nightly in 2 h` (GET /schedules)."""
+    paused = sum(not s["enabled"] for s in schedules)
+    failing = [s["name"] for s in schedules if s["error"]]
+    line = Text.assemble(("schedules ", "bold"), str(len(schedules)))
+    notes = [f"{paused} paused"] if paused else []
+    if failing:
+        notes.append(f"{len(failing)} failing: {', '.join(failing[:3])}")
+    if notes:
+        line.append(f" ({'; '.join(notes)})", style="red" if failing else "")
+    upcoming = sorted(
+        (datetime.fromisoformat(s["next_run_at"]).timestamp(), s["name"])
+        for s in schedules
+        if s["next_run_at"]
+    )
+    if upcoming:
+        moment, name = upcoming[0]
+        line.append("   ")
+        line.append("next ", style="bold")
+        line.append(f"{name} in {duration(max(0.0, moment - now))}")
+    return line
 
 
 def tasks_table(stats: dict) -> Table:
@@ -271,6 +298,14 @@ def fetch(client: Client) -> tuple[dict, list[dict]]:
     return client.stats(), client.workers()
 
 
+def fetch_schedules(client: Client) -> list[dict] | None:
+    """The periodic tasks, or None from a dispatcher that has none (older than them)."""
+    try:
+        return client.schedules.list()
+    except NotFound:
+        return None
+
+
 def where(client: Client) -> str:
     """The dispatcher the view comes from; with several in DISPATCHER_URL, the one in use
     and how many there are (the client moves on when one does not answer)."""
@@ -291,7 +326,8 @@ def once(config: Config, export: str | None) -> int:
         console = Console()
         if not console.is_terminal:  # a file or a pipe: no need to fold at 80 columns
             console = Console(width=max(console.width, 120))
-        console.print(render(stats, workers, time.time(), where(client)))
+        found = cli.api_call(config, lambda: fetch_schedules(client))
+        console.print(render(stats, workers, time.time(), where(client), schedules=found))
     return cli.EXIT_OK
 
 
@@ -301,6 +337,7 @@ def live(config: Config, interval: float) -> int:
     stats: dict | None = None
     workers: list[dict] | None = None
     updated: float | None = None
+    schedules: list[dict] | None = None
     console = Console()
     try:
         with Live(console=console, refresh_per_second=4, screen=False) as view:
@@ -308,12 +345,15 @@ def live(config: Config, interval: float) -> int:
                 problem = None
                 try:
                     stats, workers = fetch(client)
+                    schedules = fetch_schedules(client)
                     updated = time.time()
                 except DispatcherUnreachable as exc:
                     problem = f"{cli.unreachable(config, exc)}, retrying"
                 except ApiError as exc:
                     problem = f"dispatcher refused the request: {exc.message}"
-                view.update(render(stats, workers, time.time(), where(client), problem, updated))
+                view.update(
+                    render(stats, workers, time.time(), where(client), problem, updated, schedules)
+                )
                 time.sleep(interval)  # the refresh period of the screen
     except KeyboardInterrupt:
         return cli.EXIT_OK

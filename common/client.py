@@ -441,6 +441,23 @@ class Client:
     def task_types(self) -> list[dict]:
         return self.call("GET", "/task-types")["task_types"]
 
+    # -- periodic tasks (docs/SCHEDULING.md) --------------------------------------------
+
+    def schedules(self) -> list[dict]:
+        return self.call("GET", "/schedules")["schedules"]
+
+    def schedule(self, name: str) -> dict:
+        return self.call("GET", f"/schedules/{quote(name, safe='')}")
+
+    def create_schedule(self, body: dict) -> dict:
+        return self.call("POST", "/schedules", body)
+
+    def update_schedule(self, name: str, body: dict) -> dict:
+        return self.call("PUT", f"/schedules/{quote(name, safe='')}", body, repeatable=True)
+
+    def delete_schedule(self, name: str) -> None:
+        self.call("DELETE", f"/schedules/{quote(name, safe='')}")
+
 
 def _seconds(header: str | None) -> float | None:
     """A Retry-After header in seconds (the HTTP-date form is not used by the dispatcher)."""

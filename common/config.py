@@ -184,6 +184,8 @@ class Config:
     worker_queues: str = "default"
     task_modules: str = ""
     database_pool_size: int = 10
+    schedules_file: str = ""
+    schedule_grace_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -232,6 +234,7 @@ class Config:
             "retry_backoff_cap",
             "worker_breaker_failures",
             "worker_breaker_max_backoff",
+            "schedule_grace_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:

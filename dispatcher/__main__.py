@@ -42,19 +42,43 @@ def prepare(config: Config) -> int:
 
 
 def _prepare(config: Config) -> int:
+    from .scheduler import BadScheduleFile
     from .storage import open_storage
 
     try:
-        open_storage(config).close()
-        import tasks
+        storage = open_storage(config)
+        try:
+            import tasks
 
-        tasks.load_modules(config.modules)
+            tasks.load_modules(config.modules)
+            if config.schedules_file:
+                _apply_schedules(storage, config, tasks.registry)
+        finally:
+            storage.close()
     except (ConfigError, ImportError) as exc:
         return print_config_error(exc)
+    except BadScheduleFile as exc:  # one line naming the file and the problem
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # the database refused: one line, no traceback
         print(f"cannot start: {exc} ({redacted(config.database_url)})", file=sys.stderr)
         return 3
     return 0
+
+
+def _apply_schedules(storage, config: Config, registry) -> None:
+    """SCHEDULES_FILE, applied before any server process fires a tick."""
+    import time
+
+    from .scheduler import apply_schedules_file
+
+    created, updated = apply_schedules_file(storage, config, registry, now=time.time())
+    log.info(
+        "SCHEDULES_FILE %s: %d schedules created, %d updated",
+        config.schedules_file,
+        len(created),
+        len(updated),
+    )
 
 
 METRICS_PREFIX = "taskqueue-metrics-"

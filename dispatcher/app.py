@@ -19,9 +19,10 @@ from common import logs
 from common.config import Config
 from common.logs import setup_logging
 
-from . import dashboard, errors, metrics, routes
+from . import dashboard, errors, metrics, routes, schedule_routes
 from .errors import Unauthorized
 from .longpoll import Held, ReadyCache
+from .scheduler import Scheduler
 from .storage import Storage, open_storage
 from .storage.errors import DatabaseUnavailable
 from .wakeup import Wakeup
@@ -44,13 +45,15 @@ class Context:
     held: Held
     ready: ReadyCache
     metrics: metrics.Exposition
+    scheduler: Scheduler | None = None  # fires due schedules (None: no background threads)
 
 
 def create_app(
     config: Config, clock: Callable[[], float] = time.time, background: bool = True
 ) -> Flask:
     """Open storage, register routes and error handlers; with `background`, start the
-    reaper thread (expired leases, dead workers, retention)."""
+    reaper thread (expired leases, dead workers, retention) and the scheduler's (due
+    periodic tasks)."""
     setup_logging(config.log_level, config.log_format)
     if config.log_format == "json":
         logs.set_request_id_source(current_request_id)
@@ -78,11 +81,14 @@ def create_app(
         app.before_request(_require_token(config.api_token))
     app.before_request(_refuse_large_bodies(config.max_request_bytes))
     app.register_blueprint(routes.bp)
+    app.register_blueprint(schedule_routes.bp)
     dashboard.register(app)
     errors.register(app)
     if background:
         ctx.wakeup.start()  # a LISTEN connection is ready before the first long poll
         threading.Thread(target=_reaper, args=(ctx,), name="reaper", daemon=True).start()
+        ctx.scheduler = Scheduler(storage, config, tasks.registry, clock)
+        ctx.scheduler.start()
     return app
 
 

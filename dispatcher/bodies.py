@@ -14,7 +14,7 @@ checked by parse.py: a whole number written as 3.0, text a database cannot hold,
 # its arguments, which must be values when the class is made.
 
 import functools
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta, Struct, UnsetType
@@ -31,6 +31,7 @@ from common.limits import (  # noqa: F401  (re-exported)
 from tasks.context import MAX_MESSAGE
 
 from .storage import STATUSES, WORKER_STATES
+from .ticks import MAX_EVERY
 
 MAX_KEY_LENGTH = 200
 MAX_ERROR_LENGTH = 10_000
@@ -114,6 +115,54 @@ class Heartbeat(Body):
         )
         | None
     ) = None
+
+
+# periodic tasks (POST /schedules, PUT /schedules/<name>; docs/SCHEDULING.md)
+CatchUp = _field(
+    Literal["one", "none", "all"],
+    "ticks missed while no dispatcher ran: one (the latest fires; default), none, all "
+    "(each, oldest first, at most 100)",
+)
+Template = _field(
+    dict,
+    "the task each tick creates: the body of POST /submit-task (schema NewTask), without "
+    "idempotency_key; checked like a submission",
+)
+Cron = _field(
+    str,
+    "a cron expression (5 fields, or 6 with seconds first), e.g. '*/5 * * * *'",
+    min_length=1,
+    max_length=200,
+)
+Every = _field(
+    int, "seconds between ticks: the multiples of it since 1970-01-01 UTC", ge=1, le=MAX_EVERY
+)
+Zone = _field(str, "the IANA time zone cron is read in (default UTC)", min_length=1, max_length=100)
+
+
+class NewSchedule(Body, forbid_unknown_fields=True):
+    name: _name("the schedule's name: letters, digits, '.', '_', '-'")
+    task: Template
+    cron: Cron | None = None
+    every: Every | None = None
+    timezone: Zone | None = None
+    enabled: bool | None = None
+    catch_up: CatchUp | None = None
+
+
+class ScheduleChange(Body, forbid_unknown_fields=True):
+    """PUT /schedules/<name>: the fields given replace the schedule's; the others stay.
+    Giving cron or every replaces both (the other one is dropped)."""
+
+    NOUN: ClassVar[str] = "schedule"  # what a refusal calls it (parse._explain)
+
+    name: _name("if given, the schedule's own name") | None = None
+    task: Template | None = None
+    cron: Cron | None = None
+    every: Every | None = None
+    timezone: Zone | None = None
+    enabled: bool | None = None
+    catch_up: CatchUp | None = None
 
 
 # -- request bodies whose bounds or defaults are settings ----------------------------
@@ -288,6 +337,11 @@ class Progress(Answer):
     updated_at: Time  # when the dispatcher stored it
 
 
+class ScheduleMark(Answer):
+    name: _field(str, "the schedule that created the task")
+    tick: _field(str, "the tick it was created for, ISO 8601 UTC (2026-12-04T23:05:00Z)")
+
+
 class TaskSummary(Answer):
     task_id: AnswerId
     type: str
@@ -310,6 +364,9 @@ class TaskSummary(Answer):
             "and again when a new attempt starts",
         )
         | None
+    )
+    schedule: (
+        _field(ScheduleMark, "the schedule and tick that created it; null: a client did") | None
     )
 
 
@@ -409,6 +466,32 @@ class TaskType(Answer):
 
 class TaskTypes(Answer):
     task_types: list[TaskType]
+
+
+class Schedule(Answer):
+    name: str
+    cron: str | None
+    every: int | None
+    timezone: str
+    catch_up: Literal["one", "none", "all"]
+    task: _field(dict, "the task template, as given")
+    enabled: bool
+    next_run_at: _field(Time, "the next tick to fire; null while disabled or broken") | None
+    last_run_at: _field(Time, "when a tick last created a task") | None
+    last_tick: _field(str, "the tick of that task, ISO 8601 UTC") | None
+    last_task_id: _field(str, "the task the last tick created") | None
+    error: _field(str, "why ticks are being skipped (an invalid task template)") | None
+    created_at: Time
+    updated_at: Time
+
+
+class ScheduleList(Answer):
+    schedules: _field(list[Schedule], "sorted by name")
+
+
+class Deleted(Answer):
+    name: str
+    deleted: Literal[True]
 
 
 class Health(Answer):

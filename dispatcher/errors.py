@@ -19,6 +19,7 @@ from .storage.errors import (  # noqa: F401  (re-exported: the app's names for t
     LeaseConflict,
     QueueFull,
     ReadOnly,
+    ScheduleNotFound,
     StorageError,
     TaskNotFound,
     WorkerStopping,
@@ -61,6 +62,7 @@ class RequestTimeout(QueueError):
 # storage's errors, most specific first
 STORAGE_STATUS: tuple[tuple[type[StorageError], int], ...] = (
     (TaskNotFound, 404),
+    (ScheduleNotFound, 404),
     (Conflict, 409),
     (WorkerStopping, 409),
     (QueueFull, 429),

@@ -55,6 +55,14 @@ FENCED = Counter("taskqueue_fenced_results", "Results refused with 409 (fenced)"
 DATABASE_ERRORS = Counter(
     "taskqueue_database_errors", "Requests or reaper sweeps that lost the database"
 )
+SCHEDULE_FIRES = Counter(
+    "taskqueue_schedule_fires", "Tasks created by a schedule's ticks (one per tick)", ["schedule"]
+)
+SCHEDULE_ERRORS = Counter(
+    "taskqueue_schedule_errors",
+    "Firings of a schedule skipped because its task template is no longer valid",
+    ["schedule"],
+)
 REQUEST_DURATION = Histogram(
     "taskqueue_http_request_duration_seconds",
     "Time to answer a request, by route rule",

@@ -81,6 +81,20 @@ def _task_links(task_id: str) -> dict:
     }
 
 
+NAME_PARAM = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the schedule's name",
+}
+NO_SCHEDULE = _error("no schedule of that name")
+EXAMPLE_SCHEDULE = {
+    "name": "nightly-report",
+    "cron": "0 3 * * *",
+    "timezone": "Europe/Berlin",
+    "task": {"type": "compute", "payload": {"operation": "double", "value": 21}},
+}
 TASK_ID_PARAM = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 UNAVAILABLE = _shared("Unavailable")
 NOT_FOUND = _shared("NotFound")
@@ -305,6 +319,46 @@ def _operations(config: Config, requests: b.Requests) -> dict:
                 }
             },
         ),
+        "/schedules": {
+            **_post(
+                "Create a periodic task (cron or every)",
+                b.NewSchedule,
+                {"201": _reply("created; next_run_at is its first tick", b.Schedule)},
+                {"409": _error("a schedule of that name exists")},
+                examples={"cron": EXAMPLE_SCHEDULE},
+            ),
+            **_operation(
+                "get",
+                "Every schedule, with its next run, last run and last task",
+                {"200": _reply("the schedules, by name", b.ScheduleList)},
+            ),
+        },
+        "/schedules/{name}": {
+            **_operation(
+                "get",
+                "One schedule",
+                {"200": _reply("the schedule", b.Schedule), "404": NO_SCHEDULE},
+                [NAME_PARAM],
+            ),
+            "put": {
+                **_post(
+                    "Change a schedule: the fields given replace its own",
+                    b.ScheduleChange,
+                    {"200": _reply("the schedule as changed", b.Schedule)},
+                    {
+                        "404": NO_SCHEDULE,
+                        "409": _error("changed by another request meanwhile; read it again"),
+                    },
+                )["post"],
+                "parameters": [NAME_PARAM],
+            },
+            **_operation(
+                "delete",
+                "Delete a schedule (its tasks stay)",
+                {"200": _reply("deleted", b.Deleted), "404": NO_SCHEDULE},
+                [NAME_PARAM],
+            ),
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -331,6 +385,9 @@ ANSWERS = (
     b.Workers,
     b.TaskTypes,
     b.Health,
+    b.Schedule,
+    b.ScheduleList,
+    b.Deleted,
 )
 
 
@@ -338,7 +395,7 @@ def _schemas(requests: b.Requests, task_types: list[TaskType]) -> dict:
     """The bodies' schemas; NewTask is a union discriminated by `type`: one variant per
     task type, its payload the type's own schema (a typed task's, from its signature)."""
     payloads = [t.typed.payload_type for t in task_types if t.typed is not None]
-    kinds = (*requests, b.Result, b.Heartbeat, *ANSWERS, *payloads)
+    kinds = (*requests, b.Result, b.Heartbeat, b.NewSchedule, b.ScheduleChange, *ANSWERS, *payloads)
     refs, schemas = msgspec.json.schema_components(kinds, ref_template=REF)
     # msgspec names a component by its Struct, prefixed by module when two share a name
     payload_refs = dict(zip(payloads, refs[len(refs) - len(payloads) :], strict=True))
@@ -433,5 +490,10 @@ def document(config: Config, task_types: Iterable[TaskType]) -> dict:
 
 
 def _operation_id(method: str, path: str) -> str:
-    words = path.replace("{task_id}", "by id").replace(".json", "").strip("/")
+    words = (
+        path.replace("{task_id}", "by id")
+        .replace("{name}", "by name")
+        .replace(".json", "")
+        .strip("/")
+    )
     return f"{method} {words}".replace("/", " ").replace("-", " ").title().replace(" ", "")

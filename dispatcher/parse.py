@@ -67,7 +67,8 @@ def _explain(text: str, data: Any, kind: type, what: str) -> str:
     if refusal.kind == "missing":
         rule, where = f"'{refusal.field}' is required", here
     elif refusal.kind == "unknown":
-        noun = plain(refusal.type).cls.__name__.removeprefix("New").lower()
+        cls = plain(refusal.type).cls
+        noun = getattr(cls, "NOUN", None) or cls.__name__.removeprefix("New").lower()
         rule, where = f"unknown field '{refusal.field}' in {noun}", here
     else:
         t, value = refusal.type, refusal.value

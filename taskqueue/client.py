@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import client as http
 from common.client import READ_TIMEOUT, ApiError, Dispatchers, DispatcherUnreachable
@@ -33,6 +33,9 @@ from common.config import PROJECT_ROOT, Config
 from common.statuses import FINISHED
 from taskqueue.errors import InvalidRequest, NotFound, refine, shift_index
 from taskqueue.handle import TaskHandle, outcome
+
+if TYPE_CHECKING:
+    from taskqueue.schedules import Schedules
 
 # The options of a submission (POST /submit-task), besides its type and payload.
 OPTIONS = frozenset(("queue", "priority", "delay", "max_retries", "timeout", "idempotency_key"))
@@ -225,6 +228,14 @@ class Client:
     def task_types(self) -> list[dict]:
         """GET /task-types: each type's name, JSON schema, defaults and description."""
         return self._conn().task_types()
+
+    @property
+    def schedules(self) -> Schedules:
+        """Periodic tasks: list, get, create, update, pause, resume, delete
+        (taskqueue/schedules.py)."""
+        from .schedules import Schedules
+
+        return Schedules(self)
 
     # -- waiting ----------------------------------------------------------------------
 

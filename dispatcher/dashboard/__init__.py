@@ -403,3 +403,6 @@ def workers():
     order = {"alive": 0, "stopping": 1, "stopped": 2, "dead": 3}
     found.sort(key=lambda w: (order.get(w["status"], 4), w["worker_id"]))
     return render_template("workers.html", workers=found)
+
+
+from . import schedules_page  # noqa: E402, F401  (its routes join the blueprint)

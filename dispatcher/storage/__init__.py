@@ -252,6 +252,67 @@ class Storage(Protocol):
         """Every worker not yet forgotten, with the tasks it holds and the progress of
         those that reported some (worker_dict)."""
 
+    # -- periodic tasks (storage/schedules.py; docs/SCHEDULING.md) -------------------
+
+    def create_schedule(
+        self, name: str, definition: dict, enabled: bool, next_run_at: float | None, now: float
+    ) -> dict:
+        """(nothing) -> a schedule: `definition` (JSON: cron, every, timezone, catch_up,
+        task, as the dispatcher checked them) stored as given, `next_run_at` its first
+        tick (None: none). Conflict when the name is taken. Returns schedule_dict."""
+
+    def update_schedule(
+        self,
+        name: str,
+        definition: dict,
+        enabled: bool,
+        next_run_at: float | None,
+        now: float,
+        version: float | None = None,
+        error: str | None = None,
+    ) -> dict:
+        """Replace a schedule's definition, enabled, next_run_at and error (None: none);
+        its updated_at (the version a firing is judged by) moves.
+        ScheduleNotFound; Conflict when `version` (an updated_at read before) is given
+        and no longer the schedule's."""
+
+    def delete_schedule(self, name: str) -> None:
+        """The schedule is gone (its tasks stay). ScheduleNotFound."""
+
+    def get_schedule(self, name: str) -> dict:
+        """One schedule (schedule_dict: name, definition, enabled, next_run_at,
+        last_run_at, last_tick, last_task_id, error, created_at, updated_at).
+        ScheduleNotFound."""
+
+    def schedules(self) -> list[dict]:
+        """Every schedule, by name."""
+
+    def due_schedules(self, now: float) -> list[dict]:
+        """The enabled schedules whose next_run_at <= now, earliest first. A read."""
+
+    def next_schedule_at(self) -> float | None:
+        """The earliest next_run_at of the enabled schedules, or None. A read."""
+
+    def fire_schedule(
+        self,
+        name: str,
+        expected: float,
+        version: float,
+        next_run_at: float | None,
+        tasks: list[tuple[float, NewTask]],
+        now: float,
+        error: str | None = None,
+    ) -> list[str] | None:
+        """Fire a due schedule, in one transaction: its next_run_at moves from
+        `expected` to `next_run_at` only if it still is `expected`, the schedule is
+        enabled and its updated_at is `version` (compare-and-set: of any number of
+        concurrent firings of one tick, one wins); `error` is stored (None clears it).
+        Only the winner inserts `tasks`, one per (tick, task), pending, with the
+        idempotency key `schedule:<name>:<tick ISO 8601 UTC>` (a tick already made is
+        not made again) and `schedule` {"name", "tick"}; last_run_at, last_tick and
+        last_task_id follow the last task created. Returns the ids created, or None
+        when another firing (or an edit) moved the schedule first."""
+
     def ping(self) -> None:
         """A read; raises DatabaseUnavailable when it fails."""
 

@@ -23,7 +23,18 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any, TypeVar
 
 from ..retry import retry_at
-from . import FINISHED, STOPPING, Moved, NewTask, ReapReport, Refusals, Result, browse, rows
+from . import (
+    FINISHED,
+    STOPPING,
+    Moved,
+    NewTask,
+    ReapReport,
+    Refusals,
+    Result,
+    browse,
+    rows,
+    schedules,
+)
 from .errors import (
     Conflict,
     LeaseConflict,
@@ -38,7 +49,7 @@ T = TypeVar("T")
 # _complete_current's answer for a task it completed without reading its queue and type:
 # finish() reads them afterwards, for all such tasks of the batch at once (LABELS)
 UNLABELLED: Mapping[str, str] = MappingProxyType({})
-SCHEMA_VERSION = 5  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
+SCHEMA_VERSION = 6  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 TASK_COLUMNS = ", ".join(["id", *rows.TASK_KEYS])
@@ -65,6 +76,9 @@ TO_VERSION_4 = [
 # version 4 -> 5, on both databases: the progress its running attempt reported last, JSON
 # text {"fraction", "message", "updated_at"} (NULL: none reported)
 TO_VERSION_5 = ["ALTER TABLE tasks ADD COLUMN progress TEXT"]
+# version 5 -> 6, on both databases: periodic tasks (storage/schedules.py), and the
+# schedule and tick that created a task (JSON text {"name", "tick"}; NULL: a client did)
+TO_VERSION_6 = [schedules.SCHEDULES_TABLE, schedules.TASK_SCHEDULE_COLUMN]
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -76,7 +90,7 @@ SCHEMA = [
         worker_id TEXT, lease_token TEXT, lease_expires_at DOUBLE PRECISION,
         result TEXT, error TEXT, finished_lease TEXT,
         expired_failure BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT UNIQUE,
-        progress TEXT,
+        progress TEXT, schedule TEXT,
         seq BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite: rowid)
     )
     """,
@@ -110,6 +124,7 @@ SCHEMA = [
         retired_at DOUBLE PRECISION NOT NULL
     )
     """,
+    schedules.SCHEDULES_TABLE,
 ]
 
 # -- statements, named by the transition they make ------------------------------------
@@ -324,6 +339,7 @@ SELECT worker_id, id, progress FROM tasks WHERE status = 'in_progress' ORDER BY 
     ALL_WORKERS='SELECT * FROM workers ORDER BY worker_id COLLATE "C"',
     PING="SELECT 1 AS one",
     **browse.STATEMENTS,  # the dashboard's finders and bulk moves
+    **schedules.STATEMENTS,  # periodic tasks
 )
 
 
@@ -350,7 +366,7 @@ class Tx:
         return self.execute(sql, args).fetchall()
 
 
-class SqlStorage(browse.Browse):
+class SqlStorage(browse.Browse, schedules.Schedules):
     """The operations of the Storage contract (the Protocol in __init__.py declares their
     types and documents each); a backend subclasses it."""
 

@@ -13,6 +13,11 @@ class TaskNotFound(StorageError):
         super().__init__(f"task {task_id} not found")
 
 
+class ScheduleNotFound(StorageError):
+    def __init__(self, name: str):
+        super().__init__(f"schedule {name} not found")
+
+
 class Conflict(StorageError):
     """A state change the task's current state refuses (finished, other lease, taken over)."""
 

@@ -55,6 +55,7 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [core.WORKER_QUEUES_COLUMN],
     3: core.TO_VERSION_4,
     4: core.TO_VERSION_5,
+    5: core.TO_VERSION_6,
 }
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other

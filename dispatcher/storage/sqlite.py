@@ -45,6 +45,7 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [core.WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
     3: core.TO_VERSION_4,  # version 4: each queue's age from an index; worker concurrency
     4: core.TO_VERSION_5,  # version 5: the progress a running task reported
+    5: core.TO_VERSION_6,  # version 6: periodic tasks (schedules)
 }
 
 # -- SQLite's own statements ---------------------------------------------------------

@@ -17,6 +17,7 @@ import schemathesis
 import tasks
 from common.config import Config
 from dispatcher.app import create_app
+from dispatcher.scheduler import fire_due
 
 T0 = 1_700_000_000.0
 TOKEN = "s3cret"
@@ -175,6 +176,7 @@ class Checked:
     documented for that operation, and its JSON body matches that status's schema."""
 
     def __init__(self, app, headers=None):
+        self.app = app
         self.client = app.test_client()
         self.headers = headers or {}
         self.doc = served(app, self.headers)
@@ -217,6 +219,12 @@ class Checked:
 
     def post(self, url, **kwargs):
         return self.call("post", url, **kwargs)
+
+    def put(self, url, **kwargs):
+        return self.call("put", url, **kwargs)
+
+    def delete(self, url, **kwargs):
+        return self.call("delete", url, **kwargs)
 
 
 def resolve(doc: dict, node: dict) -> dict:
@@ -278,6 +286,16 @@ def test_answers_of_a_whole_task_life_match_the_document(api):
     api.get("/health")
     api.get("/metrics")
     api.get("/openapi.json")
+    # periodic tasks: one fired, its task shows the schedule that made it
+    every = {"name": "tick", "every": 60, "task": {"type": "primes", "payload": {"limit": 10}}}
+    api.post("/schedules", json=every)
+    api.put("/schedules/tick", json={"catch_up": "all"})
+    context = api.app.extensions["taskqueue"]
+    fire_due(context.storage, context.config, context.registry, now=T0 + 120)
+    fired = api.get("/schedules/tick").get_json()["last_task_id"]
+    assert api.get(f"/task/{fired}").get_json()["schedule"]["name"] == "tick"
+    api.get("/schedules")
+    api.delete("/schedules/tick")
     # every documented success answer was seen
     successes = {
         (path, method, code)
@@ -309,6 +327,12 @@ def test_error_answers_match_the_document(api, make_app):
     api.post("/get-task", json={"worker_id": "w", "instance_id": "old"})  # 409
     api.post("/submit-task", json={"type": "fail", "payload": {"x": "y" * 1_100_000}})  # 413
     api.get("/stats", headers={"Authorization": "Bearer wrong"})  # 401
+    api.post("/schedules", json={"name": "s", "every": 0, "task": {"type": "fail"}})  # 400
+    api.post("/schedules", json={"name": "s", "every": 5, "task": {"type": "fail"}})
+    api.post("/schedules", json={"name": "s", "every": 5, "task": {"type": "fail"}})  # 409
+    api.get("/schedules/nope")  # 404
+    api.put("/schedules/nope", json={"enabled": False})  # 404
+    api.delete("/schedules/nope")  # 404
     expected = {
         ("/submit-task", "post", "400"),
         ("/submit-tasks", "post", "400"),
@@ -325,6 +349,11 @@ def test_error_answers_match_the_document(api, make_app):
         ("/get-task", "post", "409"),
         ("/submit-task", "post", "413"),
         ("/stats", "get", "401"),
+        ("/schedules", "post", "400"),
+        ("/schedules", "post", "409"),
+        ("/schedules/{name}", "get", "404"),
+        ("/schedules/{name}", "put", "404"),
+        ("/schedules/{name}", "delete", "404"),
     }
     assert expected <= api.seen, expected - api.seen
 

@@ -82,9 +82,34 @@ def seed(db_url: str, now: float) -> str:
                 now=now - age,
             )
         storage.heartbeat("worker-beta", "worker-beta", [], now=now - 900, lease_s=1, concurrency=4)
+        seed_schedules(storage, now)
         return failing
     finally:
         storage.close()
+
+
+def seed_schedules(storage, now: float) -> None:
+    """Three schedules: one that fired at the hour, one paused, one whose type is gone."""
+
+    def definition(task: dict, cron=None, every=None, zone="UTC") -> dict:
+        return {"cron": cron, "every": every, "timezone": zone, "catch_up": "one", "task": task}
+
+    hourly = now - now % 3600
+    digest = {"type": "sleep", "payload": {"duration": 1}, "queue": "emails"}
+    hourly_digest = definition(digest, every=3600)
+    storage.create_schedule("email-digest", hourly_digest, True, hourly, now - 7200)
+    storage.fire_schedule(
+        "email-digest", hourly, now - 7200, hourly + 3600, [(hourly, NewTask("sleep", {}))], hourly
+    )
+    report = {"type": "primes", "payload": {"limit": 5000}, "queue": "reports"}
+    nightly = definition(report, cron="0 3 * * *", zone="Europe/Berlin")
+    storage.create_schedule("nightly-report", nightly, False, None, now - 86_400)
+    words = {"type": "wordcount", "payload": {"text": "to be or not to be"}}
+    every_5 = definition(words, cron="*/5 * * * *")
+    tick = now - now % 300
+    storage.create_schedule("word-count", every_5, True, tick, now - 600)
+    error = "task: unknown task type 'wordcount'; known types: compute, fail, http_request, ..."
+    storage.fire_schedule("word-count", tick, now - 600, tick + 300, [], tick, error=error)
 
 
 def full_page(browser, take) -> None:
@@ -113,6 +138,7 @@ def test_screenshots_of_every_page(browser, tmp_path, make_dispatcher):
         "tasks": ("/dashboard/tasks?queue=reports", ["Retry every failed task", "pending"]),
         "task": (f"/dashboard/task/{failing}", ["ConnectionError", "attempt 3", "Retry"]),
         "workers": ("/dashboard/workers", ["worker-gamma", "alive", "dead"]),
+        "schedules": ("/dashboard/schedules", ["email-digest", "paused", "unknown task type"]),
     }
     for name, (path, must_show) in pages.items():
         browser.get(dispatcher.url + path)

@@ -84,14 +84,19 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def launch_dispatcher(self, name: str = "dispatcher", port: int | None = None) -> Proc:
-        """Start a dispatcher without waiting for it (start_dispatcher waits)."""
+    def launch_dispatcher(
+        self, name: str = "dispatcher", port: int | None = None, **extra: str
+    ) -> Proc:
+        """Start a dispatcher without waiting for it (start_dispatcher waits); `extra`:
+        settings of its own."""
         port = port or self.port
-        return self._start(name, ["./start_dispatcher.sh"], DISPATCHER_PORT=str(port))
+        return self._start(name, ["./start_dispatcher.sh"], DISPATCHER_PORT=str(port), **extra)
 
-    def start_dispatcher(self, name: str = "dispatcher", port: int | None = None) -> Proc:
+    def start_dispatcher(
+        self, name: str = "dispatcher", port: int | None = None, **extra: str
+    ) -> Proc:
         port = port or self.port
-        proc = self.launch_dispatcher(name, port)
+        proc = self.launch_dispatcher(name, port, **extra)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(proc, url, 60, pytest.fail, statuses=("ok", "degraded"))
         return proc

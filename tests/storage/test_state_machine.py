@@ -1,7 +1,9 @@
 """A state-machine property test of the storage layer (hypothesis RuleBasedStateMachine).
 
 Random sequences of submit (single and batch, priorities, delays, retries, idempotency
-keys), claim (several workers and instances, max_tasks, queues), heartbeat (with and
+keys), schedules created, replaced (from fresh and stale reads), fired (from fresh and
+stale reads: only the first firing of a tick creates its tasks, one per tick whose key is
+free) and deleted, claim (several workers and instances, max_tasks, queues), heartbeat (with and
 without task_ids), results (by the live lease, a stale one, another task's, a forged
 one, several in one batch), release, cancel, retry, worker takeover by a new instance,
 and reap (expired leases, dead workers, retention), while the test moves the clock.
@@ -48,7 +50,13 @@ from hypothesis.stateful import (
 )
 
 from common.config import Config
-from dispatcher.errors import Conflict, LeaseConflict, TaskNotFound, WorkerTakenOver
+from dispatcher.errors import (
+    Conflict,
+    LeaseConflict,
+    ScheduleNotFound,
+    TaskNotFound,
+    WorkerTakenOver,
+)
 from dispatcher.storage import (
     FINISHED,
     STATUSES,
@@ -58,6 +66,7 @@ from dispatcher.storage import (
     Storage,
     open_storage,
 )
+from dispatcher.storage.schedules import tick_key
 from dispatcher.storage.sqlite import TOUCH_EVERY_S
 from tests.pg import fresh_schema_url
 
@@ -232,6 +241,20 @@ class Worker:
     retired: dict[str, float] = field(default_factory=dict)  # instance -> retired at
 
 
+@dataclass
+class ScheduleModel:
+    next_run_at: float | None
+    version: float  # its updated_at
+    enabled: bool
+    last_task_id: str | None = None
+
+
+# periodic tasks: storage stores a definition as given, and knows no cron
+SCHEDULES = ("tick", "t'; DROP TABLE schedules; --🙂")
+SCHEDULE = {"cron": None, "every": 10, "timezone": "UTC", "catch_up": "all", "task": {}}
+SCHEDULE_TASK = NewTask("echo", {"tick": "'; --"}, max_retries=1, timeout=300.0)
+
+
 class StorageMachine(RuleBasedStateMachine):
     def __init__(self, kind: str, storage: Storage, cleanup: Callable[[], None]):
         super().__init__()
@@ -250,6 +273,7 @@ class StorageMachine(RuleBasedStateMachine):
         self.instance_numbers = itertools.count(1)
         self.checked: dict[str, tuple] = {}  # task id -> the model state last compared
         self.history: dict[str, list[dict]] = {}  # task id -> its history then
+        self.schedules: dict[str, ScheduleModel] = {}
 
     def teardown(self) -> None:
         self.cleanup()
@@ -703,6 +727,92 @@ class StorageMachine(RuleBasedStateMachine):
             task.result = task.error = task.finished_at = task.started_at = None
             task.finished_lease = task.worker_id = None
             task.by_expiry = False
+
+    # -- periodic tasks (docs/SCHEDULING.md) ----------------------------------------
+
+    @rule(name=st.sampled_from(SCHEDULES), enabled=st.booleans(), stale=st.booleans())
+    def put_schedule(self, name, enabled, stale):
+        """Create a schedule, or replace one (from a fresh read, or a stale one: refused)."""
+        s = self.schedules.get(name)
+        first = math.floor(self.now) + 10.0 if enabled else None
+        if s is None:
+            made = self.storage.create_schedule(name, SCHEDULE, enabled, first, now=self.now)
+            assert (made["next_run_at"], made["updated_at"]) == (first, self.now)
+            self.schedules[name] = ScheduleModel(first, self.now, enabled)
+            return
+        if stale:
+            with pytest.raises(Conflict):
+                self.storage.update_schedule(
+                    name, SCHEDULE, enabled, first, now=self.now, version=s.version - 1
+                )
+            return
+        with pytest.raises(Conflict):  # the name is taken
+            self.storage.create_schedule(name, SCHEDULE, enabled, first, now=self.now)
+        changed = self.storage.update_schedule(
+            name, SCHEDULE, enabled, first, now=self.now, version=s.version
+        )
+        s.next_run_at, s.enabled = first, enabled
+        s.version = max(self.now, s.version + 1e-6)
+        assert (changed["next_run_at"], changed["updated_at"]) == (first, s.version)
+
+    @rule(name=st.sampled_from(SCHEDULES), ticks=st.integers(0, 2), stale=st.booleans())
+    def fire_schedule(self, name, ticks, stale):
+        """Fire a schedule's due ticks: only from the row as it is (next_run_at, version,
+        enabled) does it move and create a task per tick whose key is free."""
+        s = self.schedules.get(name)
+        expected = math.floor(self.now) if s is None or s.next_run_at is None else s.next_run_at
+        version = self.now if s is None else s.version - (1 if stale else 0)
+        wins = s is not None and s.enabled and s.next_run_at is not None and not stale
+        due = [expected + 10.0 * i for i in range(ticks)]
+        after = expected + 10.0 * (ticks + 1)
+        got = self.storage.fire_schedule(
+            name, expected, version, after, [(t, SCHEDULE_TASK) for t in due], now=self.now
+        )
+        if not wins:
+            assert got is None, f"a firing from a stale read of {name!r} created {got}"
+            return
+        assert got is not None, f"{name!r} was not fired"
+        fresh = [t for t in due if tick_key(name, t) not in self.keys]
+        assert len(got) == len(fresh), f"{name!r}: created {got} for the free ticks {fresh}"
+        for task_id, tick in zip(got, fresh, strict=True):
+            assert task_id not in self.tasks and task_id not in self.deleted, "id reused"
+            t = SCHEDULE_TASK
+            self.tasks[task_id] = Task(
+                type=t.type,
+                queue=t.queue,
+                payload=canon(t.payload),
+                priority=t.priority,
+                max_retries=t.max_retries,
+                timeout=t.timeout,
+                created_at=self.now,
+                run_at=self.now,
+            )
+            self.keys[tick_key(name, tick)] = task_id
+        s.next_run_at = after
+        if got:
+            s.last_task_id = got[-1]
+
+    @rule(name=st.sampled_from(SCHEDULES))
+    def delete_schedule(self, name):
+        """Deleted (its tasks stay); made again later, its ticks' keys still guard."""
+        if name not in self.schedules:
+            with pytest.raises(ScheduleNotFound):
+                self.storage.delete_schedule(name)
+            return
+        self.storage.delete_schedule(name)
+        del self.schedules[name]
+
+    @invariant()
+    def schedules_match_the_model(self):
+        got = {
+            s["name"]: (s["next_run_at"], s["updated_at"], s["enabled"], s["last_task_id"])
+            for s in self.storage.schedules()
+        }
+        want = {
+            name: (m.next_run_at, m.version, m.enabled, m.last_task_id)
+            for name, m in self.schedules.items()
+        }
+        assert got == want
 
     # -- invariants -----------------------------------------------------------------
 

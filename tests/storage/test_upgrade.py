@@ -80,6 +80,20 @@ def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     storage.claim("w-old", "inst-1", ("default", "slow"), 1, now=T0 + 23, lease_s=60)
     [w] = storage.workers(now=T0 + 24, dead_after=60)
     assert w["queues"] == ["default", "slow"]
+    check_schedules(storage, tasks)
+
+
+def check_schedules(storage, old_tasks: dict) -> None:
+    """Version 6's periodic tasks work on a migrated database; older tasks have none."""
+    assert [storage.get(t)["schedule"] for t in old_tasks] == [None] * len(old_tasks)
+    definition = {"cron": None, "every": 60, "timezone": "UTC", "catch_up": "one", "task": {}}
+    storage.create_schedule("upgraded", definition, True, T0 + 60, now=T0 + 30)
+    task = NewTask("sleep", {"duration": 1})
+    [fired] = storage.fire_schedule(
+        "upgraded", T0 + 60, T0 + 30, T0 + 120, [(T0 + 60, task)], T0 + 61
+    )
+    assert storage.get(fired)["schedule"] == {"name": "upgraded", "tick": "2027-01-15T08:01:00Z"}
+    assert storage.get_schedule("upgraded")["last_task_id"] == fired
 
 
 @pytest.mark.parametrize("version", [2, 3, 4, 5])
@@ -98,7 +112,7 @@ def test_an_older_sqlite_file_is_migrated_and_keeps_everything(tmp_path, version
     finally:
         storage.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     db.close()
 
 
@@ -132,4 +146,4 @@ def test_an_older_postgresql_schema_is_migrated_and_keeps_everything(version):
         with connect(url) as db:
             db.execute(f"SET search_path = {schema}")
             assert db.execute("SELECT schema_version FROM meta").fetchone() == (PG_VERSION,)
-    assert PG_VERSION == 5
+    assert PG_VERSION == 6
