@@ -23,7 +23,7 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any, TypeVar
 
 from ..retry import retry_at
-from . import FINISHED, STOPPING, Moved, NewTask, ReapReport, Refusals, Result, browse, rows
+from . import FINISHED, STOPPING, Moved, NewTask, ReapReport, Refusals, Result, browse, deps, rows
 from .errors import (
     Conflict,
     LeaseConflict,
@@ -38,7 +38,7 @@ T = TypeVar("T")
 # _complete_current's answer for a task it completed without reading its queue and type:
 # finish() reads them afterwards, for all such tasks of the batch at once (LABELS)
 UNLABELLED: Mapping[str, str] = MappingProxyType({})
-SCHEMA_VERSION = 5  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
+SCHEMA_VERSION = 6  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 TASK_COLUMNS = ", ".join(["id", *rows.TASK_KEYS])
@@ -65,6 +65,8 @@ TO_VERSION_4 = [
 # version 4 -> 5, on both databases: the progress its running attempt reported last, JSON
 # text {"fraction", "message", "updated_at"} (NULL: none reported)
 TO_VERSION_5 = ["ALTER TABLE tasks ADD COLUMN progress TEXT"]
+# version 5 -> 6, on both databases (the other parts of issue 18 append theirs)
+TO_VERSION_6 = [*deps.TO_VERSION_6]
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -76,7 +78,7 @@ SCHEMA = [
         worker_id TEXT, lease_token TEXT, lease_expires_at DOUBLE PRECISION,
         result TEXT, error TEXT, finished_lease TEXT,
         expired_failure BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT UNIQUE,
-        progress TEXT,
+        progress TEXT, waiting_on INTEGER NOT NULL DEFAULT 0, depends_on TEXT,
         seq BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite: rowid)
     )
     """,
@@ -110,6 +112,7 @@ SCHEMA = [
         retired_at DOUBLE PRECISION NOT NULL
     )
     """,
+    *deps.SCHEMA,
 ]
 
 # -- statements, named by the transition they make ------------------------------------
@@ -200,11 +203,11 @@ UPDATE tasks SET status = 'pending', attempts = attempts - 1, lease_token = NULL
        lease_expires_at = NULL, worker_id = NULL
  WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
    AND worker_id = %(worker_id)s""",
-    # pending | in_progress -> cancelled
+    # waiting | pending | in_progress -> cancelled
     CANCEL="""
 UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
        lease_expires_at = NULL
- WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')""",
+ WHERE id = %(task_id)s AND status IN ('waiting', 'pending', 'in_progress')""",
     # failed | cancelled -> pending, attempts reset (and the progress forgotten)
     RETRY="""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
@@ -212,7 +215,8 @@ UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NU
        expired_failure = FALSE, worker_id = NULL, progress = NULL
  WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
     TASK_STATUS_LOCKED="""
-SELECT status, lease_token, queue, type FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
+SELECT status, lease_token, queue, type, depends_on FROM tasks WHERE id = %(task_id)s
+   FOR UPDATE""",
     EXTEND_ALL="""
 UPDATE tasks SET lease_expires_at = %(until)s
  WHERE worker_id = %(worker_id)s AND status = 'in_progress'""",
@@ -324,6 +328,7 @@ SELECT worker_id, id, progress FROM tasks WHERE status = 'in_progress' ORDER BY 
     ALL_WORKERS='SELECT * FROM workers ORDER BY worker_id COLLATE "C"',
     PING="SELECT 1 AS one",
     **browse.STATEMENTS,  # the dashboard's finders and bulk moves
+    **deps.STATEMENTS,  # dependencies: submit, release, cascade, results
 )
 
 
@@ -350,7 +355,7 @@ class Tx:
         return self.execute(sql, args).fetchall()
 
 
-class SqlStorage(browse.Browse):
+class SqlStorage(browse.Browse, deps.Dependencies):
     """The operations of the Storage contract (the Protocol in __init__.py declares their
     types and documents each); a backend subclasses it."""
 
@@ -421,6 +426,8 @@ class SqlStorage(browse.Browse):
 
     def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
         ids = rows.new_ids(len(tasks), now)
+        if any(task.depends_on for task in tasks):  # deps.py: task by task, statuses read
+            return self._submit_dependent(ids, tasks, now)
         limit = self.max_pending  # 0: no limit, and not one instruction more below
         if not any(task.idempotency_key for task in tasks):  # the bulk path
 
@@ -514,6 +521,16 @@ class SqlStorage(browse.Browse):
                 for i in unlabelled:
                     task = labels[results[i].task_id]
                     out[i] = Moved("completed", task["queue"], task["type"])
+            # dependents: released by the tasks completed, cancelled by those failed for
+            # good (deps.py): one index lookup for a batch whose tasks have none
+            completed, ended = [], []
+            for item, o in zip(results, out, strict=True):
+                if type(o) is Moved:
+                    if o == "completed":
+                        completed.append(item.task_id)
+                    elif o == "failed":
+                        ended.append(item.task_id)
+            self._after_results(tx, completed, ended, now)
             for worker_id in sorted({w for w, _ in counts}):  # once per worker and batch
                 n = {"completed": counts[worker_id, "completed"]}
                 n["failed"] = counts[worker_id, "failed"]
@@ -592,13 +609,19 @@ class SqlStorage(browse.Browse):
             if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
                 raise WorkerStopping(worker_id)
             claimed: list[dict] = []
+            dependent: list[tuple[dict, str]] = []  # (claimed task, its depends_on)
             for queue in queues:
                 if len(claimed) >= max_tasks:
                     break
                 args = {"worker_id": worker_id, "now": now, "lease_s": lease_s, "queue": queue}
                 got = self._claim_queue(tx, {**args, "max_tasks": max_tasks - len(claimed)})
                 got.sort(key=lambda r: (-r["priority"], r["run_at"]))
-                claimed.extend(rows.claim_dict(r, queue) for r in got)
+                for r in got:
+                    claimed.append(task := rows.claim_dict(r, queue))
+                    if r["depends_on"] is not None:
+                        dependent.append((task, r["depends_on"]))
+            if dependent:  # one read of their dependencies' results (deps.py)
+                self._add_dependencies(tx, dependent)
             return claimed
 
         return self._transact(claim_tasks, fsync=False)
@@ -757,6 +780,8 @@ class SqlStorage(browse.Browse):
         if not tx.execute(self.q.EXPIRE_FINAL if final else self.q.FAIL_RETRY, args).rowcount:
             return False
         tx.execute(self.q.END_ATTEMPT, {**args, "outcome": outcome})
+        if final:  # failed for good: its waiting dependents end cancelled
+            self._cascade(tx, [row["id"]], now)
         return True
 
     # -- operator actions ---------------------------------------------------------
@@ -780,13 +805,19 @@ class SqlStorage(browse.Browse):
             row = tx.one(self.q.TASK_STATUS_LOCKED, args)
             if row is None:
                 raise TaskNotFound(task_id)
-            if not tx.execute(statement, args).rowcount:
+            sql, status = statement, to
+            if to == "pending" and row["depends_on"] and row["status"] in ("failed", "cancelled"):
+                sql, status, more = self._retry_dependent(tx, task_id, row)
+                args.update(more)
+            if not tx.execute(sql, args).rowcount:
                 raise Conflict(f"task {task_id} is " + refusal.format(row["status"]))
             if row["lease_token"]:  # only an in_progress task has one
                 args.update(lease_token=row["lease_token"], outcome=to, error=None)
                 tx.execute(self.q.END_ATTEMPT, args)
+            if to == "cancelled":  # the tasks waiting on it, transitively (deps.py)
+                self._cascade(tx, [task_id], now)
             tx.notify = True  # new work, or a finished task (GET /task?wait)
-            return Moved(to, row["queue"], row["type"])
+            return Moved(status, row["queue"], row["type"])
 
         return self._transact(move)
 
@@ -799,6 +830,7 @@ class SqlStorage(browse.Browse):
             raise TaskNotFound(task_id)
         task = rows.task_dict(found[0])
         task["history"] = [dict(r) for r in self._read(self.q.HISTORY, {"task_id": task_id})]
+        task["dependents"] = self.dependents(task_id)
         return task
 
     def status_of(self, task_id: str) -> str:
@@ -820,6 +852,9 @@ class SqlStorage(browse.Browse):
         tasks = {r["id"]: rows.task_dict(r) for r in self._read(self.q.TASKS_AMONG, args)}
         for task in tasks.values():
             task["history"] = []
+            task["dependents"] = []
+        for r in self._read(self.q.DEPENDENTS_AMONG, args):
+            tasks[r["depends_on"]]["dependents"].append(r["task_id"])
         for r in self._read(self.q.HISTORY_AMONG, args):
             attempt = dict(r)
             tasks[attempt.pop("task_id")]["history"].append(attempt)

@@ -55,6 +55,7 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [core.WORKER_QUEUES_COLUMN],
     3: core.TO_VERSION_4,
     4: core.TO_VERSION_5,
+    5: core.TO_VERSION_6,
 }
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other
@@ -104,7 +105,8 @@ WITH picked AS MATERIALIZED (
       FROM picked
      WHERE tasks.id = picked.id AND tasks.status = 'pending'
     RETURNING tasks.id, tasks.type, tasks.payload, tasks.attempts, tasks.timeout,
-              tasks.lease_token, tasks.lease_expires_at, tasks.priority, tasks.run_at
+              tasks.lease_token, tasks.lease_expires_at, tasks.priority, tasks.run_at,
+              tasks.depends_on
 ), recorded AS (
     INSERT INTO attempts (task_id, attempt, lease_token, worker_id, started_at)
     SELECT id, attempts, lease_token, %(worker_id)s, %(now)s FROM claimed
@@ -181,6 +183,8 @@ WITH picked AS MATERIALIZED (
     DELETE FROM tasks USING picked WHERE tasks.id = picked.id RETURNING tasks.id
 ), history AS (
     DELETE FROM attempts WHERE task_id IN (SELECT id FROM gone)
+), edges AS (
+    DELETE FROM task_dependencies WHERE task_id IN (SELECT id FROM gone)
 )
 SELECT count(*) AS n FROM gone"""
 

@@ -46,7 +46,7 @@ def last_id_of(now: float) -> str:
 
 # a task's columns (after its id) in the order GET /task shows them
 TASK_KEYS = """type queue payload status result error attempts max_retries priority worker_id
-    created_at started_at finished_at progress timeout run_at""".split()
+    created_at started_at finished_at progress timeout run_at depends_on""".split()
 
 
 def task_dict(r: Mapping) -> dict:
@@ -56,6 +56,7 @@ def task_dict(r: Mapping) -> dict:
     task["result"] = None if task["result"] is None else loads(task["result"])
     if task["progress"] is not None:  # {"fraction", "message", "updated_at"}
         task["progress"] = loads(task["progress"])
+    task["depends_on"] = [] if task["depends_on"] is None else loads(task["depends_on"])
     return task
 
 

@@ -80,6 +80,29 @@ def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     storage.claim("w-old", "inst-1", ("default", "slow"), 1, now=T0 + 23, lease_s=60)
     [w] = storage.workers(now=T0 + 24, dead_after=60)
     assert w["queues"] == ["default", "slow"]
+    check_dependencies(storage, done["task_id"], failed["task_id"])
+
+
+def check_dependencies(storage, done: str, failed: str) -> None:
+    """Version 6: tasks of the old database as dependencies of new ones."""
+    new = [
+        NewTask("compute", {"operation": "double", "value": 1}, queue="q6", depends_on=[done]),
+        NewTask("compute", {"operation": "double", "value": 1}, queue="q6", depends_on=[failed]),
+        NewTask("compute", {"operation": "double", "value": 1}, queue="q6", depends_on=[0]),
+    ]
+    [(ready, _), (gone, _), (waiting, _)] = storage.submit(new, now=T0 + 30)
+    assert [storage.status_of(t) for t in (ready, gone, waiting)] == [
+        "pending",
+        "cancelled",
+        "waiting",
+    ]
+    assert storage.get(gone)["error"] == f"dependency {failed} failed"
+    [claimed] = storage.claim("w-new", "", ("q6",), 5, now=T0 + 31, lease_s=60)
+    assert claimed["dependencies"] == {done: {"result": 4}}
+    item = Result(ready, claimed["lease_token"], "w-new", "completed", result=1)
+    assert storage.finish([item], now=T0 + 32) == ["completed"]
+    assert storage.status_of(waiting) == "pending"
+    assert storage.stats(now=T0 + 33, dead_after=60)["tasks"]["waiting"] == 0
 
 
 @pytest.mark.parametrize("version", [2, 3, 4, 5])
@@ -98,7 +121,7 @@ def test_an_older_sqlite_file_is_migrated_and_keeps_everything(tmp_path, version
     finally:
         storage.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     db.close()
 
 
@@ -132,4 +155,4 @@ def test_an_older_postgresql_schema_is_migrated_and_keeps_everything(version):
         with connect(url) as db:
             db.execute(f"SET search_path = {schema}")
             assert db.execute("SELECT schema_version FROM meta").fetchone() == (PG_VERSION,)
-    assert PG_VERSION == 5
+    assert PG_VERSION == 6
