@@ -159,9 +159,8 @@ class Dependencies:
             edges: list[dict] = []
             made_pending = 0
             for task_id, task in zip(ids, tasks, strict=True):
-                refs = list(
-                    dict.fromkeys(d if isinstance(d, str) else out[d][0] for d in task.depends_on or ())
-                )
+                given = task.depends_on or ()
+                refs = list(dict.fromkeys(d if isinstance(d, str) else out[d][0] for d in given))
                 unread = [d for d in refs if d not in status]  # a repeat's task (its key)
                 if unread:
                     found = tx.all(self.q.DEPENDENCY_STATES, {"ids": self._ids(unread)})

@@ -6,18 +6,18 @@ from __future__ import annotations
 import pytest
 
 from dispatcher.errors import Conflict, UnknownDependency, http_status
-from dispatcher.storage import Result
-from tests.storage.test_contract import (  # noqa: F401  (config, storage: fixtures)
-    FOREVER,
-    LEASE,
-    T0,
-    claim,
-    config,
-    new_task,
-    reap,
-    storage,
-    submit,
-)
+from dispatcher.storage import Result, open_storage
+from tests.storage import test_contract as contract
+from tests.storage.test_contract import FOREVER, LEASE, T0, claim, new_task, reap, submit
+
+config = contract.config  # the contract suite's fixture: SQLite, then PostgreSQL
+
+
+@pytest.fixture
+def storage(config):
+    store = open_storage(config)
+    yield store
+    store.close()
 
 
 def chain(storage, n: int, now: float = T0) -> list[str]:
@@ -66,7 +66,7 @@ def test_fan_in_waits_for_all(storage):
     ids = [t for t, _ in storage.submit([new_task() for _ in range(3)], now=T0)]
     [(join, _)] = storage.submit([new_task(depends_on=ids)], now=T0)
     assert storage.status_of(join) == "waiting"
-    for i, task_id in enumerate(ids):
+    for i in range(len(ids)):
         assert storage.status_of(join) == "waiting"
         [c] = claim(storage, now=T0 + 1)
         storage.finish([Result(c["task_id"], c["lease_token"], "w1", "completed", i)], T0 + 1)
@@ -91,7 +91,9 @@ def test_completed_in_a_batch_release_dependents(storage, size):
     both = storage.submit([new_task(depends_on=[t]) for t in firsts for _ in range(2)], now=T0)
     seconds = [t for t, _ in both]
     claimed = claim(storage, now=T0 + 1, max_tasks=size)
-    items = [Result(c["task_id"], c["lease_token"], "w1", "completed", i) for i, c in enumerate(claimed)]
+    items = [
+        Result(c["task_id"], c["lease_token"], "w1", "completed", i) for i, c in enumerate(claimed)
+    ]
     outcomes = storage.finish(items, now=T0 + 1)
     assert outcomes == ["completed"] * size
     assert status(storage, *seconds) == ["pending"] * (2 * size)
@@ -99,9 +101,7 @@ def test_completed_in_a_batch_release_dependents(storage, size):
 
 @pytest.mark.parametrize("size", [1, 6])
 def test_failed_for_good_in_a_batch_cancels_dependents(storage, size):
-    tops = [
-        t for t, _ in storage.submit([new_task(max_retries=0) for _ in range(size)], now=T0)
-    ]
+    tops = [t for t, _ in storage.submit([new_task(max_retries=0) for _ in range(size)], now=T0)]
     mids = [t for t, _ in storage.submit([new_task(depends_on=[t]) for t in tops], now=T0)]
     lows = [t for t, _ in storage.submit([new_task(depends_on=[t]) for t in mids], now=T0)]
     claimed = claim(storage, now=T0 + 1, max_tasks=size)
