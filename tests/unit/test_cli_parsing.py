@@ -400,3 +400,11 @@ def test_monitor_bad_usage_exits_with_status_2(argv):
     with pytest.raises(SystemExit) as exc:
         monitor.build_parser().parse_args(argv)
     assert exc.value.code == 2
+
+
+def test_depends_on_reaches_every_task_and_bad_lists_are_refused(capsys):
+    args = add_task.parse_args(["2", "100", "--depends-on", "a1, b2"])
+    assert [t["depends_on"] for t in add_task.build_tasks(args)] == [["a1", "b2"]] * 2
+    with pytest.raises(SystemExit):
+        add_task.parse_args(["2", "100", "--depends-on", "a1,,b2"])
+    assert "not a comma-separated list of task ids" in capsys.readouterr().err
