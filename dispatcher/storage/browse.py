@@ -65,7 +65,7 @@ UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL
  WHERE status = 'pending' AND id IN (
     SELECT id FROM tasks WHERE status = 'pending' AND id <= %(last_id)s AND {OTHER_FILTERS}
      LIMIT %(batch)s)
-RETURNING id, queue, type""",
+RETURNING id, queue, type, has_dependents""",
     # failed -> pending, attempts reset (as RETRY), a batch of the tasks the filters match
     RETRY_MATCHING=f"""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
@@ -161,8 +161,9 @@ class Browse:
         def batch(tx) -> Counter:
             found = tx.all(statement, args)
             moved = Counter((r["queue"], r["type"]) for r in found)
-            if action == "cancel" and found:  # their waiting dependents too (deps.py)
-                self._cascade(tx, [r["id"] for r in found], now)
+            linked = [r["id"] for r in found if action == "cancel" and r["has_dependents"]]
+            if linked:  # their waiting dependents too (deps.py)
+                self._cascade(tx, linked, now)
             tx.notify = bool(moved)  # new work, or finished tasks (GET /task?wait)
             return moved
 

@@ -79,6 +79,7 @@ SCHEMA = [
         result TEXT, error TEXT, finished_lease TEXT,
         expired_failure BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT UNIQUE,
         progress TEXT, waiting_on INTEGER NOT NULL DEFAULT 0, depends_on TEXT,
+        has_dependents BOOLEAN NOT NULL DEFAULT FALSE,
         seq BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite: rowid)
     )
     """,
@@ -140,7 +141,8 @@ UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
  WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s""",
     # (read) the queue and type of the tasks a batch of results completed by
     # COMPLETE_CURRENT, for the metrics' labels: one read per batch
-    LABELS="SELECT id, queue, type FROM tasks WHERE id = ANY(%(ids)s)",
+    # (and whether each has dependents: deps.py)
+    LABELS="SELECT id, queue, type, has_dependents FROM tasks WHERE id = ANY(%(ids)s)",
     # pending | in_progress -> completed, by any lease this task issued (first result wins)
     COMPLETE="""
 UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
@@ -172,7 +174,7 @@ UPDATE tasks SET status = 'failed', error = %(error)s, finished_at = %(now)s,
     # what a result is judged by, when it is not for the current lease
     TASK_FOR_RESULT="""
 SELECT status, lease_token, finished_lease, expired_failure, attempts, max_retries, queue,
-       type
+       type, has_dependents
   FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
     LEASE_ISSUED="""
 SELECT 1 FROM attempts WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s""",
@@ -215,8 +217,8 @@ UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NU
        expired_failure = FALSE, worker_id = NULL, progress = NULL
  WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
     TASK_STATUS_LOCKED="""
-SELECT status, lease_token, queue, type, depends_on FROM tasks WHERE id = %(task_id)s
-   FOR UPDATE""",
+SELECT status, lease_token, queue, type, depends_on, has_dependents FROM tasks
+ WHERE id = %(task_id)s FOR UPDATE""",
     EXTEND_ALL="""
 UPDATE tasks SET lease_expires_at = %(until)s
  WHERE worker_id = %(worker_id)s AND status = 'in_progress'""",
@@ -257,7 +259,7 @@ UPDATE workers SET status = %(status)s, last_heartbeat = %(now)s,
        queues = coalesce(%(queues)s, queues), concurrency = coalesce(%(concurrency)s, concurrency)
  WHERE worker_id = %(worker_id)s""",
     WORKER_TASKS="""
-SELECT id, lease_token, attempts, max_retries FROM tasks
+SELECT id, lease_token, attempts, max_retries, has_dependents FROM tasks
  WHERE worker_id = %(worker_id)s AND status = 'in_progress' ORDER BY id FOR UPDATE""",
     # -- the reaper --
     SILENT_WORKERS="""
@@ -279,7 +281,7 @@ DELETE FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(c
     ANY_EXPIRED="""
 SELECT 1 FROM tasks WHERE status = 'in_progress' AND lease_expires_at < %(now)s LIMIT 1""",
     EXPIRED_TASKS="""
-SELECT id, lease_token, attempts, max_retries, queue FROM tasks
+SELECT id, lease_token, attempts, max_retries, queue, has_dependents FROM tasks
  WHERE status = 'in_progress' AND lease_expires_at < %(now)s
  ORDER BY id FOR UPDATE SKIP LOCKED""",
     ANY_PAST_RETENTION="""
@@ -502,15 +504,18 @@ class SqlStorage(browse.Browse, deps.Dependencies):
         def finish_all(tx: Tx) -> list[str | Exception]:
             out: list[Any] = [""] * len(results)
             counts: Counter[tuple[str, str]] = Counter()  # (worker_id, completed | failed)
+            linked: set[str] = set()  # the batch's tasks that have dependents (deps.py)
             done, tried = self._finish_batch(tx, results, order, now)
             for i, task in done.items():
                 out[i] = Moved(results[i].status, task["queue"], task["type"])
+                if task["has_dependents"]:
+                    linked.add(results[i].task_id)
             unlabelled = []
             for i in order:
                 if i in done:
                     continue
                 try:
-                    out[i] = self._finish_one(tx, results[i], now, counts, i in tried)
+                    out[i] = self._finish_one(tx, results[i], now, counts, i in tried, linked)
                 except (TaskNotFound, Conflict) as exc:
                     out[i] = exc
                 if out[i] is UNLABELLED:
@@ -521,16 +526,10 @@ class SqlStorage(browse.Browse, deps.Dependencies):
                 for i in unlabelled:
                     task = labels[results[i].task_id]
                     out[i] = Moved("completed", task["queue"], task["type"])
-            # dependents: released by the tasks completed, cancelled by those failed for
-            # good (deps.py): one index lookup for a batch whose tasks have none
-            completed, ended = [], []
-            for item, o in zip(results, out, strict=True):
-                if type(o) is Moved:
-                    if o == "completed":
-                        completed.append(item.task_id)
-                    elif o == "failed":
-                        ended.append(item.task_id)
-            self._after_results(tx, completed, ended, now)
+                    if task["has_dependents"]:
+                        linked.add(results[i].task_id)
+            if linked:  # dependents released or cancelled (deps.py); none: no statement
+                self._after_results(tx, results, out, linked, now)
             for worker_id in sorted({w for w, _ in counts}):  # once per worker and batch
                 n = {"completed": counts[worker_id, "completed"]}
                 n["failed"] = counts[worker_id, "failed"]
@@ -541,7 +540,13 @@ class SqlStorage(browse.Browse, deps.Dependencies):
         return self._transact(finish_all)
 
     def _finish_one(
-        self, tx: Tx, item: Result, now: float, counts: Counter, tried_current: bool = False
+        self,
+        tx: Tx,
+        item: Result,
+        now: float,
+        counts: Counter,
+        tried_current: bool = False,
+        linked: set[str] | None = None,
     ) -> Any:
         """One result, judged alone: a Moved when it moved the task (UNLABELLED, when
         _complete_current did not read its queue and type). `tried_current`:
@@ -555,10 +560,14 @@ class SqlStorage(browse.Browse, deps.Dependencies):
                 counts[item.worker_id, "completed"] += 1
                 if task is UNLABELLED:
                     return task  # finish() reads its queue and type with the batch's others
+                if task["has_dependents"] and linked is not None:
+                    linked.add(item.task_id)
                 return Moved("completed", task["queue"], task["type"])
         row = tx.one(self.q.TASK_FOR_RESULT, args)
         if row is None:
             raise TaskNotFound(item.task_id)
+        if row["has_dependents"] and linked is not None:
+            linked.add(item.task_id)
         if tx.one(self.q.LEASE_ISSUED, args) is None:
             raise LeaseConflict(f"lease_token was not issued for task {item.task_id}")
         status, queue, type_ = row["status"], row["queue"], row["type"]
@@ -780,7 +789,7 @@ class SqlStorage(browse.Browse, deps.Dependencies):
         if not tx.execute(self.q.EXPIRE_FINAL if final else self.q.FAIL_RETRY, args).rowcount:
             return False
         tx.execute(self.q.END_ATTEMPT, {**args, "outcome": outcome})
-        if final:  # failed for good: its waiting dependents end cancelled
+        if final and row["has_dependents"]:  # failed for good: its dependents cancelled
             self._cascade(tx, [row["id"]], now)
         return True
 
@@ -814,7 +823,7 @@ class SqlStorage(browse.Browse, deps.Dependencies):
             if row["lease_token"]:  # only an in_progress task has one
                 args.update(lease_token=row["lease_token"], outcome=to, error=None)
                 tx.execute(self.q.END_ATTEMPT, args)
-            if to == "cancelled":  # the tasks waiting on it, transitively (deps.py)
+            if to == "cancelled" and row["has_dependents"]:  # those waiting on it (deps.py)
                 self._cascade(tx, [task_id], now)
             tx.notify = True  # new work, or a finished task (GET /task?wait)
             return Moved(status, row["queue"], row["type"])

@@ -5,20 +5,23 @@ and so, transitively, does everything waiting on it. docs/SCHEDULING.md, "Depend
 
 Stored as one row per edge in `task_dependencies` (primary key (depends_on, task_id): the
 dependents of a batch of tasks are one index range each), a count of the dependencies
-not yet completed in `tasks.waiting_on`, and the list itself, JSON text, in
+not yet completed in `tasks.waiting_on`, the list itself, JSON text, in
 `tasks.depends_on` (NULL: none), which the claim returns so that it reads results only
-for tasks that have dependencies.
+for tasks that have dependencies, and `tasks.has_dependents`, set on a task when another
+is submitted to depend on it.
 
-What a task without dependencies pays: a claim, nothing (one NULL column more in
-RETURNING); a batch of results, one lookup of the completed ids in the primary key of
-`task_dependencies` (DEPENDENTS_OF; no row back, nothing more), and one more for failures
-for good (CASCADE_LOCK); a submission without `depends_on`, nothing (its own path).
+What a task without dependencies or dependents pays: nothing. The claim returns one
+column more (`depends_on`, NULL); the statements that finish, expire or cancel a task
+already read or return its row, and return `has_dependents` with it: only a task that
+has dependents costs the lookups here (DEPENDENTS_OF, CASCADE_LOCK). A submission
+without `depends_on` takes its old path.
 
-Locking (PostgreSQL): a submission reads its dependencies' statuses FOR SHARE, so a
-result or a cancel of one of them (which updates that row) waits for the submission's
-commit, and then sees its edges (every statement of a READ COMMITTED transaction reads
-what committed before it); a submission that comes second sees the new status. Dependents
-are locked in id order before they move. SQLite's write transaction holds the whole file.
+Locking (PostgreSQL): a submission locks the tasks it names (DEPENDENCY_STATES, FOR
+UPDATE, in id order) and marks them `has_dependents`, so a result or a cancel of one of
+them (which updates that row) waits for the submission's commit, then returns the flag
+and sees the edges (every statement of a READ COMMITTED transaction reads what committed
+before it); a submission that comes second sees the new status. Dependents are locked in
+id order before they move. SQLite's write transaction holds the whole file.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from . import NewTask, rows
+from . import Moved, NewTask, rows
 from .errors import Conflict, QueueFull, UnknownDependency
 
 MAX_DEPENDENCIES = 100  # per task (bodies.py refuses more)
@@ -43,6 +46,7 @@ SCHEMA = [TABLE, BY_TASK]
 TO_VERSION_6 = [
     "ALTER TABLE tasks ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE tasks ADD COLUMN depends_on TEXT",
+    "ALTER TABLE tasks ADD COLUMN has_dependents BOOLEAN NOT NULL DEFAULT FALSE",
     TABLE,
     BY_TASK,
 ]
@@ -63,7 +67,11 @@ INSERT INTO task_dependencies (task_id, depends_on) VALUES (%(task_id)s, %(depen
     # (read, rows locked against a finish or cancel until the commit) the named tasks'
     # statuses
     DEPENDENCY_STATES="""
-SELECT id, status FROM tasks WHERE id = ANY(%(ids)s) ORDER BY id COLLATE "C" FOR SHARE""",
+SELECT id, status FROM tasks WHERE id = ANY(%(ids)s) ORDER BY id COLLATE "C" FOR UPDATE""",
+    # the tasks a submission's tasks depend on: a result, expiry or cancel of one of them
+    # then looks for its dependents
+    MARK_DEPENDED="""
+UPDATE tasks SET has_dependents = TRUE WHERE id = ANY(%(ids)s) AND NOT has_dependents""",
     # (read) the dependents of a batch of tasks, one row per edge: an index range each
     DEPENDENTS_OF="SELECT task_id FROM task_dependencies WHERE depends_on = ANY(%(ids)s)",
     LOCK_WAITING="""
@@ -94,7 +102,7 @@ UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, attempts = 0, wait
                  ORDER BY d.depends_on COLLATE "C" LIMIT 1)
  WHERE status = 'waiting'
    AND id IN (SELECT task_id FROM task_dependencies WHERE depends_on = ANY(%(ids)s))
-RETURNING id, queue, type""",
+RETURNING id, queue, type, has_dependents""",
     # (read) the dependents of many tasks (finished_among)
     DEPENDENTS_AMONG="""
 SELECT depends_on, task_id FROM task_dependencies WHERE depends_on = ANY(%(ids)s)
@@ -186,6 +194,8 @@ class Dependencies:
                     out.append((row["id"], False))
             if edges:
                 tx.handle.executemany(self.q.INSERT_EDGE, edges)
+                depended = sorted({e["depends_on"] for e in edges})
+                tx.execute(self.q.MARK_DEPENDED, {"ids": self._ids(depended)})
             if pending is not None and made_pending and pending + made_pending > limit:
                 raise QueueFull(pending, made_pending, limit)  # the rollback stores none
             return out
@@ -197,8 +207,19 @@ class Dependencies:
 
     # -- results ----------------------------------------------------------------------
 
-    def _after_results(self, tx, completed: list[str], ended: list[str], now: float) -> None:
-        """A batch of results completed `completed` and failed `ended` for good."""
+    def _after_results(
+        self, tx, results: Sequence, out: Sequence, linked: set[str], now: float
+    ) -> None:
+        """A batch of `results` moved its tasks as `out` says; of them, those of `linked`
+        have dependents: released by the ones completed, cancelled by the ones failed for
+        good."""
+        completed, ended = [], []
+        for item, moved in zip(results, out, strict=True):
+            if item.task_id in linked and isinstance(moved, Moved):
+                if moved == "completed":
+                    completed.append(item.task_id)
+                elif moved == "failed":
+                    ended.append(item.task_id)
         if completed:
             self._release_dependents(tx, completed, now)
         if ended:
@@ -224,9 +245,9 @@ class Dependencies:
         """Tasks `ended` ended failed or cancelled for good: every task waiting on them,
         transitively, ends cancelled ("dependency <id> failed" / "was cancelled", naming
         its own dependency that ended), attempts 0. Call it in the transaction that ended
-        them, after the statement that did. One statement when none has dependents (two
-        per level of dependents otherwise). Returns the (id, queue, type) of each task it
-        cancelled."""
+        them, after the statement that did, for those whose row says `has_dependents`
+        (any other costs one lookup for nothing). Two statements per level of
+        dependents. Returns the rows (id, queue, type, has_dependents) it cancelled."""
         cancelled: list[Mapping] = []
         ids = list(ended)
         while ids:
@@ -235,7 +256,7 @@ class Dependencies:
                 break
             level = tx.all(self.q.CASCADE_CANCEL, args)
             cancelled.extend(level)
-            ids = [r["id"] for r in level]
+            ids = [r["id"] for r in level if r["has_dependents"]]
         if cancelled:
             tx.notify = True  # finished tasks (GET /task?wait)
         return cancelled

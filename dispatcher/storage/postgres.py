@@ -122,12 +122,12 @@ WITH done AS (
            finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL,
            worker_id = %(worker_id)s
      WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-    RETURNING id, queue, type
+    RETURNING id, queue, type, has_dependents
 )
 UPDATE attempts SET finished_at = %(now)s, outcome = 'completed', error = NULL
   FROM done
  WHERE attempts.task_id = done.id AND attempts.lease_token = %(lease_token)s
-RETURNING done.queue, done.type"""
+RETURNING done.queue, done.type, done.has_dependents"""
 
 # The same transitions for a whole batch in one statement: in_progress -> completed,
 # and in_progress -> failed when no retries are left, for each result under its task's
@@ -155,7 +155,8 @@ WITH r AS (
       FROM locked r
      WHERE t.id = r.task_id AND t.status = 'in_progress' AND t.lease_token = r.lease_token
        AND (r.status = 'completed' OR t.attempts > t.max_retries)
-    RETURNING t.id, t.status, t.error, t.queue, t.type, r.lease_token, r.worker_id
+    RETURNING t.id, t.status, t.error, t.queue, t.type, t.has_dependents, r.lease_token,
+              r.worker_id
 ), closed AS (
     UPDATE attempts a SET finished_at = %(now)s, outcome = done.status, error = done.error
       FROM done
@@ -169,7 +170,7 @@ WITH r AS (
               FROM closed GROUP BY worker_id) n
      WHERE w.worker_id = n.worker_id
 )
-SELECT id, queue, type FROM done"""
+SELECT id, queue, type, has_dependents FROM done"""
 
 # finished tasks past retention, with their history; rows another reaper is deleting
 # are skipped

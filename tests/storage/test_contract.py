@@ -1001,6 +1001,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         db.execute("ALTER TABLE tasks DROP COLUMN progress")
         db.execute("ALTER TABLE tasks DROP COLUMN waiting_on")
         db.execute("ALTER TABLE tasks DROP COLUMN depends_on")
+        db.execute("ALTER TABLE tasks DROP COLUMN has_dependents")
         db.execute("DROP TABLE task_dependencies")
         db.execute("PRAGMA user_version = 1")
     db.close()
