@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from dispatcher.errors import Conflict, UnknownDependency, http_status
@@ -279,3 +281,42 @@ def test_retention_deletes_the_edges_of_deleted_tasks(storage):
     report = reap(storage, now=T0 + 10_000, retention_s=100)
     assert report.deleted == 2
     assert storage.dependents(a) == []
+
+
+# -- races: a submission or a second result in another transaction at the same moment --
+
+
+def test_a_dependent_submitted_while_its_dependency_completes_never_stays_waiting(storage):
+    """Submitting B (depends on A) and completing A at once, many times over: whichever
+    commits first, B ends pending (the submission locks A; the result then sees B)."""
+    for round_ in range(15):
+        now = T0 + round_
+        a = submit(storage, now)
+        [c] = claim(storage, now=now)
+        result = Result(a, c["lease_token"], "w1", "completed", round_)
+        with ThreadPoolExecutor(2) as pool:
+            finished = pool.submit(storage.finish, [result], now)
+            submitted = pool.submit(storage.submit, [new_task(depends_on=[a])], now)
+            assert finished.result() == ["completed"]
+            [(b, _)] = submitted.result()
+        assert storage.status_of(b) == "pending", f"round {round_}: {storage.get(b)}"
+        [c] = claim(storage, now=now)  # out of the way of the next round
+        assert c["task_id"] == b and c["dependencies"] == {a: round_}
+        storage.finish([Result(b, c["lease_token"], "w1", "completed", None)], now)
+
+
+def test_the_last_two_dependencies_completing_at_once_release_the_fan_in(storage):
+    for round_ in range(10):
+        now = T0 + round_
+        [(a, _), (b, _), (join, _)] = storage.submit(
+            [new_task(), new_task(), new_task(depends_on=[0, 1])], now=now
+        )
+        claimed = {c["task_id"]: c for c in claim(storage, now=now, max_tasks=2)}
+        results = [Result(t, claimed[t]["lease_token"], "w1", "completed", t) for t in (a, b)]
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(lambda r, now=now: storage.finish([r], now), results))
+        assert outcomes == [["completed"], ["completed"]]
+        assert storage.status_of(join) == "pending", f"round {round_}: {storage.get(join)}"
+        [c] = claim(storage, now=now)
+        assert c["task_id"] == join and c["dependencies"] == {a: a, b: b}
+        storage.finish([Result(join, c["lease_token"], "w1", "completed", None)], now)
