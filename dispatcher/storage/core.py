@@ -863,7 +863,8 @@ class SqlStorage(browse.Browse, deps.Dependencies):
             task["history"] = []
             task["dependents"] = []
         for r in self._read(self.q.DEPENDENTS_AMONG, args):
-            tasks[r["depends_on"]]["dependents"].append(r["task_id"])
+            if r["depends_on"] in tasks:  # (one deleted since it was read: left out)
+                tasks[r["depends_on"]]["dependents"].append(r["task_id"])
         for r in self._read(self.q.HISTORY_AMONG, args):
             attempt = dict(r)
             tasks[attempt.pop("task_id")]["history"].append(attempt)
