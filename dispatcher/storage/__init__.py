@@ -117,6 +117,9 @@ class Storage(Protocol):
     """Called after every commit that may wake a held poll here (new or released work,
     a finished task); the app points it at its Wakeup. Other processes hear of the
     commit through `listen`."""
+    on_cascade: Callable[[list[Mapping]], None]
+    """Called after a commit that cancelled tasks because a dependency failed or was
+    cancelled, with their rows (id, queue, type): the app counts them in its metrics."""
     change_poll_s: float
     """How often Wakeup reads `change_counter` while a request waits."""
     marks_waiters: bool

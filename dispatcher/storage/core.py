@@ -345,6 +345,7 @@ class Tx:
     def __init__(self, handle: Any):
         self.handle = handle
         self.notify = False  # set: the commit may wake held polls (new work, a finished task)
+        self.cascaded: list[Mapping] = []  # tasks cancelled by a dependency (deps._cascade)
 
     def execute(self, sql: str, args: Any = None) -> Any:
         """Run a statement; the result has `rowcount`."""
@@ -367,6 +368,7 @@ class SqlStorage(browse.Browse, deps.Dependencies):
         self.backoff = (backoff_base, backoff_cap)  # retry_at's, for a failure with retries left
         self.refusals = Refusals()  # writes refused for a full disk or a read-only database
         self.on_change: Callable[[], None] = lambda: None  # Storage.on_change
+        self.on_cascade: Callable[[list[Mapping]], None] = lambda rows: None  # Storage's
         self.max_pending = 0  # Storage.max_pending (MAX_PENDING_TASKS); 0: no limit
         # this process's estimate of the pending count: the last exact count, when it
         # was made (`now` of that submission), and what this process submitted since

@@ -259,6 +259,7 @@ class Dependencies:
             ids = [r["id"] for r in level if r["has_dependents"]]
         if cancelled:
             tx.notify = True  # finished tasks (GET /task?wait)
+            tx.cascaded.extend(cancelled)  # told to on_cascade once committed (metrics)
         return cancelled
 
     # -- claims -----------------------------------------------------------------------
