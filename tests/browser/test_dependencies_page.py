@@ -33,6 +33,13 @@ def test_the_task_page_shows_dependencies_and_dependents(browser, dispatcher, tm
     for directory in filter(None, [tmp_path, os.environ.get("TASKQUEUE_SCREENSHOTS_DIR")]):
         save_screenshot(browser, directory, "task-dependencies")
 
+    browser.get(f"{dispatcher.url}/")  # the overview counts them
+    wait_text(browser, "waiting")
+    assert browser.find_element(By.ID, "count-waiting").text == "2"
+    for directory in filter(None, [tmp_path, os.environ.get("TASKQUEUE_SCREENSHOTS_DIR")]):
+        save_screenshot(browser, directory, "overview-waiting")
+    browser.get(f"{dispatcher.url}/dashboard/task/{middle}")
+    [up] = browser.find_elements(By.CSS_SELECTOR, "#depends-on li")
     up.find_element(By.TAG_NAME, "a").click()  # to the first task's page
     wait_text(browser, "Dependents")
     assert browser.find_element(By.CSS_SELECTOR, "h1 code").text == first
