@@ -320,3 +320,17 @@ def test_the_last_two_dependencies_completing_at_once_release_the_fan_in(storage
         [c] = claim(storage, now=now)
         assert c["task_id"] == join and c["dependencies"] == {a: a, b: b}
         storage.finish([Result(join, c["lease_token"], "w1", "completed", None)], now)
+
+
+def test_max_pending_counts_the_tasks_stored_pending(storage):
+    """MAX_PENDING_TASKS: a dependent submission counts the tasks it stores pending (a
+    waiting task counts once it becomes pending, as a delayed one does)."""
+    from dispatcher.errors import QueueFull
+
+    storage.max_pending = 2
+    a, b = (submit(storage, T0 + i) for i in range(2))
+    with pytest.raises(QueueFull):
+        storage.submit([new_task(), new_task(depends_on=[0])], now=T0 + 2)
+    [(waiting, _)] = storage.submit([new_task(depends_on=[a, b])], now=T0 + 2)
+    assert storage.status_of(waiting) == "waiting"
+    assert storage.stats(now=T0 + 2, dead_after=FOREVER)["tasks"]["pending"] == 2
