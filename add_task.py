@@ -46,7 +46,15 @@ from taskqueue import ApiError, Client, DispatcherUnreachable, TaskHandle  # noq
 from taskqueue.errors import shift_index  # noqa: E402, F401  (tests/unit/test_cli_parsing.py)
 from tasks import registry  # noqa: E402
 
-TASK_OPTIONS = ("queue", "max_retries", "timeout", "priority", "delay", "idempotency_key")
+TASK_OPTIONS = (
+    "queue",
+    "max_retries",
+    "timeout",
+    "priority",
+    "delay",
+    "idempotency_key",
+    "depends_on",
+)
 ALGORITHMS = ("sieve", "trial_division")
 PROGRESS_ROWS = 5  # running tasks whose progress --wait shows, at most
 PROGRESS_EVERY_S = 1.0  # how often --wait reads their progress (one GET /workers)
@@ -231,7 +239,8 @@ task objects (--payload, --payload-file):
   {{"type": "primes", "payload": {{"limit": 1000}}, "priority": 5}}
   {{"type": "compute", "operation": "factorial", "value": 10}}
       the second (flat) form puts every key that is not a task option (queue,
-      max_retries, timeout, priority, delay, idempotency_key) into the payload
+      max_retries, timeout, priority, delay, idempotency_key, depends_on) into the
+      payload
   built-in types: {", ".join(registry.names())}
 
 examples:
@@ -240,6 +249,7 @@ examples:
   python3 add_task.py --payload '{{"type": "sleep", "payload": {{"duration": 2}}}}'
   python3 add_task.py --payload-file tasks.jsonl --priority 5 --json
   python3 add_task.py --random --count 50 --seed 1 --wait
+  python3 add_task.py 1 1000 --depends-on ID1,ID2  runs once tasks ID1 and ID2 completed
   python3 add_task.py --list-types               the task types, their defaults and fields
 
 DISPATCHER_URL may list several dispatchers, comma-separated: one that answers takes
@@ -313,6 +323,13 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
         help="seconds before the first attempt may start",
     )
     every.add_argument("--queue", metavar="NAME", help="queue name (default 'default')")
+    every.add_argument(
+        "--depends-on",
+        type=task_ids,
+        metavar="ID[,ID...]",
+        help="task ids each task waits for: it runs once they have all completed (status "
+        "waiting until then), and is cancelled if one fails or is cancelled",
+    )
     parser.add_argument(
         "--wait",
         action="store_true",
@@ -369,8 +386,17 @@ def build_tasks(args: argparse.Namespace, stdin=None) -> list[dict]:
         "priority": args.priority,
         "delay": args.delay,
         "queue": args.queue,
+        "depends_on": args.depends_on,
     }
     return apply_options(tasks, options)
+
+
+def task_ids(text: str) -> list[str]:
+    """--depends-on: comma-separated task ids (blanks around commas ignored)."""
+    ids = [part.strip() for part in text.split(",")]
+    if not all(ids):
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of task ids: {text!r}")
+    return ids
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -38,6 +38,7 @@ from common.statuses import STATUSES  # noqa: E402
 from taskqueue import ApiError, Client, DispatcherUnreachable, NotFound  # noqa: E402
 
 COLOURS = {
+    "waiting": "blue",
     "pending": "cyan",
     "in_progress": "yellow",
     "completed": "green",
@@ -53,8 +54,8 @@ MAX_SHOWN_TASKS = 3  # current task ids listed per worker; the rest are counted
 
 CSV_HELP = """\
 --export csv columns (section,name,status,count), one row per:
-  tasks,all,STATUS,N          tasks in STATUS (pending, in_progress, completed, failed,
-                              cancelled)
+  tasks,all,STATUS,N          tasks in STATUS (waiting, pending, in_progress, completed,
+                              failed, cancelled)
   queue,QUEUE,STATUS,N        tasks of queue QUEUE in STATUS
   type,TYPE,STATUS,N          tasks of task type TYPE in STATUS
   worker,WORKER_ID,STATUS,N   a worker (alive, stopping, stopped or dead); N = attempts it
@@ -231,7 +232,7 @@ def queues_table(stats: dict) -> Table:
     table = Table(title="queues", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("queue")
     for s in STATUSES:
-        table.add_column(s, justify="right", style=COLOURS[s])
+        table.add_column(s, justify="right", style=COLOURS.get(s, ""))
     queues = stats.get("queues", {})
     for name, counts in sorted(queues.items()):
         table.add_row(name, *(str(counts.get(s, 0)) for s in STATUSES))

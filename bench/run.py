@@ -2,7 +2,7 @@
 """The project's own benchmark: how cost grows with the queue, the workers and the claim
 size, and how fast a held long poll wakes up.
 
-    python bench/run.py [--quick] [--out DIR] [--update-results]
+    python bench/run.py [--quick] [--out DIR] [--update-results] [--waiting [N]]
 
 Runs with any python3 (the first call installs requirements-bench.txt into .venv). Writes
 DIR (default bench/out/, not committed): results.json, RESULTS.md, throughput.png and the
@@ -57,17 +57,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="copy RESULTS.md and throughput.png over the committed ones in bench/ (full runs)",
     )
+    p.add_argument(
+        "--waiting",
+        type=int,
+        nargs="?",
+        const=storage_bench.WAITING_DEFAULT,
+        default=0,
+        metavar="N",
+        help="put N waiting tasks (default 100,000) beside the pending ones in the storage "
+        "sizes: what they cost the claim (compare with a run without)",
+    )
     return p.parse_args(argv)
 
 
-def storage_steps(sizes: tuple[int, ...], ports: Ports, work: Path) -> list[dict]:
-    """Sections 1 and 2 for each size, one temporary database at a time."""
+def storage_steps(sizes: tuple[int, ...], ports: Ports, work: Path, waiting: int = 0) -> list[dict]:
+    """Sections 1 and 2 for each size, one temporary database at a time (with `waiting`
+    waiting tasks beside the pending ones)."""
     results = []
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as tmp:
             path = Path(tmp) / "tasks.db"
             print(f"[storage] {n:,} tasks: load, claim, complete ...", flush=True)
-            size = storage_bench.load_and_measure(path, n, DRAIN_TIMEOUT_S)
+            size = storage_bench.load_and_measure(path, n, DRAIN_TIMEOUT_S, waiting)
             print(
                 f"  load {size['load']['rows_per_s']:,.0f} rows/s, "
                 f"claim {size['claim']['tasks_per_s']:,.0f} tasks/s, "
@@ -84,7 +95,7 @@ def storage_steps(sizes: tuple[int, ...], ports: Ports, work: Path) -> list[dict
     return results
 
 
-def run(quick: bool, out: Path, command: str) -> dict:
+def run(quick: bool, out: Path, command: str, waiting: int = 0) -> dict:
     """Every section in turn; the results as one JSON-able dict."""
     mode = QUICK if quick else FULL
     work = out / "work"
@@ -112,7 +123,8 @@ def run(quick: bool, out: Path, command: str) -> dict:
         timings[name] = time.monotonic() - mark
         mark = time.monotonic()
 
-    results["storage"] = storage_steps(mode["sizes"], ports, work)
+    results["waiting"] = waiting
+    results["storage"] = storage_steps(mode["sizes"], ports, work, waiting)
     lap("storage, memory and retention")
     print("[throughput] workers x max_tasks ...", flush=True)
     results["throughput"] = cluster_bench.throughput_grid(
@@ -154,7 +166,7 @@ def main(argv: list[str]) -> int:
         print("--update-results takes a full run: the committed results are not --quick")
         return 2
     out = args.out.resolve()
-    results = run(args.quick, out, command)
+    results = run(args.quick, out, command, args.waiting)
     where = write(results, out, args.update_results)
     print(f"done in {results['elapsed_s'] / 60:.1f} min: {where}", flush=True)
     return 0

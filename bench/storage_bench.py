@@ -1,20 +1,34 @@
 """How the storage layer's cost grows with the table: bulk load, claim and complete
 throughput with N pending tasks, bytes per finished task, the claim's query plan, and
 what retention (reap) gives back. Storage API only (no HTTP), on a real SQLite file with
-the dispatcher's settings (WAL, synchronous=FULL, one commit per call)."""
+the dispatcher's settings (WAL, synchronous=FULL, one commit per call).
+
+Run alone, it measures what waiting tasks (dependencies, docs/SCHEDULING.md) cost the
+claim: the claim rate at PENDING pending tasks, without and then with WAITING waiting
+tasks in the same queue (each waits for one task of another queue, never run), each on
+a fresh database:
+
+    python bench/storage_bench.py [--pending 1000000] [--waiting 100000] [--json]
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sqlite3
+import sys
+import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
 
-from procs import BenchError
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root
 
-from common.config import Config
-from dispatcher.storage import NewTask, Result, open_storage
-from dispatcher.storage.sqlite import CLAIM
+from procs import BenchError  # noqa: E402
+
+from common.config import Config  # noqa: E402
+from dispatcher.storage import NewTask, Result, open_storage  # noqa: E402
+from dispatcher.storage.sqlite import CLAIM  # noqa: E402
 
 LOAD_BATCH = 10_000  # tasks per storage.submit (one transaction)
 CLAIM_BATCH = 100  # max_tasks per claim while measuring
@@ -45,6 +59,24 @@ def bulk_load(storage, n: int, now: float) -> dict:
         storage.submit(batch, now=now)
     seconds = time.perf_counter() - start
     return {"rows": n, "seconds": seconds, "rows_per_s": n / seconds}
+
+
+WAITING_DEFAULT = 100_000  # --waiting without a number
+BLOCKER_QUEUE = "bench-blocker"  # the one task every waiting task waits for: never claimed
+
+
+def load_waiting(storage, n: int, now: float) -> dict:
+    """n waiting tasks in QUEUES[0], each depending on one pending task of BLOCKER_QUEUE
+    (which the benchmark never claims), in batches of LOAD_BATCH; rows/s of the load."""
+    start = time.perf_counter()
+    [(blocker, _)] = storage.submit([NewTask("compute", {}, queue=BLOCKER_QUEUE)], now=now)
+    for first in range(0, n, LOAD_BATCH):
+        batch = [noop(i) for i in range(first, min(n, first + LOAD_BATCH))]
+        for task in batch:
+            task.depends_on = [blocker]
+        storage.submit(batch, now=now)
+    seconds = time.perf_counter() - start
+    return {"rows": n, "seconds": seconds, "rows_per_s": n / seconds if seconds else 0.0}
 
 
 def measure_claims(storage, now: float) -> tuple[list[dict], dict]:
@@ -185,14 +217,16 @@ def retention(storage, path: Path, now: float, timeout: float) -> dict:
     }
 
 
-def load_and_measure(path: Path, n: int, timeout: float) -> dict:
-    """One queue size: load n tasks, measure claim and complete, finish the rest, record
-    the disk use and the plan. Leaves the database (all tasks completed) for the memory
-    and retention steps; `sample_ids` are some finished tasks' ids for them."""
+def load_and_measure(path: Path, n: int, timeout: float, waiting: int = 0) -> dict:
+    """One queue size: load n tasks (and `waiting` waiting tasks beside them), measure
+    claim and complete, finish the rest, record the disk use and the plan. Leaves the
+    database (all pending tasks completed) for the memory and retention steps;
+    `sample_ids` are some finished tasks' ids for them."""
     now = time.time()
     storage = open_db(path)
     try:
         load = bulk_load(storage, n, now)
+        waited = load_waiting(storage, waiting, now) if waiting else None
         plan = claim_plan(path, now)
         claims, claim_rate = measure_claims(storage, now)
         left, finish_rate = measure_finishes(storage, claims, now)
@@ -202,6 +236,7 @@ def load_and_measure(path: Path, n: int, timeout: float) -> dict:
         storage.close()
     return {
         "size": n,
+        "waiting": waited,
         "load": load,
         "claim": claim_rate,
         "complete": finish_rate,
@@ -219,3 +254,56 @@ def measure_retention(path: Path, timeout: float) -> dict:
         return retention(storage, path, time.time(), timeout)
     finally:
         storage.close()
+
+
+def compare_waiting(pending: int, waiting: int, timeout: float) -> dict:
+    """The claim rate at `pending` pending tasks without, then with, `waiting` waiting
+    tasks beside them (a fresh database each), and the second as a share of the first."""
+    runs = {}
+    for label, extra in (("without", 0), ("with", waiting)):
+        with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as tmp:
+            now = time.time()
+            storage = open_db(Path(tmp) / "tasks.db")
+            try:
+                bulk_load(storage, pending, now)
+                loaded = load_waiting(storage, extra, now) if extra else None
+                _, rate = measure_claims(storage, now)
+            finally:
+                storage.close()
+        runs[label] = {"waiting": extra, "waiting_load": loaded, "claim": rate}
+        print(
+            f"{pending:,} pending, {extra:,} waiting: claim {rate['tasks_per_s']:,.0f} tasks/s",
+            flush=True,
+        )
+    base = runs["without"]["claim"]["tasks_per_s"]
+    ratio = runs["with"]["claim"]["tasks_per_s"] / base if base else 0.0
+    print(f"with waiting tasks: {ratio:.1%} of the rate without", flush=True)
+    return {"pending": pending, "runs": runs, "ratio": ratio}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python bench/storage_bench.py",
+        description="The claim rate beside waiting tasks (docs/PERFORMANCE.md).",
+    )
+    p.add_argument("--pending", type=int, default=1_000_000, help="pending tasks (10^6)")
+    p.add_argument(
+        "--waiting",
+        type=int,
+        nargs="?",
+        const=WAITING_DEFAULT,
+        default=WAITING_DEFAULT,
+        help=f"waiting tasks beside them (default {WAITING_DEFAULT:,})",
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    args = p.parse_args(argv)
+    if args.pending < 1 or args.waiting < 1:
+        p.error("--pending and --waiting must be at least 1")
+    out = compare_waiting(args.pending, args.waiting, timeout=3_600.0)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

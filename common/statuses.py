@@ -5,4 +5,5 @@ pulling in the dispatcher (or Flask).
 """
 
 FINISHED = ("completed", "failed", "cancelled")  # final: no transition leaves them
-STATUSES = ("pending", "in_progress", *FINISHED)
+# waiting: submitted with dependencies not all completed (never claimed until pending)
+STATUSES = ("waiting", "pending", "in_progress", *FINISHED)

@@ -59,6 +59,7 @@ def create_app(
         logs.set_request_id_source(current_request_id)
     tasks.load_modules(config.modules)
     storage = open_storage(config)
+    storage.on_cascade = metrics.count_cascaded  # cancelled by a dependency
     app = Flask(__name__, static_folder=None)  # no files to serve: no /static route
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes

@@ -36,6 +36,7 @@ from .ticks import MAX_EVERY
 MAX_KEY_LENGTH = 200
 MAX_ERROR_LENGTH = 10_000
 MAX_DELAY = 365 * 86_400.0  # a year
+MAX_DEPENDENCIES = 100  # depends_on of one task
 MAX_DEPTH = 100  # nesting of a stored payload or result: JSON must hold it on the way out
 
 
@@ -56,6 +57,7 @@ InstanceId = _name("the worker process's random id")
 TaskId = _name("the task")
 QueueName = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 HeldId = Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
+DependencyRef = _name('a task id, or "#N": the N-th task of the same POST /submit-tasks')
 ResultItem = _field(
     Any,
     "a result as for /submit-result (schema Result); "
@@ -232,6 +234,15 @@ def _requests(batch: int, max_wait: float, retries: int, task_timeout: float) ->
         idempotency_key: (
             _name("a key used before returns the first task", MAX_KEY_LENGTH) | None
         ) = None
+        depends_on: (
+            _field(
+                list[DependencyRef],
+                "tasks that must complete before this one runs (it waits, status waiting); "
+                'in POST /submit-tasks "#N" names the N-th task (from 0) of the same batch',
+                max_length=MAX_DEPENDENCIES,
+            )
+            | None
+        ) = None
 
     class NewTasks(Body):
         tasks: _field(list[NewTask], "stored all or nothing", min_length=1, max_length=batch)
@@ -303,7 +314,11 @@ class Error(Answer):
 
 class Submitted(Answer):
     task_id: AnswerId
-    status: Literal["pending"]
+    status: _field(
+        Literal["pending", "waiting", "cancelled"],
+        "waiting: some of its dependencies are not completed; cancelled: one already "
+        "failed or was cancelled",
+    )
 
 
 class TaskStatus(Answer):
@@ -368,10 +383,12 @@ class TaskSummary(Answer):
     schedule: (
         _field(ScheduleMark, "the schedule and tick that created it; null: a client did") | None
     )
+    depends_on: _field(list[AnswerId], "the tasks it waits for (empty: none)")
 
 
 class Task(TaskSummary):
     history: list[Attempt]
+    dependents: _field(list[AnswerId], "the tasks that depend on this one")
 
 
 class Finished(Answer):
@@ -394,6 +411,14 @@ class ClaimedTask(Answer):
     timeout: _field(float, "seconds")
     lease_token: str
     lease_expires_at: Time
+    dependencies: (
+        _field(
+            dict[str, Any],
+            "{task_id: result} of its dependencies (only for a task that has some; a "
+            "dependency deleted by retention is left out)",
+        )
+        | UnsetType
+    ) = msgspec.UNSET
 
 
 class Claimed(Answer):

@@ -22,6 +22,7 @@ from .storage.errors import (  # noqa: F401  (re-exported: the app's names for t
     ScheduleNotFound,
     StorageError,
     TaskNotFound,
+    UnknownDependency,
     WorkerStopping,
     WorkerTakenOver,
 )
@@ -67,6 +68,7 @@ STORAGE_STATUS: tuple[tuple[type[StorageError], int], ...] = (
     (WorkerStopping, 409),
     (QueueFull, 429),
     (BadValue, 400),
+    (UnknownDependency, 400),
     (DatabaseUnavailable, 503),
 )
 

@@ -107,6 +107,11 @@ def count_bulk_cancelled(moved: Mapping[tuple[str, str], int]) -> None:
         FINISHED.labels(queue, type_, "cancelled").inc(n)
 
 
+def count_cascaded(rows: Iterable[Mapping]) -> None:
+    """Tasks cancelled because a dependency failed or was cancelled (storage.on_cascade)."""
+    count_bulk_cancelled(Tally((r["queue"], r["type"]) for r in rows))
+
+
 def count_expired(queues: Iterable[str]) -> None:
     for queue, n in Tally(queues).items():
         LEASE_EXPIRATIONS.labels(queue).inc(n)

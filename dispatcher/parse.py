@@ -160,7 +160,7 @@ def shallow(value: Any, key: str) -> Any:
 
 def new_task(data: Any, config: Config, registry: Registry) -> NewTask:
     """A submission (POST /submit-task), validated by its task type."""
-    return _stored(convert(data, bodies.requests(config).new_task), config, registry)
+    return _stored(convert(data, bodies.requests(config).new_task), config, registry, None)
 
 
 def new_tasks(data: Any, config: Config, registry: Registry) -> list[NewTask]:
@@ -169,13 +169,40 @@ def new_tasks(data: Any, config: Config, registry: Registry) -> list[NewTask]:
     tasks = []
     for i, item in enumerate(convert(data, bodies.requests(config).new_tasks).tasks):
         try:
-            tasks.append(_stored(item, config, registry))
+            tasks.append(_stored(item, config, registry, i))
         except (QueueError, ValueError) as exc:
             raise BadRequest(f"tasks[{i}]: {exc}") from None
     return tasks
 
 
-def _stored(task: Any, config: Config, registry: Registry) -> NewTask:
+def depends_on(refs: list[str], index: int | None) -> list[str | int]:
+    """A task's depends_on as NewTask holds it: ids, and "#N" as the int N, an earlier
+    task of the batch (`index`: this task's place in it; None, not in a batch); each
+    named once (a repeat is dropped)."""
+    out: dict[str | int, None] = {}
+    for ref in refs:
+        if ref.startswith("#"):
+            n = ref[1:]
+            if index is None:
+                raise BadRequest(
+                    f"'depends_on': {ref!r} names a task of the same batch; "
+                    "only POST /submit-tasks has one"
+                )
+            if not (n.isdigit() and n.isascii() and int(n) < index):
+                raise BadRequest(
+                    f"'depends_on': {ref!r} is not an earlier task of this batch "
+                    f'("#0" to "#{index - 1}")'
+                    if index
+                    else f"'depends_on': {ref!r}: the batch's first task can depend on none "
+                    "of the batch"
+                )
+            out[int(n)] = None
+        else:
+            out[storable(ref, "depends_on")] = None
+    return list(out)
+
+
+def _stored(task: Any, config: Config, registry: Registry, index: int | None) -> NewTask:
     task_type = registry.get(task.type)
     payload = task_type.accept(task.payload, config)
     if not task_type.flat:  # a typed payload of plain fields cannot nest
@@ -189,6 +216,7 @@ def _stored(task: Any, config: Config, registry: Registry) -> NewTask:
         if task.idempotency_key is not None:
             storable(task.idempotency_key, "idempotency_key")
     # What a submission leaves out: its type's default (above), else the dispatcher's.
+    refs = depends_on(task.depends_on, index) if task.depends_on else None
     return NewTask(
         task.type,
         payload,
@@ -198,6 +226,7 @@ def _stored(task: Any, config: Config, registry: Registry) -> NewTask:
         config.default_max_retries if task.max_retries is None else task.max_retries,
         config.default_task_timeout if task.timeout is None else task.timeout,
         task.idempotency_key,
+        refs or None,
     )
 
 

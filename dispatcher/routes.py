@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
 from . import longpoll, metrics, openapi, parse
-from .errors import CLIENT_ERRORS, RequestTimeout, WorkerStopping, http_status
+from .errors import CLIENT_ERRORS, RequestTimeout, UnknownDependency, WorkerStopping, http_status
 from .storage import FINISHED
 
 log = logging.getLogger("dispatcher")
@@ -86,11 +86,16 @@ def json_body() -> dict:
 def submit_task():
     c = ctx()
     task = parse.new_task(json_body(), c.config, c.registry)
-    [(task_id, created)] = c.storage.submit([task], now=c.clock())
+    try:
+        [(task_id, created)] = c.storage.submit([task], now=c.clock())
+    except UnknownDependency as exc:
+        raise exc.alone() from None
     if created:
         metrics.SUBMITTED.labels(task.queue, task.type).inc()
         _log_submitted(task_id, task)
-        return {"task_id": task_id, "status": "pending"}, 201
+        # with dependencies: waiting, pending or cancelled (one read, for those only)
+        status = c.storage.status_of(task_id) if task.depends_on else "pending"
+        return {"task_id": task_id, "status": status}, 201
     log.info("idempotent repeat of task %s key=%s", task_id, task.idempotency_key)
     return {"task_id": task_id, "status": c.storage.status_of(task_id)}, 200
 

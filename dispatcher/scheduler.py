@@ -72,6 +72,8 @@ def check(
             "task: 'idempotency_key' is not allowed: each tick's task has its own "
             "(schedule:<name>:<tick>)"
         )
+    if template.get("depends_on"):
+        raise BadRequest("task: 'depends_on' is not allowed: a tick's task waits for nothing")
     if with_task:
         task_for(template, config, registry)
     definition = {

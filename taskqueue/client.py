@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from taskqueue.schedules import Schedules
 
 # The options of a submission (POST /submit-task), besides its type and payload.
-OPTIONS = frozenset(("queue", "priority", "delay", "max_retries", "timeout", "idempotency_key"))
+OPTIONS = frozenset(
+    ("queue", "priority", "delay", "max_retries", "timeout", "idempotency_key", "depends_on")
+)
 ITEM_FIELDS = OPTIONS | {"type", "payload"}
 WAIT_THREADS = 4  # most threads waiting for tasks at once (each holds one long poll)
 SLICE = 1.0  # longest hold of one poll while more tasks wait their turn than threads poll
@@ -147,7 +149,8 @@ class Client:
         """Submit one task (POST /submit-task). `type_or_task`: a task type's name, or a
         task object (`.name`, and `.check(payload)`, which validates the payload here and
         returns it with its defaults). `options`: queue, priority, delay, max_retries,
-        timeout, idempotency_key. A 400 raises InvalidRequest (a ValueError)."""
+        timeout, idempotency_key, depends_on (TaskHandles or task ids: the task waits
+        until they have completed). A 400 raises InvalidRequest (a ValueError)."""
         if options and not OPTIONS.issuperset(options):
             raise _unknown_options("submit", options)
         task_id = self._conn().submit_task(_body(type_or_task, payload, options))
@@ -201,6 +204,36 @@ class Client:
                 raise _Smaller(len(bodies) // 2) from None
             raise
         return [TaskHandle(self, task_id) for task_id in ids]
+
+    # -- workflows (dependencies) -------------------------------------------------------
+
+    def chain(self, *tasks: Any) -> list[TaskHandle]:
+        """Submit tasks that run one after the other, in one POST /submit-tasks (stored
+        all or nothing): each waits for the one before it and sees its result in
+        `TaskContext.dependencies`. A task is an item as submit_many takes it (a dict,
+        or a pair (type_or_task, payload)); its own depends_on is kept. Returns the
+        handles in order: the last one's result is the chain's."""
+        bodies = [_item_body(i, item, {}) for i, item in enumerate(tasks)]
+        for i in range(1, len(bodies)):
+            _add_dependencies(bodies[i], [f"#{i - 1}"])
+        return self._flow(bodies, "chain")
+
+    def group(self, *tasks: Any) -> Group:
+        """Tasks that run side by side; `.then(task)` adds one that waits for all of them
+        (fan-in), `.submit()` submits them alone. Either is one POST /submit-tasks."""
+        return Group(self, [_item_body(i, item, {}) for i, item in enumerate(tasks)])
+
+    def _flow(self, bodies: list[dict], what: str) -> list[TaskHandle]:
+        """One batch, never split (its "#N" name tasks of the same batch)."""
+        if not bodies:
+            raise ValueError(f"a {what} needs at least one task")
+        try:
+            return self._submit_batch(bodies)
+        except _Smaller:
+            raise ValueError(
+                f"a {what} of {len(bodies)} tasks is more than the dispatcher takes in one "
+                f"batch (MAX_BATCH {self.max_batch})"
+            ) from None
 
     # -- reading ----------------------------------------------------------------------
 
@@ -570,8 +603,48 @@ def default_client() -> Client:
     return Client()
 
 
+class Group:
+    """Tasks of Client.group, not submitted yet."""
+
+    def __init__(self, client: Client, bodies: list[dict]) -> None:
+        self.client = client
+        self.bodies = bodies
+
+    def then(self, task: Any, payload: dict | None = None, **options: Any) -> list[TaskHandle]:
+        """Submit the group and `task` (a type or task object with its payload and
+        options, as submit takes them, or an item as submit_many takes them), which
+        waits for every task of the group and sees all their results in
+        `TaskContext.dependencies`. One POST /submit-tasks. Returns the handles of the
+        group's tasks in order, then the last one's: `handles[-1]` is the fan-in task."""
+        if isinstance(task, (dict, tuple)) and payload is None and not options:
+            body = _item_body(len(self.bodies), task, {})
+        else:
+            body = _body(task, payload, _ids_of(options))
+        _add_dependencies(body, [f"#{i}" for i in range(len(self.bodies))])
+        return self.client._flow([*self.bodies, body], "group")
+
+    def submit(self) -> list[TaskHandle]:
+        """Submit the group's tasks alone (one batch); their handles in order."""
+        return self.client._flow(list(self.bodies), "group")
+
+
+def _add_dependencies(body: dict, refs: list[str]) -> None:
+    body["depends_on"] = [*body.get("depends_on", ()), *refs]
+
+
+def _ids_of(options: dict) -> dict:
+    """`options` with depends_on's TaskHandles as their ids."""
+    refs = options.get("depends_on")
+    if refs is None:
+        return options
+    if isinstance(refs, (str, TaskHandle)):
+        refs = [refs]
+    return {**options, "depends_on": [r.id if isinstance(r, TaskHandle) else r for r in refs]}
+
+
 def _body(type_or_task: Any, payload: dict | None, options: dict) -> dict:
     """One submission body: {"type", "payload", **options}."""
+    options = _ids_of(options) if "depends_on" in options else options
     if isinstance(type_or_task, str):
         body = {"type": type_or_task, "payload": {} if payload is None else payload}
     else:

@@ -39,7 +39,7 @@ class TaskHandle:
         return self.record
 
     def status(self) -> str:
-        """pending, in_progress, completed, failed or cancelled, as of now."""
+        """waiting, pending, in_progress, completed, failed or cancelled, as of now."""
         return self.refresh()["status"]
 
     def done(self) -> bool:

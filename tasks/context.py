@@ -20,6 +20,9 @@ Reporter = Callable[[str, float, str], None]
 
 @dataclass
 class TaskContext:
+    """`dependencies`: {task_id: result} of the tasks this one depends on (submitted with
+    depends_on), those still stored; {} for a task without dependencies."""
+
     task_id: str = "local"
     attempt: int = 1
     queue: str = "default"

@@ -5,7 +5,8 @@ trip (~0.2 ms of the parent's CPU with pebble) is paid once per chunk, not per t
 Each task of a chunk gets its own outcome: one task raising does not touch the others.
 Only the death of the process (a timeout, a crash) ends a chunk as a whole.
 
-Each task runs with its TaskContext (its id, attempt and queue), which is also
+Each task runs with its TaskContext (its id, attempt, queue, and its dependencies'
+results), which is also
 `tasks.context.current()` while it runs; its progress reports reach the worker through
 the pool's progress channel (worker/progress.py), made once with the pool.
 """
@@ -30,8 +31,9 @@ from .progress import Channel, Outbox
 
 log = logging.getLogger("worker")
 
-# what a pool call runs, per task: (task_id, attempt, queue, type, payload)
-Item = tuple[str, int, str, str, dict]
+# what a pool call runs, per task: (task_id, attempt, queue, type, payload), and the
+# results of its dependencies ({task_id: result}) when it has some
+Item = tuple[str, int, str, str, dict] | tuple[str, int, str, str, dict, dict]
 
 
 class TaskPool:
@@ -108,9 +110,16 @@ def run_chunk(items: list[Item]) -> list[dict[str, Any]]:
     return [_run_one(*item) for item in items]
 
 
-def _run_one(task_id: str, attempt: int, queue: str, type_: str, payload: dict) -> dict[str, Any]:
+def _run_one(
+    task_id: str,
+    attempt: int,
+    queue: str,
+    type_: str,
+    payload: dict,
+    dependencies: dict | None = None,
+) -> dict[str, Any]:
     report = _outbox.report if _outbox is not None else None
-    context = TaskContext(task_id, attempt, queue, report=report)
+    context = TaskContext(task_id, attempt, queue, dependencies or {}, report=report)
     set_current(context)
     try:
         value = tasks.run_task(type_, payload, context)

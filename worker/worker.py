@@ -297,7 +297,9 @@ class Worker:
             expected = (self.prefetch.average or 0.0) * len(chunk)
             timeout = min(timeout, max(CHUNK_MIN_TIMEOUT_S, CHUNK_SLACK * expected))
         items = [
-            (c["task_id"], c["attempt"], c.get("queue", ""), c["type"], c["payload"]) for c in chunk
+            (c["task_id"], c["attempt"], c.get("queue", ""), c["type"], c["payload"])
+            + ((c["dependencies"],) if "dependencies" in c else ())
+            for c in chunk
         ]  # a dispatcher older than the claim's queue: "" (unknown)
         future = self.pool.start(items, timeout)
         started = time.monotonic()

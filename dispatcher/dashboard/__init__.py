@@ -348,6 +348,9 @@ def bulk():
 # -- one task -----------------------------------------------------------------------
 
 
+LINKED_MAX = 100  # dependents listed on a task's page (the rest are counted)
+
+
 @bp.get("/dashboard/task/<task_id>")
 def task(task_id: str):
     c = ctx()
@@ -355,12 +358,18 @@ def task(task_id: str):
         found = c.storage.get(task_id)
     except TaskNotFound:
         return render_template("missing.html", task_id=task_id), 404
+    shown = found["dependents"][:LINKED_MAX]
+    linked = found["depends_on"] + shown
+    statuses = c.storage.statuses(linked) if linked else {}
     return render_template(
         "task.html",
         task=found,
         payload=pretty(found["payload"]),
         result=None if found["result"] is None else pretty(found["result"]),
         notice=_task_notice(request.args, found["status"]),
+        depends_on=[(t, statuses.get(t)) for t in found["depends_on"]],
+        dependents=[(t, statuses.get(t)) for t in shown],
+        more_dependents=len(found["dependents"]) - len(shown),
     )
 
 

@@ -34,6 +34,9 @@ class NewTask:
     max_retries: int = 3
     timeout: float = 300.0
     idempotency_key: str | None = None
+    # the tasks it waits for: ids, and (a batch's) ints, the index of an earlier task of
+    # the same submission; None: none
+    depends_on: list[str | int] | None = None
 
 
 @dataclass(slots=True)
@@ -114,6 +117,9 @@ class Storage(Protocol):
     """Called after every commit that may wake a held poll here (new or released work,
     a finished task); the app points it at its Wakeup. Other processes hear of the
     commit through `listen`."""
+    on_cascade: Callable[[list[Mapping]], None]
+    """Called after a commit that cancelled tasks because a dependency failed or was
+    cancelled, with their rows (id, queue, type): the app counts them in its metrics."""
     change_poll_s: float
     """How often Wakeup reads `change_counter` while a request waits."""
     marks_waiters: bool
@@ -126,6 +132,13 @@ class Storage(Protocol):
         """(nothing) -> pending, all in one transaction: `(task_id, created)` each, in
         order. A task whose idempotency_key is taken gives that task's id and
         `created` False, and stores nothing.
+
+        A task with `depends_on` is stored waiting (a dependency not completed),
+        pending (all completed) or cancelled ("dependency <id> failed" / "was
+        cancelled": one already ended so); an int in it is the index of an earlier task
+        of the same call, standing for that task's id (the existing task's, for a
+        repeated idempotency_key). An id of no stored task raises UnknownDependency and
+        stores nothing.
 
         With `max_pending` set, a submission whose created tasks would take the pending
         count past it raises QueueFull and stores nothing (a repeat that creates nothing
@@ -154,7 +167,8 @@ class Storage(Protocol):
         WorkerTakenOver for a retired instance, WorkerStopping for one that said it is
         stopping. A claimed task has no progress until its new attempt reports some.
         Returns `{task_id, type, queue, payload, attempt, timeout, lease_token,
-        lease_expires_at}` each."""
+        lease_expires_at}` each, and `dependencies` ({task_id: result} of the completed
+        ones still stored) for a task that has dependencies."""
 
     def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
         """Is a task of these queues ready (pending, run_at <= now)? A read."""
@@ -170,7 +184,9 @@ class Storage(Protocol):
         result alone gets (TaskNotFound, LeaseConflict); a repeat is harmless. A status
         is a `Moved` (with the task's queue and type) when that result moved its task,
         a plain str when it did not (the same result again; a failure under an earlier
-        lease, which only closes that attempt)."""
+        lease, which only closes that attempt). A task completed releases its waiting
+        dependents (pending when it was the last they waited for); one failed for good
+        cancels them, transitively."""
 
     def heartbeat(
         self,
@@ -209,15 +225,25 @@ class Storage(Protocol):
         dead and the tasks they held (`rescued`), and counts the rest."""
 
     def cancel(self, task_id: str, now: float) -> Moved:
-        """pending | in_progress -> cancelled. TaskNotFound, or Conflict if finished."""
+        """waiting | pending | in_progress -> cancelled, and the tasks waiting on it,
+        transitively. TaskNotFound, or Conflict if finished."""
 
     def retry(self, task_id: str, now: float) -> Moved:
-        """failed | cancelled -> pending, attempts reset. TaskNotFound, or Conflict."""
+        """failed | cancelled -> pending, attempts reset (-> waiting when some of its
+        dependencies are not finished; Conflict when one is failed or cancelled).
+        TaskNotFound, or Conflict."""
 
     def get(self, task_id: str) -> dict:
         """The task with its history (task_dict in rows.py), and `progress`: the last
         {"fraction", "message", "updated_at"} its current or last attempt reported
-        (None before any; kept once it finished). TaskNotFound."""
+        (None before any; kept once it finished), and `dependents`: the ids of the
+        tasks that depend on it. TaskNotFound."""
+
+    def dependents(self, task_id: str) -> list[str]:
+        """The ids of the tasks that depend on this one."""
+
+    def statuses(self, task_ids: list[str]) -> dict[str, str]:
+        """{task_id: status} of the stored ones of `task_ids`."""
 
     def status_of(self, task_id: str) -> str:
         """The task's status alone (one column: held waits read it often)."""

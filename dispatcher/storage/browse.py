@@ -65,7 +65,7 @@ UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL
  WHERE status = 'pending' AND id IN (
     SELECT id FROM tasks WHERE status = 'pending' AND id <= %(last_id)s AND {OTHER_FILTERS}
      LIMIT %(batch)s)
-RETURNING queue, type""",
+RETURNING id, queue, type, has_dependents""",
     # failed -> pending, attempts reset (as RETRY), a batch of the tasks the filters match
     RETRY_MATCHING=f"""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
@@ -118,7 +118,8 @@ class Page:
 
 
 class Browse:
-    """The dashboard's operations, mixed into SqlStorage (its `q`, `_read`, `_transact`)."""
+    """The dashboard's operations, mixed into SqlStorage (its `q`, `_read`, `_transact`,
+    `_cascade`)."""
 
     q: Any
 
@@ -158,7 +159,11 @@ class Browse:
         args |= {"now": now, "batch": BULK_BATCH, "last_id": rows.last_id_of(now)}
 
         def batch(tx) -> Counter:
-            moved = Counter((r["queue"], r["type"]) for r in tx.all(statement, args))
+            found = tx.all(statement, args)
+            moved = Counter((r["queue"], r["type"]) for r in found)
+            linked = [r["id"] for r in found if action == "cancel" and r["has_dependents"]]
+            if linked:  # their waiting dependents too (deps.py)
+                self._cascade(tx, linked, now)
             tx.notify = bool(moved)  # new work, or finished tasks (GET /task?wait)
             return moved
 

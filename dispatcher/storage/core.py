@@ -32,6 +32,7 @@ from . import (
     Refusals,
     Result,
     browse,
+    deps,
     rows,
     schedules,
 )
@@ -76,9 +77,10 @@ TO_VERSION_4 = [
 # version 4 -> 5, on both databases: the progress its running attempt reported last, JSON
 # text {"fraction", "message", "updated_at"} (NULL: none reported)
 TO_VERSION_5 = ["ALTER TABLE tasks ADD COLUMN progress TEXT"]
-# version 5 -> 6, on both databases: periodic tasks (storage/schedules.py), and the
-# schedule and tick that created a task (JSON text {"name", "tick"}; NULL: a client did)
-TO_VERSION_6 = [schedules.SCHEDULES_TABLE, schedules.TASK_SCHEDULE_COLUMN]
+# version 5 -> 6, on both databases: periodic tasks (storage/schedules.py) and the
+# schedule and tick that created a task (JSON text {"name", "tick"}; NULL: a client did);
+# dependencies (storage/deps.py)
+TO_VERSION_6 = [schedules.SCHEDULES_TABLE, schedules.TASK_SCHEDULE_COLUMN, *deps.TO_VERSION_6]
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -90,7 +92,8 @@ SCHEMA = [
         worker_id TEXT, lease_token TEXT, lease_expires_at DOUBLE PRECISION,
         result TEXT, error TEXT, finished_lease TEXT,
         expired_failure BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT UNIQUE,
-        progress TEXT, schedule TEXT,
+        progress TEXT, schedule TEXT, waiting_on INTEGER NOT NULL DEFAULT 0, depends_on TEXT,
+        has_dependents BOOLEAN NOT NULL DEFAULT FALSE,
         seq BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite: rowid)
     )
     """,
@@ -125,6 +128,7 @@ SCHEMA = [
     )
     """,
     schedules.SCHEDULES_TABLE,
+    *deps.SCHEMA,
 ]
 
 # -- statements, named by the transition they make ------------------------------------
@@ -152,7 +156,8 @@ UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
  WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s""",
     # (read) the queue and type of the tasks a batch of results completed by
     # COMPLETE_CURRENT, for the metrics' labels: one read per batch
-    LABELS="SELECT id, queue, type FROM tasks WHERE id = ANY(%(ids)s)",
+    # (and whether each has dependents: deps.py)
+    LABELS="SELECT id, queue, type, has_dependents FROM tasks WHERE id = ANY(%(ids)s)",
     # pending | in_progress -> completed, by any lease this task issued (first result wins)
     COMPLETE="""
 UPDATE tasks SET status = 'completed', result = %(result)s, error = NULL,
@@ -184,7 +189,7 @@ UPDATE tasks SET status = 'failed', error = %(error)s, finished_at = %(now)s,
     # what a result is judged by, when it is not for the current lease
     TASK_FOR_RESULT="""
 SELECT status, lease_token, finished_lease, expired_failure, attempts, max_retries, queue,
-       type
+       type, has_dependents
   FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
     LEASE_ISSUED="""
 SELECT 1 FROM attempts WHERE task_id = %(task_id)s AND lease_token = %(lease_token)s""",
@@ -215,11 +220,11 @@ UPDATE tasks SET status = 'pending', attempts = attempts - 1, lease_token = NULL
        lease_expires_at = NULL, worker_id = NULL
  WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
    AND worker_id = %(worker_id)s""",
-    # pending | in_progress -> cancelled
+    # waiting | pending | in_progress -> cancelled
     CANCEL="""
 UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
        lease_expires_at = NULL
- WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')""",
+ WHERE id = %(task_id)s AND status IN ('waiting', 'pending', 'in_progress')""",
     # failed | cancelled -> pending, attempts reset (and the progress forgotten)
     RETRY="""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
@@ -227,7 +232,8 @@ UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NU
        expired_failure = FALSE, worker_id = NULL, progress = NULL
  WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
     TASK_STATUS_LOCKED="""
-SELECT status, lease_token, queue, type FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
+SELECT status, lease_token, queue, type, depends_on, has_dependents FROM tasks
+ WHERE id = %(task_id)s FOR UPDATE""",
     EXTEND_ALL="""
 UPDATE tasks SET lease_expires_at = %(until)s
  WHERE worker_id = %(worker_id)s AND status = 'in_progress'""",
@@ -268,7 +274,7 @@ UPDATE workers SET status = %(status)s, last_heartbeat = %(now)s,
        queues = coalesce(%(queues)s, queues), concurrency = coalesce(%(concurrency)s, concurrency)
  WHERE worker_id = %(worker_id)s""",
     WORKER_TASKS="""
-SELECT id, lease_token, attempts, max_retries FROM tasks
+SELECT id, lease_token, attempts, max_retries, has_dependents FROM tasks
  WHERE worker_id = %(worker_id)s AND status = 'in_progress' ORDER BY id FOR UPDATE""",
     # -- the reaper --
     SILENT_WORKERS="""
@@ -290,7 +296,7 @@ DELETE FROM workers WHERE status IN ('dead', 'stopped') AND last_heartbeat < %(c
     ANY_EXPIRED="""
 SELECT 1 FROM tasks WHERE status = 'in_progress' AND lease_expires_at < %(now)s LIMIT 1""",
     EXPIRED_TASKS="""
-SELECT id, lease_token, attempts, max_retries, queue FROM tasks
+SELECT id, lease_token, attempts, max_retries, queue, has_dependents FROM tasks
  WHERE status = 'in_progress' AND lease_expires_at < %(now)s
  ORDER BY id FOR UPDATE SKIP LOCKED""",
     ANY_PAST_RETENTION="""
@@ -340,6 +346,7 @@ SELECT worker_id, id, progress FROM tasks WHERE status = 'in_progress' ORDER BY 
     PING="SELECT 1 AS one",
     **browse.STATEMENTS,  # the dashboard's finders and bulk moves
     **schedules.STATEMENTS,  # periodic tasks
+    **deps.STATEMENTS,  # dependencies: submit, release, cascade, results
 )
 
 
@@ -354,6 +361,7 @@ class Tx:
     def __init__(self, handle: Any):
         self.handle = handle
         self.notify = False  # set: the commit may wake held polls (new work, a finished task)
+        self.cascaded: list[Mapping] = []  # tasks cancelled by a dependency (deps._cascade)
 
     def execute(self, sql: str, args: Any = None) -> Any:
         """Run a statement; the result has `rowcount`."""
@@ -366,7 +374,7 @@ class Tx:
         return self.execute(sql, args).fetchall()
 
 
-class SqlStorage(browse.Browse, schedules.Schedules):
+class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies):
     """The operations of the Storage contract (the Protocol in __init__.py declares their
     types and documents each); a backend subclasses it."""
 
@@ -376,6 +384,7 @@ class SqlStorage(browse.Browse, schedules.Schedules):
         self.backoff = (backoff_base, backoff_cap)  # retry_at's, for a failure with retries left
         self.refusals = Refusals()  # writes refused for a full disk or a read-only database
         self.on_change: Callable[[], None] = lambda: None  # Storage.on_change
+        self.on_cascade: Callable[[list[Mapping]], None] = lambda rows: None  # Storage's
         self.max_pending = 0  # Storage.max_pending (MAX_PENDING_TASKS); 0: no limit
         # this process's estimate of the pending count: the last exact count, when it
         # was made (`now` of that submission), and what this process submitted since
@@ -437,6 +446,8 @@ class SqlStorage(browse.Browse, schedules.Schedules):
 
     def submit(self, tasks: list[NewTask], now: float) -> list[tuple[str, bool]]:
         ids = rows.new_ids(len(tasks), now)
+        if any(task.depends_on for task in tasks):  # deps.py: task by task, statuses read
+            return self._submit_dependent(ids, tasks, now)
         limit = self.max_pending  # 0: no limit, and not one instruction more below
         if not any(task.idempotency_key for task in tasks):  # the bulk path
 
@@ -511,15 +522,18 @@ class SqlStorage(browse.Browse, schedules.Schedules):
         def finish_all(tx: Tx) -> list[str | Exception]:
             out: list[Any] = [""] * len(results)
             counts: Counter[tuple[str, str]] = Counter()  # (worker_id, completed | failed)
+            linked: set[str] = set()  # the batch's tasks that have dependents (deps.py)
             done, tried = self._finish_batch(tx, results, order, now)
             for i, task in done.items():
                 out[i] = Moved(results[i].status, task["queue"], task["type"])
+                if task["has_dependents"]:
+                    linked.add(results[i].task_id)
             unlabelled = []
             for i in order:
                 if i in done:
                     continue
                 try:
-                    out[i] = self._finish_one(tx, results[i], now, counts, i in tried)
+                    out[i] = self._finish_one(tx, results[i], now, counts, i in tried, linked)
                 except (TaskNotFound, Conflict) as exc:
                     out[i] = exc
                 if out[i] is UNLABELLED:
@@ -530,6 +544,10 @@ class SqlStorage(browse.Browse, schedules.Schedules):
                 for i in unlabelled:
                     task = labels[results[i].task_id]
                     out[i] = Moved("completed", task["queue"], task["type"])
+                    if task["has_dependents"]:
+                        linked.add(results[i].task_id)
+            if linked:  # dependents released or cancelled (deps.py); none: no statement
+                self._after_results(tx, results, out, linked, now)
             for worker_id in sorted({w for w, _ in counts}):  # once per worker and batch
                 n = {"completed": counts[worker_id, "completed"]}
                 n["failed"] = counts[worker_id, "failed"]
@@ -540,7 +558,13 @@ class SqlStorage(browse.Browse, schedules.Schedules):
         return self._transact(finish_all)
 
     def _finish_one(
-        self, tx: Tx, item: Result, now: float, counts: Counter, tried_current: bool = False
+        self,
+        tx: Tx,
+        item: Result,
+        now: float,
+        counts: Counter,
+        tried_current: bool = False,
+        linked: set[str] | None = None,
     ) -> Any:
         """One result, judged alone: a Moved when it moved the task (UNLABELLED, when
         _complete_current did not read its queue and type). `tried_current`:
@@ -554,10 +578,14 @@ class SqlStorage(browse.Browse, schedules.Schedules):
                 counts[item.worker_id, "completed"] += 1
                 if task is UNLABELLED:
                     return task  # finish() reads its queue and type with the batch's others
+                if task["has_dependents"] and linked is not None:
+                    linked.add(item.task_id)
                 return Moved("completed", task["queue"], task["type"])
         row = tx.one(self.q.TASK_FOR_RESULT, args)
         if row is None:
             raise TaskNotFound(item.task_id)
+        if row["has_dependents"] and linked is not None:
+            linked.add(item.task_id)
         if tx.one(self.q.LEASE_ISSUED, args) is None:
             raise LeaseConflict(f"lease_token was not issued for task {item.task_id}")
         status, queue, type_ = row["status"], row["queue"], row["type"]
@@ -608,13 +636,19 @@ class SqlStorage(browse.Browse, schedules.Schedules):
             if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
                 raise WorkerStopping(worker_id)
             claimed: list[dict] = []
+            dependent: list[tuple[dict, str]] = []  # (claimed task, its depends_on)
             for queue in queues:
                 if len(claimed) >= max_tasks:
                     break
                 args = {"worker_id": worker_id, "now": now, "lease_s": lease_s, "queue": queue}
                 got = self._claim_queue(tx, {**args, "max_tasks": max_tasks - len(claimed)})
                 got.sort(key=lambda r: (-r["priority"], r["run_at"]))
-                claimed.extend(rows.claim_dict(r, queue) for r in got)
+                for r in got:
+                    claimed.append(task := rows.claim_dict(r, queue))
+                    if r["depends_on"] is not None:
+                        dependent.append((task, r["depends_on"]))
+            if dependent:  # one read of their dependencies' results (deps.py)
+                self._add_dependencies(tx, dependent)
             return claimed
 
         return self._transact(claim_tasks, fsync=False)
@@ -773,6 +807,8 @@ class SqlStorage(browse.Browse, schedules.Schedules):
         if not tx.execute(self.q.EXPIRE_FINAL if final else self.q.FAIL_RETRY, args).rowcount:
             return False
         tx.execute(self.q.END_ATTEMPT, {**args, "outcome": outcome})
+        if final and row["has_dependents"]:  # failed for good: its dependents cancelled
+            self._cascade(tx, [row["id"]], now)
         return True
 
     # -- operator actions ---------------------------------------------------------
@@ -796,13 +832,19 @@ class SqlStorage(browse.Browse, schedules.Schedules):
             row = tx.one(self.q.TASK_STATUS_LOCKED, args)
             if row is None:
                 raise TaskNotFound(task_id)
-            if not tx.execute(statement, args).rowcount:
+            sql, status = statement, to
+            if to == "pending" and row["depends_on"] and row["status"] in ("failed", "cancelled"):
+                sql, status, more = self._retry_dependent(tx, task_id, row)
+                args.update(more)
+            if not tx.execute(sql, args).rowcount:
                 raise Conflict(f"task {task_id} is " + refusal.format(row["status"]))
             if row["lease_token"]:  # only an in_progress task has one
                 args.update(lease_token=row["lease_token"], outcome=to, error=None)
                 tx.execute(self.q.END_ATTEMPT, args)
+            if to == "cancelled" and row["has_dependents"]:  # those waiting on it (deps.py)
+                self._cascade(tx, [task_id], now)
             tx.notify = True  # new work, or a finished task (GET /task?wait)
-            return Moved(to, row["queue"], row["type"])
+            return Moved(status, row["queue"], row["type"])
 
         return self._transact(move)
 
@@ -815,6 +857,7 @@ class SqlStorage(browse.Browse, schedules.Schedules):
             raise TaskNotFound(task_id)
         task = rows.task_dict(found[0])
         task["history"] = [dict(r) for r in self._read(self.q.HISTORY, {"task_id": task_id})]
+        task["dependents"] = self.dependents(task_id)
         return task
 
     def status_of(self, task_id: str) -> str:
@@ -836,6 +879,10 @@ class SqlStorage(browse.Browse, schedules.Schedules):
         tasks = {r["id"]: rows.task_dict(r) for r in self._read(self.q.TASKS_AMONG, args)}
         for task in tasks.values():
             task["history"] = []
+            task["dependents"] = []
+        for r in self._read(self.q.DEPENDENTS_AMONG, args):
+            if r["depends_on"] in tasks:  # (one deleted since it was read: left out)
+                tasks[r["depends_on"]]["dependents"].append(r["task_id"])
         for r in self._read(self.q.HISTORY_AMONG, args):
             attempt = dict(r)
             tasks[attempt.pop("task_id")]["history"].append(attempt)

@@ -55,6 +55,21 @@ class QueueFull(StorageError):
         )
 
 
+class UnknownDependency(StorageError):
+    """A submission's depends_on names a task that is not stored (never submitted, or
+    deleted by retention): nothing of the submission was stored. `index`: the task's
+    position in its batch (None: a single submission)."""
+
+    def __init__(self, index: int | None, task_id: str):
+        self.index, self.task_id = index, task_id
+        where = "" if index is None else f"tasks[{index}]: "
+        super().__init__(f"{where}'depends_on': task {task_id} not found")
+
+    def alone(self) -> UnknownDependency:
+        """The same refusal for a single submission (no index)."""
+        return UnknownDependency(None, self.task_id)
+
+
 class BadValue(StorageError):
     """A value the database cannot hold (PostgreSQL text and a NUL character)."""
 

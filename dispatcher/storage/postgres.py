@@ -105,7 +105,8 @@ WITH picked AS MATERIALIZED (
       FROM picked
      WHERE tasks.id = picked.id AND tasks.status = 'pending'
     RETURNING tasks.id, tasks.type, tasks.payload, tasks.attempts, tasks.timeout,
-              tasks.lease_token, tasks.lease_expires_at, tasks.priority, tasks.run_at
+              tasks.lease_token, tasks.lease_expires_at, tasks.priority, tasks.run_at,
+              tasks.depends_on
 ), recorded AS (
     INSERT INTO attempts (task_id, attempt, lease_token, worker_id, started_at)
     SELECT id, attempts, lease_token, %(worker_id)s, %(now)s FROM claimed
@@ -121,12 +122,12 @@ WITH done AS (
            finished_lease = %(lease_token)s, lease_token = NULL, lease_expires_at = NULL,
            worker_id = %(worker_id)s
      WHERE id = %(task_id)s AND status = 'in_progress' AND lease_token = %(lease_token)s
-    RETURNING id, queue, type
+    RETURNING id, queue, type, has_dependents
 )
 UPDATE attempts SET finished_at = %(now)s, outcome = 'completed', error = NULL
   FROM done
  WHERE attempts.task_id = done.id AND attempts.lease_token = %(lease_token)s
-RETURNING done.queue, done.type"""
+RETURNING done.queue, done.type, done.has_dependents"""
 
 # The same transitions for a whole batch in one statement: in_progress -> completed,
 # and in_progress -> failed when no retries are left, for each result under its task's
@@ -154,7 +155,8 @@ WITH r AS (
       FROM locked r
      WHERE t.id = r.task_id AND t.status = 'in_progress' AND t.lease_token = r.lease_token
        AND (r.status = 'completed' OR t.attempts > t.max_retries)
-    RETURNING t.id, t.status, t.error, t.queue, t.type, r.lease_token, r.worker_id
+    RETURNING t.id, t.status, t.error, t.queue, t.type, t.has_dependents, r.lease_token,
+              r.worker_id
 ), closed AS (
     UPDATE attempts a SET finished_at = %(now)s, outcome = done.status, error = done.error
       FROM done
@@ -168,7 +170,7 @@ WITH r AS (
               FROM closed GROUP BY worker_id) n
      WHERE w.worker_id = n.worker_id
 )
-SELECT id, queue, type FROM done"""
+SELECT id, queue, type, has_dependents FROM done"""
 
 # finished tasks past retention, with their history; rows another reaper is deleting
 # are skipped
@@ -182,6 +184,8 @@ WITH picked AS MATERIALIZED (
     DELETE FROM tasks USING picked WHERE tasks.id = picked.id RETURNING tasks.id
 ), history AS (
     DELETE FROM attempts WHERE task_id IN (SELECT id FROM gone)
+), edges AS (
+    DELETE FROM task_dependencies WHERE task_id IN (SELECT id FROM gone)
 )
 SELECT count(*) AS n FROM gone"""
 
@@ -305,6 +309,8 @@ class PostgresStorage(SqlStorage):
                         tx.execute(NOTIFY, self._notify_args)
                 if tx.notify:
                     self.on_change()
+                if tx.cascaded:
+                    self.on_cascade(tx.cascaded)
                 return out
             except psycopg.errors.TransactionRollback as exc:
                 if attempt == TX_ATTEMPTS:

@@ -46,7 +46,7 @@ def last_id_of(now: float) -> str:
 
 # a task's columns (after its id) in the order GET /task shows them
 TASK_KEYS = """type queue payload status result error attempts max_retries priority worker_id
-    created_at started_at finished_at progress schedule timeout run_at""".split()
+    created_at started_at finished_at progress schedule timeout run_at depends_on""".split()
 
 
 def task_dict(r: Mapping) -> dict:
@@ -58,6 +58,7 @@ def task_dict(r: Mapping) -> dict:
         task["progress"] = loads(task["progress"])
     if task["schedule"] is not None:  # {"name", "tick"}: the schedule that created it
         task["schedule"] = loads(task["schedule"])
+    task["depends_on"] = [] if task["depends_on"] is None else loads(task["depends_on"])
     return task
 
 

@@ -45,7 +45,7 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [core.WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
     3: core.TO_VERSION_4,  # version 4: each queue's age from an index; worker concurrency
     4: core.TO_VERSION_5,  # version 5: the progress a running task reported
-    5: core.TO_VERSION_6,  # version 6: periodic tasks (schedules)
+    5: core.TO_VERSION_6,  # version 6: issue 18 (schedules, dependencies, ...)
 }
 
 # -- SQLite's own statements ---------------------------------------------------------
@@ -70,7 +70,8 @@ UPDATE tasks
  WHERE rowid IN (SELECT rowid FROM tasks INDEXED BY tasks_ready
                   WHERE status = 'pending' AND queue = :queue AND run_at <= :now
                   ORDER BY priority DESC, run_at LIMIT :max_tasks)
-RETURNING id, type, payload, attempts, timeout, lease_token, lease_expires_at, priority, run_at"""
+RETURNING id, type, payload, attempts, timeout, lease_token, lease_expires_at, priority, run_at,
+          depends_on"""
 
 RECORD_ATTEMPT = """
 INSERT INTO attempts (task_id, attempt, lease_token, worker_id, started_at)
@@ -88,6 +89,7 @@ SELECT json_group_array(id) AS ids FROM (
      WHERE finished_at < :cutoff AND status IN ('completed', 'failed', 'cancelled')
      LIMIT :batch)"""
 DELETE_HISTORY = "DELETE FROM attempts WHERE task_id IN (SELECT value FROM json_each(:ids))"
+DELETE_EDGES = "DELETE FROM task_dependencies WHERE task_id IN (SELECT value FROM json_each(:ids))"
 DELETE_TASKS = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(:ids))"
 
 # Two reads the planner left to itself answers from tasks_counts, reading every row of a
@@ -110,7 +112,7 @@ def for_sqlite(sql: str) -> str:
     and PostgreSQL's `json_each_text` of a JSON object is SQLite's `json_each`."""
     sql = re.sub(r"%\((\w+)\)s", r":\1", sql)
     sql = re.sub(r"json_each_text\((:\w+)::json\)", r"json_each(\1)", sql)
-    sql = re.sub(r" FOR UPDATE( SKIP LOCKED)?| COLLATE \"C\"|::text", "", sql)
+    sql = re.sub(r" FOR (UPDATE|SHARE)( SKIP LOCKED)?| COLLATE \"C\"|::text", "", sql)
     sql = sql.replace("created_at, seq", "created_at, rowid")
     return sql.replace("= ANY(:ids)", "IN (SELECT value FROM json_each(:ids))")
 
@@ -257,6 +259,8 @@ class SqliteStorage(SqlStorage):
         if tx.notify:  # committed: tell the processes holding polls, then this one
             self.announce()
             self.on_change()
+        if tx.cascaded:
+            self.on_cascade(tx.cascaded)
         return out
 
     def _read(self, sql: str, args: Any = None) -> list[sqlite3.Row]:
@@ -338,6 +342,7 @@ class SqliteStorage(SqlStorage):
     def _delete_finished(self, tx: Tx, cutoff: float) -> int:
         ids = tx.one(PAST_RETENTION, {"cutoff": cutoff, "batch": core.DELETE_BATCH})["ids"]
         tx.execute(DELETE_HISTORY, {"ids": ids})
+        tx.execute(DELETE_EDGES, {"ids": ids})
         return tx.execute(DELETE_TASKS, {"ids": ids}).rowcount
 
     def health(self) -> str | None:

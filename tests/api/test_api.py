@@ -17,7 +17,7 @@ from common.config import Config
 from dispatcher.app import create_app
 
 T0 = 1_700_000_000.0
-STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
+STATUSES = ("waiting", "pending", "in_progress", "completed", "failed", "cancelled")
 TASK_FIELDS = {
     "task_id",
     "type",
@@ -34,6 +34,8 @@ TASK_FIELDS = {
     "started_at",
     "finished_at",
     "progress",
+    "depends_on",
+    "dependents",
     "history",
 }
 CLAIM_FIELDS = {
@@ -711,6 +713,7 @@ def test_stats_shape(client):
     assert response.status_code == 200
     body = response.get_json()
     assert body["tasks"] == {
+        "waiting": 0,
         "pending": 1,
         "in_progress": 1,
         "completed": 0,

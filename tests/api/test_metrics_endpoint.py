@@ -167,3 +167,22 @@ def test_a_lost_database_leaves_out_the_gauges_only():
         raise DatabaseUnavailable("database unavailable: gone")
 
     assert list(StorageCollector(stats).collect()) == []
+
+
+def test_tasks_cancelled_by_a_dependency_count_as_cancelled(make_client):
+    client = make_client()
+    before = samples(client)
+    task = {"type": "compute", "payload": {"operation": "double", "value": 1}, "queue": "dq"}
+    ids = client.post(
+        "/submit-tasks",
+        json={"tasks": [task, {**task, "depends_on": ["#0"]}, {**task, "depends_on": ["#1"]}]},
+    ).json["task_ids"]
+    assert client.post(f"/task/{ids[0]}/cancel").status_code == 200
+    client.application.extensions["taskqueue"].metrics.collector.cache.read_at = float("-inf")
+    after = samples(client)
+    labels = {"queue": "dq", "type": "compute"}
+    finished = "taskqueue_tasks_finished_total"
+    cancelled = value(after, finished, outcome="cancelled", **labels)
+    assert cancelled - value(before, finished, outcome="cancelled", **labels) == 3
+    assert value(after, "taskqueue_tasks", queue="dq", status="cancelled") == 3
+    assert value(after, "taskqueue_tasks", queue="dq", status="waiting") == 0

@@ -127,6 +127,7 @@ GOOD = {"name": "s", "every": 5, "task": PRIMES}
         ({"task": {"type": "nope"}}, "task: unknown task type 'nope'"),
         ({"task": {"type": "primes", "payload": {"limit": -1}}}, "task: "),
         ({"task": {**PRIMES, "idempotency_key": "k"}}, "'idempotency_key' is not allowed"),
+        ({"task": {**PRIMES, "depends_on": ["#0"]}}, "'depends_on' is not allowed"),
         ({"task": {**PRIMES, "priority": 10**9}}, "task: 'priority' must be between"),
         ({"enabled": "yes"}, "'enabled'"),
         ({"color": "red"}, "unknown field 'color'"),

@@ -113,6 +113,23 @@ def test_payload_file_from_stdin_with_json_lines(queue, workdir):
     assert [t["priority"] for t in tasks] == [5, 5]
 
 
+def test_depends_on_waits_for_the_named_task(queue, workdir):
+    first = _run(
+        queue, "add_task.py", "--payload", '{"type": "fail"}', "--max-retries", "0", cwd=workdir
+    )
+    assert first.returncode == 0, _explain(first)
+    [failed] = first.stdout.split()
+    args = ("1", "1000", "--depends-on", f"{failed}", "--wait", "--json")
+    done = _run(queue, "add_task.py", *args, cwd=workdir)
+    assert done.returncode == 1, _explain(done)  # cancelled: its dependency failed
+    [task] = json.loads(done.stdout)["tasks"]
+    assert (task["status"], task["error"]) == ("cancelled", f"dependency {failed} failed")
+    assert task["depends_on"] == [failed]
+    unknown = _run(queue, "add_task.py", "1", "10", "--depends-on", "f" * 32, cwd=workdir)
+    assert unknown.returncode == 1, _explain(unknown)
+    assert f"'depends_on': task {'f' * 32} not found" in unknown.stderr, _explain(unknown)
+
+
 def test_a_refused_submission_is_one_error_line(queue, workdir):
     done = _run(queue, "add_task.py", "--payload", '{"type": "nope"}', cwd=workdir)
     assert done.returncode == 1, _explain(done)

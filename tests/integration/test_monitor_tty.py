@@ -19,7 +19,7 @@ from harness import wait_for
 from common.config import PROJECT_ROOT
 
 COLUMNS, LINES = 120, 40
-STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled", "total")
+STATUSES = ("waiting", "pending", "in_progress", "completed", "failed", "cancelled", "total")
 
 
 class Terminal:
@@ -124,7 +124,7 @@ def test_the_live_view_shows_counts_and_workers_and_follows_a_task(cluster):
         )
         assert after["total"] == 1, terminal.text()
         screen = terminal.text()
-        assert re.search(r"default\s+0\s+0\s+1\s+0\s+0$", screen, re.M), screen  # queues
+        assert re.search(r"default\s+0\s+0\s+0\s+1\s+0\s+0$", screen, re.M), screen  # queues
         assert re.search(r"worker-1\s+alive\s.*\s1\s+0$", screen, re.M), screen  # its count
 
         terminal.proc.send_signal(signal.SIGINT)  # Ctrl-C

@@ -940,8 +940,11 @@ def test_stats_counts_add_up(storage):
     submit(storage, now=T0 + 6)  # left pending
 
     stats = storage.stats(now=T0 + 10, dead_after=60)
-    zero = dict.fromkeys(("pending", "in_progress", "completed", "failed", "cancelled"), 0)
+    zero = dict.fromkeys(
+        ("waiting", "pending", "in_progress", "completed", "failed", "cancelled"), 0
+    )
     assert stats["tasks"] == {
+        "waiting": 0,
         "pending": 1,
         "in_progress": 1,
         "completed": 1,
@@ -998,6 +1001,10 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         db.execute("ALTER TABLE tasks DROP COLUMN progress")
         db.execute("ALTER TABLE tasks DROP COLUMN schedule")
         db.execute("DROP TABLE schedules")
+        db.execute("ALTER TABLE tasks DROP COLUMN waiting_on")
+        db.execute("ALTER TABLE tasks DROP COLUMN depends_on")
+        db.execute("ALTER TABLE tasks DROP COLUMN has_dependents")
+        db.execute("DROP TABLE task_dependencies")
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -1012,6 +1019,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         assert "(queue, run_at)" in sql, sql  # version 4's shape, by way of version 2's
         assert migrated.get(task_id)["progress"] is None  # version 5's column
         assert migrated.get(task_id)["schedule"] is None and migrated.schedules() == []  # 6's
+        assert migrated.get(task_id)["depends_on"] == []  # version 6's
     finally:
         migrated.close()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -55,6 +56,7 @@ from dispatcher.errors import (
     LeaseConflict,
     ScheduleNotFound,
     TaskNotFound,
+    UnknownDependency,
     WorkerTakenOver,
 )
 from dispatcher.storage import (
@@ -345,6 +347,14 @@ class StorageMachine(RuleBasedStateMachine):
             task.status = "pending"
             task.run_at = self.now
             task.worker_id = None
+        self.settle()
+
+    def settle(self) -> None:
+        """What the tasks waiting on others do after a step (DependencyMachine)."""
+
+    def retried_status(self, task_id: str) -> str | None:
+        """The status a retry gives a failed or cancelled task (None: Conflict)."""
+        return "pending"
 
     def finish_task(self, task: Task, status: str, token: str, worker_id: str) -> None:
         task.status = status
@@ -524,6 +534,7 @@ class StorageMachine(RuleBasedStateMachine):
         assert len(outcomes) == len(items)
         for item, outcome in zip(items, outcomes, strict=True):
             self.judge_result(item, outcome)
+        self.settle()
 
     @precondition(lambda self: any(t.lease for t in self.tasks.values()))
     @rule(data=st.data())
@@ -702,12 +713,13 @@ class StorageMachine(RuleBasedStateMachine):
         task_id = self.draw_task_id(data) if data.draw(st.integers(0, 9)) else "a\x00b"
         task = self.tasks.get(task_id)
         call = self.storage.cancel if op == "cancel" else self.storage.retry
-        allowed = ("pending", "in_progress") if op == "cancel" else ("failed", "cancelled")
+        allowed = ("waiting", "pending", "in_progress") if op == "cancel" else FINISHED[1:]
         if task is None:
             with pytest.raises(TaskNotFound):
                 call(task_id, now=self.now)
             return
-        if task.status not in allowed:
+        retried = self.retried_status(task_id) if op == "retry" else "cancelled"
+        if task.status not in allowed or retried is None:
             with pytest.raises(Conflict):
                 call(task_id, now=self.now)
             return
@@ -719,9 +731,10 @@ class StorageMachine(RuleBasedStateMachine):
             task.status = "cancelled"
             task.finished_at = self.now
             task.lease = task.expires = None
+            self.settle()
         else:
-            assert moved == "pending"
-            task.status = "pending"
+            assert moved == retried
+            task.status = retried
             task.attempts = 0
             task.run_at = self.now
             task.result = task.error = task.finished_at = task.started_at = None
@@ -826,7 +839,8 @@ class StorageMachine(RuleBasedStateMachine):
             version = (m.status, m.attempts, len(m.tokens), m.lease, m.finished_at)
             if self.checked.get(task_id) != version:
                 got = self.storage.get(task_id)
-                assert {k: v for k, v in got.items() if k != "history"} == stored[task_id]
+                shown = {k: v for k, v in got.items() if k not in ("history", "dependents")}
+                assert shown == stored[task_id]
                 self.history[task_id] = got["history"]
                 self.checked[task_id] = version
             stored[task_id]["history"] = self.history[task_id]
@@ -918,6 +932,143 @@ def test_storage_keeps_the_lifecycle_rules(kind, scratch):
     def fresh_machine() -> StorageMachine:
         storage, cleanup = make_storage(kind, scratch / f"example-{next(examples)}")
         return StorageMachine(kind, storage, cleanup)
+
+    run_state_machine_as_test(
+        fresh_machine, settings=settings(SETTINGS, max_examples=EXAMPLES.get(kind, 100))
+    )
+
+
+# -- dependencies (issue 18) --------------------------------------------------------------
+#
+# The same machine, plus submissions with depends_on (existing ids, ids of no stored task,
+# and "#N" as the int N, an earlier task of the batch). The model is state-based: after
+# every step that may finish a task (results, expiry, a dead or taken-over worker's
+# tasks, cancel), `settle` moves each waiting task whose dependencies all completed (or
+# were deleted) to pending at max(run_at, now), and each one with a dependency failed or
+# cancelled to cancelled, attempts 0, with the error `dependency <id> failed` / `was
+# cancelled` naming one such dependency (which one a step names depends on the order in
+# which storage ended them; the model checks it is one of them), until nothing moves.
+# Invariants: a waiting task has a dependency not completed; a waiting task is never
+# claimed (the base claim's check: only ready pending tasks are claimed); stored
+# depends_on is what was submitted, repeats dropped.
+
+ENDED = ("failed", "cancelled")
+CASCADE_ERROR = re.compile(r"dependency ([0-9a-f]+) (failed|was cancelled)")
+
+
+class DependencyMachine(StorageMachine):
+    def __init__(self, kind: str, storage: Storage, cleanup: Callable[[], None]):
+        super().__init__(kind, storage, cleanup)
+        self.deps: dict[str, list[str]] = {}  # task id -> its dependencies (deleted: kept)
+
+    @precondition(lambda self: len(self.tasks) < MAX_TASKS)
+    @rule(data=st.data(), items=st.lists(new_tasks, min_size=1, max_size=4))
+    def submit_dependent(self, data, items):
+        live = list(self.tasks)
+        for i, item in enumerate(items):
+            refs = st.sampled_from(self.all_ids())
+            if live:
+                refs = st.sampled_from(live) | st.sampled_from(live) | refs
+            if i:
+                refs = refs | st.integers(0, i - 1)
+            item.depends_on = data.draw(st.lists(refs, max_size=3)) or None
+        unknown = [
+            d
+            for item in items
+            for d in item.depends_on or ()
+            if isinstance(d, str) and d not in self.tasks
+        ]
+        if unknown:
+            with pytest.raises(UnknownDependency):
+                self.storage.submit(items, now=self.now)
+            return
+        answers = self.storage.submit(items, now=self.now)
+        ids: list[str] = []
+        for item, (task_id, created) in zip(items, answers, strict=True):
+            ids.append(task_id)
+            known = self.keys.get(item.idempotency_key) if item.idempotency_key else None
+            if known is not None:
+                assert (task_id, created) == (known, False), "an idempotency key made a task"
+                continue
+            assert created and task_id not in self.tasks and task_id not in self.deleted
+            given = item.depends_on or ()
+            refs = list(dict.fromkeys(d if isinstance(d, str) else ids[d] for d in given))
+            status = {d: self.tasks[d].status for d in refs}
+            ended = sorted(d for d in refs if status[d] in ENDED)
+            task = Task(
+                type=item.type,
+                queue=item.queue,
+                payload=canon(item.payload),
+                priority=item.priority,
+                max_retries=item.max_retries,
+                timeout=item.timeout,
+                created_at=self.now,
+                run_at=self.now + item.delay,
+            )
+            if ended:
+                verb = "failed" if status[ended[0]] == "failed" else "was cancelled"
+                task.status, task.error = "cancelled", f"dependency {ended[0]} {verb}"
+                task.finished_at = self.now
+            elif any(s != "completed" for s in status.values()):
+                task.status = "waiting"
+            self.tasks[task_id] = task
+            self.deps[task_id] = refs
+            if item.idempotency_key:
+                self.keys[item.idempotency_key] = task_id
+
+    def settle(self) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for task_id, task in self.tasks.items():
+                if task.status != "waiting":
+                    continue
+                deps = [d for d in self.deps.get(task_id, ()) if d in self.tasks]
+                ended = [d for d in deps if self.tasks[d].status in ENDED]
+                if ended:
+                    got = self.storage.get(task_id)
+                    match = CASCADE_ERROR.fullmatch(got["error"] or "")
+                    assert match and match[1] in ended, f"{task_id}: {got['error']!r}, {ended}"
+                    verb = "failed" if self.tasks[match[1]].status == "failed" else "was cancelled"
+                    assert match[2] == verb, f"{task_id}: {got['error']!r}"
+                    assert got["attempts"] == 0
+                    task.status, task.error = "cancelled", got["error"]
+                    task.attempts, task.finished_at = 0, self.now
+                    moved = True
+                elif all(self.tasks[d].status == "completed" for d in deps):
+                    task.status = "pending"
+                    task.run_at = max(task.run_at, self.now)
+                    moved = True
+
+    def retried_status(self, task_id: str) -> str | None:
+        deps = [d for d in self.deps.get(task_id, ()) if d in self.tasks]
+        if any(self.tasks[d].status in ENDED for d in deps):
+            return None
+        if any(self.tasks[d].status != "completed" for d in deps):
+            return "waiting"
+        return "pending"
+
+    @invariant()
+    def dependencies_hold(self):
+        for task_id, task in self.tasks.items():
+            if task_id not in self.deps and task.status != "waiting":
+                continue
+            got = self.storage.get(task_id)
+            assert got["depends_on"] == self.deps.get(task_id, []), task_id
+            if task.status == "waiting":
+                assert any(
+                    d in self.tasks and self.tasks[d].status != "completed"
+                    for d in self.deps[task_id]
+                ), f"task {task_id} waits for nothing"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_keeps_the_dependency_rules(kind, scratch):
+    examples = itertools.count()
+
+    def fresh_machine() -> DependencyMachine:
+        storage, cleanup = make_storage(kind, scratch / f"deps-{next(examples)}")
+        return DependencyMachine(kind, storage, cleanup)
 
     run_state_machine_as_test(
         fresh_machine, settings=settings(SETTINGS, max_examples=EXAMPLES.get(kind, 100))

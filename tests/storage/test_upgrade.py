@@ -81,6 +81,7 @@ def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     [w] = storage.workers(now=T0 + 24, dead_after=60)
     assert w["queues"] == ["default", "slow"]
     check_schedules(storage, tasks)
+    check_dependencies(storage, done["task_id"], failed["task_id"])
 
 
 def check_schedules(storage, old_tasks: dict) -> None:
@@ -94,6 +95,28 @@ def check_schedules(storage, old_tasks: dict) -> None:
     )
     assert storage.get(fired)["schedule"] == {"name": "upgraded", "tick": "2027-01-15T08:01:00Z"}
     assert storage.get_schedule("upgraded")["last_task_id"] == fired
+
+
+def check_dependencies(storage, done: str, failed: str) -> None:
+    """Version 6: tasks of the old database as dependencies of new ones."""
+    new = [
+        NewTask("compute", {"operation": "double", "value": 1}, queue="q6", depends_on=[done]),
+        NewTask("compute", {"operation": "double", "value": 1}, queue="q6", depends_on=[failed]),
+        NewTask("compute", {"operation": "double", "value": 1}, queue="q6", depends_on=[0]),
+    ]
+    [(ready, _), (gone, _), (waiting, _)] = storage.submit(new, now=T0 + 30)
+    assert [storage.status_of(t) for t in (ready, gone, waiting)] == [
+        "pending",
+        "cancelled",
+        "waiting",
+    ]
+    assert storage.get(gone)["error"] == f"dependency {failed} failed"
+    [claimed] = storage.claim("w-new", "", ("q6",), 5, now=T0 + 31, lease_s=60)
+    assert claimed["dependencies"] == {done: {"result": 4}}
+    item = Result(ready, claimed["lease_token"], "w-new", "completed", result=1)
+    assert storage.finish([item], now=T0 + 32) == ["completed"]
+    assert storage.status_of(waiting) == "pending"
+    assert storage.stats(now=T0 + 33, dead_after=60)["tasks"]["waiting"] == 0
 
 
 @pytest.mark.parametrize("version", [2, 3, 4, 5])

@@ -298,7 +298,8 @@ def test_a_bad_setting_exits_2_with_configuration_error(capsys, monkeypatch):
 def test_csv_export_rows_from_a_fixed_stats_dict():
     rows = monitor.csv_rows(STATS, WORKERS)
     assert rows[0] == ("section", "name", "status", "count")
-    assert rows[1:6] == [
+    assert rows[1:7] == [
+        ("tasks", "all", "waiting", 0),
         ("tasks", "all", "pending", 3),
         ("tasks", "all", "in_progress", 1),
         ("tasks", "all", "completed", 20),
@@ -311,14 +312,15 @@ def test_csv_export_rows_from_a_fixed_stats_dict():
     assert rows[-2:] == [("worker", "w1", "alive", 15), ("worker", "w2", "dead", 5)]
     queues = [r[1] for r in rows if r[0] == "queue"]
     assert queues == sorted(queues)  # stable order: default before slow
-    assert len(rows) == 1 + 5 + 2 * 5 + 2 * 5 + 2
+    assert len(rows) == 1 + 6 + 2 * 6 + 2 * 6 + 2
 
 
 def test_csv_text_parses_back_with_the_header():
     text = monitor.to_csv(monitor.csv_rows(STATS, WORKERS))
     parsed = list(csv.DictReader(io.StringIO(text)))
     assert text.startswith("section,name,status,count\n")
-    assert parsed[0] == {"section": "tasks", "name": "all", "status": "pending", "count": "3"}
+    assert parsed[0] == {"section": "tasks", "name": "all", "status": "waiting", "count": "0"}
+    assert parsed[1] == {"section": "tasks", "name": "all", "status": "pending", "count": "3"}
 
 
 def test_an_unknown_status_is_exported_after_the_known_ones():
@@ -398,3 +400,11 @@ def test_monitor_bad_usage_exits_with_status_2(argv):
     with pytest.raises(SystemExit) as exc:
         monitor.build_parser().parse_args(argv)
     assert exc.value.code == 2
+
+
+def test_depends_on_reaches_every_task_and_bad_lists_are_refused(capsys):
+    args = add_task.parse_args(["2", "100", "--depends-on", "a1, b2"])
+    assert [t["depends_on"] for t in add_task.build_tasks(args)] == [["a1", "b2"]] * 2
+    with pytest.raises(SystemExit):
+        add_task.parse_args(["2", "100", "--depends-on", "a1,,b2"])
+    assert "not a comma-separated list of task ids" in capsys.readouterr().err

@@ -195,6 +195,29 @@ def test_a_refused_batch_names_its_item_in_the_whole_list_and_keeps_what_was_sto
     assert client.stats()["tasks"]["pending"] == 2
 
 
+def test_chain_group_and_depends_on_are_one_batch_each(served, client_for):
+    sizes: list[int | None] = []
+    client = client_for(served(record_batches(sizes), max_batch=4))
+    steps = client.chain(("compute", double(1)), {"type": "compute", "payload": double(2)})
+    assert [h.status() for h in steps] == ["pending", "waiting"]
+    assert steps[1].refresh()["depends_on"] == [steps[0].id]
+    fan = client.group(("compute", double(3)), ("compute", double(4))).then(
+        "compute", double(5), priority=2, depends_on=steps[-1]
+    )
+    assert len(fan) == 3 and fan[-1].refresh()["priority"] == 2
+    assert fan[-1].record["depends_on"] == [steps[1].id, fan[0].id, fan[1].id]
+    alone = client.group(("compute", double(6))).submit()
+    later = client.submit("compute", double(7), depends_on=[alone[0], steps[0].id])
+    assert later.refresh()["depends_on"] == [alone[0].id, steps[0].id]
+    assert sizes == [2, 3, 1]  # one POST /submit-tasks each
+    with pytest.raises(ValueError, match="more than the dispatcher takes in one batch"):
+        client.chain(*(("compute", double(i)) for i in range(5)))
+    with pytest.raises(ValueError, match="at least one task"):
+        client.chain()
+    with pytest.raises(InvalidRequest, match="'depends_on': task f+ not found"):
+        client.submit("compute", double(8), depends_on="f" * 32)
+
+
 def test_refusals_and_outages_have_their_own_exceptions(served, client_for):
     dispatcher = served(api_token="right")
     with pytest.raises(Unauthorized):
