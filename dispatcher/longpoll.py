@@ -44,7 +44,7 @@ class ReadyCache:
                 return known[1]
             now = self._clock()
             # has_ready is one index probe; next_run_at walks the queues' pending tasks
-            due = now if self._storage.has_ready(queues, now) else self._storage.next_run_at(queues)
+            due = now if self._storage.has_ready(queues, now) else self._storage.next_run_at(queues, now)
             if len(self._known) >= CACHE_MAX:
                 self._known.clear()
             self._known[queues] = (generation, due)

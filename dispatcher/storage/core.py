@@ -23,7 +23,7 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any, TypeVar
 
 from ..retry import retry_at
-from . import FINISHED, STOPPING, Moved, NewTask, ReapReport, Refusals, Result, browse, rows
+from . import FINISHED, STOPPING, Moved, NewTask, ReapReport, Refusals, Result, browse, flow, rows
 from .errors import (
     Conflict,
     LeaseConflict,
@@ -38,7 +38,7 @@ T = TypeVar("T")
 # _complete_current's answer for a task it completed without reading its queue and type:
 # finish() reads them afterwards, for all such tasks of the batch at once (LABELS)
 UNLABELLED: Mapping[str, str] = MappingProxyType({})
-SCHEMA_VERSION = 5  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
+SCHEMA_VERSION = 6  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 TASK_COLUMNS = ", ".join(["id", *rows.TASK_KEYS])
@@ -65,6 +65,12 @@ TO_VERSION_4 = [
 # version 4 -> 5, on both databases: the progress its running attempt reported last, JSON
 # text {"fraction", "message", "updated_at"} (NULL: none reported)
 TO_VERSION_5 = ["ALTER TABLE tasks ADD COLUMN progress TEXT"]
+# version 5 -> 6, on both databases (SQLite's in its types: sqlite.schema_for_sqlite)
+TO_VERSION_6 = [
+    # queue controls and expiry (storage/flow.py): tasks.expires_at, tasks_expiry,
+    # queue_settings, queue_claims
+    *flow.TO_VERSION_6,
+]
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -76,7 +82,7 @@ SCHEMA = [
         worker_id TEXT, lease_token TEXT, lease_expires_at DOUBLE PRECISION,
         result TEXT, error TEXT, finished_lease TEXT,
         expired_failure BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT UNIQUE,
-        progress TEXT,
+        progress TEXT, expires_at DOUBLE PRECISION,
         seq BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite: rowid)
     )
     """,
@@ -87,6 +93,7 @@ SCHEMA = [
     "CREATE INDEX tasks_by_worker ON tasks (worker_id) WHERE status = 'in_progress'",
     "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
     "CREATE INDEX tasks_counts ON tasks (status, queue, type)",  # /stats from the index
+    *flow.NEW_OBJECTS,  # queue settings, rate windows, the expiry index
     """
     CREATE TABLE attempts (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, task_id TEXT NOT NULL,
@@ -118,9 +125,9 @@ SHARED = dict(
     # (nothing) -> pending, one task that may carry an idempotency key
     INSERT_TASK="""
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
-                   max_retries, timeout, idempotency_key)
+                   max_retries, timeout, idempotency_key, expires_at)
 VALUES (%(id)s, %(type)s, %(queue)s, %(payload)s, 'pending', %(priority)s, %(run_at)s,
-        %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s)
+        %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s, %(expires_at)s)
 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id""",
     TASK_BY_KEY="SELECT id FROM tasks WHERE idempotency_key = %(key)s",
     # (read) pending tasks, counted up to %(cap)s only: at most `cap` entries of a partial
@@ -205,11 +212,12 @@ UPDATE tasks SET status = 'pending', attempts = attempts - 1, lease_token = NULL
 UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
        lease_expires_at = NULL
  WHERE id = %(task_id)s AND status IN ('pending', 'in_progress')""",
-    # failed | cancelled -> pending, attempts reset (and the progress forgotten)
+    # failed | cancelled -> pending, attempts reset (and the progress forgotten; an
+    # operator's retry no longer expires)
     RETRY="""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
        error = NULL, finished_at = NULL, started_at = NULL, finished_lease = NULL,
-       expired_failure = FALSE, worker_id = NULL, progress = NULL
+       expired_failure = FALSE, worker_id = NULL, progress = NULL, expires_at = NULL
  WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
     TASK_STATUS_LOCKED="""
 SELECT status, lease_token, queue, type FROM tasks WHERE id = %(task_id)s FOR UPDATE""",
@@ -324,6 +332,7 @@ SELECT worker_id, id, progress FROM tasks WHERE status = 'in_progress' ORDER BY 
     ALL_WORKERS='SELECT * FROM workers ORDER BY worker_id COLLATE "C"',
     PING="SELECT 1 AS one",
     **browse.STATEMENTS,  # the dashboard's finders and bulk moves
+    **flow.STATEMENTS,  # queue settings, rate windows, expiry
 )
 
 
@@ -350,7 +359,7 @@ class Tx:
         return self.execute(sql, args).fetchall()
 
 
-class SqlStorage(browse.Browse):
+class SqlStorage(browse.Browse, flow.QueueControls):
     """The operations of the Storage contract (the Protocol in __init__.py declares their
     types and documents each); a backend subclasses it."""
 
@@ -444,6 +453,7 @@ class SqlStorage(browse.Browse):
                 args.update(payload=dumps(task.payload), priority=task.priority)
                 args.update(run_at=now + task.delay, max_retries=task.max_retries)
                 args.update(timeout=float(task.timeout), idempotency_key=task.idempotency_key)
+                args["expires_at"] = None if task.expires_in is None else now + task.expires_in
                 if tx.one(self.q.INSERT_TASK, args) is not None:
                     out.append((task_id, True))
                     tx.notify = True
@@ -591,12 +601,20 @@ class SqlStorage(browse.Browse):
         def claim_tasks(tx: Tx) -> list[dict]:
             if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
                 raise WorkerStopping(worker_id)
-            claimed: list[dict] = []
+            # not-started tasks past their expiry are never handed out (flow.py)
+            claimed = flow.Expired(expired=self._expire_unstarted(tx, now))
+            limits = self._locked_limits(tx, queues)  # {} unless a queue has settings
             for queue in queues:
-                if len(claimed) >= max_tasks:
+                want = max_tasks - len(claimed)
+                if want <= 0:
                     break
+                limit = limits.get(queue)
+                if limit is not None and (want := self._allowance(tx, limit, want, now)) <= 0:
+                    continue
                 args = {"worker_id": worker_id, "now": now, "lease_s": lease_s, "queue": queue}
-                got = self._claim_queue(tx, {**args, "max_tasks": max_tasks - len(claimed)})
+                got = self._claim_queue(tx, {**args, "max_tasks": want})
+                if limit is not None:
+                    self._record_claim(tx, limit, len(got), now)
                 got.sort(key=lambda r: (-r["priority"], r["run_at"]))
                 claimed.extend(rows.claim_dict(r, queue) for r in got)
             return claimed
@@ -716,9 +734,10 @@ class SqlStorage(browse.Browse):
         dead = self._read(self.q.SILENT_WORKERS, {"cutoff": cutoff_alive})
         gone = self._read(self.q.ANY_GONE, {"cutoff": now - forget_after})
         expired = self._read(self.q.ANY_EXPIRED, {"now": now})
+        unstarted = self._read(self.q.ANY_EXPIRED_UNSTARTED, {"now": now})
         cutoff = now - retention_s
         old = retention_s > 0 and self._read(self.q.ANY_PAST_RETENTION, {"cutoff": cutoff})
-        if dead or expired or gone:
+        if dead or expired or gone or unstarted:
 
             def sweep(tx: Tx) -> ReapReport:  # may run again (a deadlock): its own report
                 found = ReapReport()
@@ -736,10 +755,16 @@ class SqlStorage(browse.Browse):
                 tx.execute(self.q.FORGET_RETIRED, {"cutoff": now - RETIRED_INSTANCE_KEEP_S})
                 args = {"cutoff": now - forget_after}
                 found.forgotten = tx.execute(self.q.FORGET_WORKERS, args).rowcount
-                tx.notify = bool(found.rescued or found.expired)
+                found.unstarted = self._expire_unstarted(tx, now)
+                tx.notify = bool(found.rescued or found.expired or found.unstarted)
                 return found
 
             report = self._transact(sweep)
+            while len(report.unstarted) % flow.EXPIRE_BATCH == 0 and report.unstarted:
+                more = self._transact(lambda tx: self._expire_unstarted(tx, now))
+                report.unstarted += more
+                if not more:
+                    break
         while old:  # retention, in short transactions until the backlog is gone
             deleted = self._transact(lambda tx: self._delete_finished(tx, cutoff))
             report.deleted += deleted

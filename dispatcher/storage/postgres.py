@@ -55,6 +55,7 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [core.WORKER_QUEUES_COLUMN],
     3: core.TO_VERSION_4,
     4: core.TO_VERSION_5,
+    5: core.TO_VERSION_6,
 }
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other
@@ -72,12 +73,13 @@ NO_PARALLEL_SCAN = "SET LOCAL max_parallel_workers_per_gather = 0"
 # (nothing) -> pending, many at once in one statement: tasks without an idempotency key
 INSERT_TASKS = """
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
-                   max_retries, timeout)
-SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retries, timeout
+                   max_retries, timeout, expires_at)
+SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retries, timeout,
+       expires_at
   FROM unnest(%(id)s::text[], %(type)s::text[], %(queue)s::text[], %(payload)s::text[],
               %(priority)s::int[], %(run_at)s::float8[], %(max_retries)s::int[],
-              %(timeout)s::float8[])
-       AS t (id, type, queue, payload, priority, run_at, max_retries, timeout)"""
+              %(timeout)s::float8[], %(expires_at)s::float8[])
+       AS t (id, type, queue, payload, priority, run_at, max_retries, timeout, expires_at)"""
 
 INSERT_KEYS = ("type", "queue", "priority", "max_retries")  # as they are in NewTask
 RESULT_KEYS = ("task_id", "lease_token", "worker_id", "status")  # as they are in Result
@@ -103,6 +105,7 @@ WITH picked AS MATERIALIZED (
            expired_failure = FALSE, progress = NULL
       FROM picked
      WHERE tasks.id = picked.id AND tasks.status = 'pending'
+       AND (tasks.expires_at IS NULL OR tasks.attempts > 0 OR tasks.expires_at > %(now)s)
     RETURNING tasks.id, tasks.type, tasks.payload, tasks.attempts, tasks.timeout,
               tasks.lease_token, tasks.lease_expires_at, tasks.priority, tasks.run_at
 ), recorded AS (
@@ -355,12 +358,13 @@ class PostgresStorage(SqlStorage):
         args.update(
             run_at=[now + t.delay for t in tasks], timeout=[float(t.timeout) for t in tasks]
         )
+        args["expires_at"] = [None if t.expires_in is None else now + t.expires_in for t in tasks]
         tx.execute(INSERT_TASKS, args)
 
-    def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
+    def _ready_in(self, queues: tuple[str, ...], now: float) -> bool:
         return bool(self._read(READY, {"queues": list(queues), "now": now}))
 
-    def next_run_at(self, queues: tuple[str, ...]) -> float | None:
+    def _next_run_in(self, queues: tuple[str, ...]) -> float | None:
         return self._read(NEXT_RUN_AT, {"queues": list(queues)})[0]["t"]
 
     def _finish_batch(

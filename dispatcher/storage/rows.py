@@ -46,7 +46,7 @@ def last_id_of(now: float) -> str:
 
 # a task's columns (after its id) in the order GET /task shows them
 TASK_KEYS = """type queue payload status result error attempts max_retries priority worker_id
-    created_at started_at finished_at progress timeout run_at""".split()
+    created_at started_at finished_at progress timeout run_at expires_at""".split()
 
 
 def task_dict(r: Mapping) -> dict:

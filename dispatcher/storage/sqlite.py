@@ -45,15 +45,15 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [core.WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
     3: core.TO_VERSION_4,  # version 4: each queue's age from an index; worker concurrency
     4: core.TO_VERSION_5,  # version 5: the progress a running task reported
-}
+}  # and 5 -> 6 (queue controls, expiry) below, in SQLite's types
 
 # -- SQLite's own statements ---------------------------------------------------------
 
 # (nothing) -> pending, many at once: tasks without an idempotency key
 INSERT_TASKS = """
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
-                   max_retries, timeout)
-VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"""
+                   max_retries, timeout, expires_at)
+VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"""
 
 # pending -> in_progress: one more attempt, a fresh random lease token for each task, no
 # progress yet (an earlier attempt's is forgotten). By
@@ -69,6 +69,7 @@ UPDATE tasks
  WHERE rowid IN (SELECT rowid FROM tasks INDEXED BY tasks_ready
                   WHERE status = 'pending' AND queue = :queue AND run_at <= :now
                   ORDER BY priority DESC, run_at LIMIT :max_tasks)
+   AND (expires_at IS NULL OR attempts > 0 OR expires_at > :now)
 RETURNING id, type, payload, attempts, timeout, lease_token, lease_expires_at, priority, run_at"""
 
 RECORD_ATTEMPT = """
@@ -123,6 +124,8 @@ def schema_for_sqlite(sql: str) -> str:
 
 
 SCHEMA = [schema_for_sqlite(statement) for statement in core.SCHEMA]
+# version 6: queue settings and rate windows, tasks' expiry
+MIGRATIONS[5] = [schema_for_sqlite(statement) for statement in core.TO_VERSION_6]
 
 
 # a status few tasks have: its range of tasks_counts (the planner may walk the id index)
@@ -150,8 +153,15 @@ SET_PROGRESS = for_sqlite(core.SHARED["SET_PROGRESS"]).replace(
 )
 assert "INDEXED BY" in SET_PROGRESS, SET_PROGRESS
 
+# not-started tasks past their expiry: a range of tasks_expiry (fails loudly if reworded)
+EXPIRED_UNSTARTED = for_sqlite(core.SHARED["EXPIRED_UNSTARTED"]).replace(
+    "FROM tasks\n", "FROM tasks INDEXED BY tasks_expiry\n", 1
+)
+assert "INDEXED BY" in EXPIRED_UNSTARTED, EXPIRED_UNSTARTED
+
 Q = statements(
     for_sqlite,
+    EXPIRED_UNSTARTED=EXPIRED_UNSTARTED,
     FIND_IN_WINDOW=FIND_IN_WINDOW,
     SET_PROGRESS=SET_PROGRESS,
     CLAIM=CLAIM,
@@ -299,7 +309,7 @@ class SqliteStorage(SqlStorage):
     def _insert_many(self, tx: Tx, ids: list[str], tasks: list[NewTask], now: float) -> None:
         rows = [
             (task_id, t.type, t.queue, dumps(t.payload), t.priority, now + t.delay, now)
-            + (t.max_retries, t.timeout)
+            + (t.max_retries, t.timeout, None if t.expires_in is None else now + t.expires_in)
             for task_id, t in zip(ids, tasks, strict=True)
         ]
         tx.handle.executemany(INSERT_TASKS, rows)
@@ -328,10 +338,10 @@ class SqliteStorage(SqlStorage):
             raise WorkerStopping(worker_id)
         return row["status"] == "alive" and same and now - row["last_heartbeat"] < TOUCH_EVERY_S
 
-    def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
+    def _ready_in(self, queues: tuple[str, ...], now: float) -> bool:
         return any(self._read(READY_IN, {"queue": q, "now": now}) for q in queues)
 
-    def next_run_at(self, queues: tuple[str, ...]) -> float | None:
+    def _next_run_in(self, queues: tuple[str, ...]) -> float | None:
         return min(self.oldest_pending(queues).values(), default=None)
 
     def _delete_finished(self, tx: Tx, cutoff: float) -> int:

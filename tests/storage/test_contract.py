@@ -996,6 +996,10 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         db.execute("ALTER TABLE workers DROP COLUMN queues")
         db.execute("ALTER TABLE workers DROP COLUMN concurrency")
         db.execute("ALTER TABLE tasks DROP COLUMN progress")
+        db.execute("DROP INDEX tasks_expiry")  # version 6's objects
+        db.execute("ALTER TABLE tasks DROP COLUMN expires_at")
+        db.execute("DROP TABLE queue_settings")
+        db.execute("DROP TABLE queue_claims")
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -1003,12 +1007,13 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
     try:
         assert migrated.get(task_id)["status"] == "pending"
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
             index = db.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_pending_age'")
             [(sql,)] = index.fetchall()
         db.close()
         assert "(queue, run_at)" in sql, sql  # version 4's shape, by way of version 2's
         assert migrated.get(task_id)["progress"] is None  # version 5's column
+        assert migrated.get(task_id)["expires_at"] is None  # version 6's
     finally:
         migrated.close()
 
