@@ -177,6 +177,10 @@ class Storage(Protocol):
         `max_in_flight`, `rate_limit` ({count, per_seconds} or None), `updated_at`
         (of its settings; None without) and `counts` {status: n}."""
 
+    def queue_settings(self) -> list[dict]:
+        """Every queue that has settings, by name, as `queues` gives them without
+        `counts`: one read of the (small) settings table."""
+
     def set_queue(self, name: str, changes: Mapping[str, Any], now: float) -> dict:
         """Create or change a queue's settings (any of paused, max_in_flight,
         rate_limit; left out: kept) and wake held polls; the queue's settings back.

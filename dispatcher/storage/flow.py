@@ -195,6 +195,11 @@ class QueueControls:
 
         return self._transact(change)
 
+    def queue_settings(self) -> list[dict]:
+        """Every queue's settings row, by name (the metrics' gauges): one small read."""
+        rows = sorted(self._read(self.q.ALL_SETTINGS), key=lambda r: r["queue"])
+        return [settings_dict(r, r["queue"]) for r in rows]
+
     def queues(self, now: float) -> list[dict]:
         """Every known queue (with tasks, or with settings), by name: its settings and
         its tasks counted by status."""

@@ -273,6 +273,10 @@ def test_answers_of_a_whole_task_life_match_the_document(api):
     api.get(f"/task/{second}")
     api.get("/tasks")
     api.get("/stats")
+    limits = {"max_in_flight": 2, "rate_limit": {"count": 5, "per_seconds": 1.5}}
+    assert api.call("put", "/queues/q1", json=limits).get_json()["max_in_flight"] == 2
+    api.call("put", "/queues/q1", json={"paused": True, "rate_limit": None})
+    assert [q["name"] for q in api.get("/queues").get_json()["queues"]] == ["default", "q1"]
     api.get("/workers")
     api.get("/task-types")
     api.get("/health")
@@ -309,6 +313,7 @@ def test_error_answers_match_the_document(api, make_app):
     api.post("/get-task", json={"worker_id": "w", "instance_id": "old"})  # 409
     api.post("/submit-task", json={"type": "fail", "payload": {"x": "y" * 1_100_000}})  # 413
     api.get("/stats", headers={"Authorization": "Bearer wrong"})  # 401
+    api.call("put", "/queues/q1", json={"max_in_flight": 0})  # 400
     expected = {
         ("/submit-task", "post", "400"),
         ("/submit-tasks", "post", "400"),
@@ -325,6 +330,7 @@ def test_error_answers_match_the_document(api, make_app):
         ("/get-task", "post", "409"),
         ("/submit-task", "post", "413"),
         ("/stats", "get", "401"),
+        ("/queues/{name}", "put", "400"),
     }
     assert expected <= api.seen, expected - api.seen
 
