@@ -219,7 +219,8 @@ class QueueControls:
 
     def _locked_limits(self, tx, queues: tuple[str, ...]) -> dict[str, Mapping]:
         """Inside the claim: the limiting settings of these queues, locked (PostgreSQL)."""
-        return {r["queue"]: r for r in tx.all(self.q.LIMITS_LOCKED, {"ids": self._ids(list(queues))})}
+        found = tx.all(self.q.LIMITS_LOCKED, {"ids": self._ids(list(queues))})
+        return {r["queue"]: r for r in found}
 
     def _allowance(self, tx, limit: Mapping, want: int, now: float) -> int:
         """How many tasks the claim may take from a limited queue (0..want)."""

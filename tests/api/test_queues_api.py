@@ -7,12 +7,15 @@ from __future__ import annotations
 import pytest
 
 from dispatcher.app import reap_once
-from tests.api.test_api import T0, clock, make_client, primes_task, submit  # noqa: F401
+from tests.api import test_api as api
+from tests.api.test_api import T0, primes_task, submit
 from tests.api.test_metrics_endpoint import samples, value
+
+make_client, clock = api.make_client, api.clock  # the fixtures
 
 
 @pytest.fixture
-def client(make_client, monkeypatch):  # noqa: F811  (make_client: the fixture)
+def client(make_client, monkeypatch):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     return make_client(lease_seconds=30.0)
 
