@@ -152,8 +152,8 @@ class Storage(Protocol):
         """pending (ready: run_at <= now) -> in_progress for up to `max_tasks` tasks,
         from the queues in order (as each queue's settings allow: none from a paused
         one, no more than its max_in_flight and rate limit leave), each highest
-        priority then oldest first; each under a fresh lease_token until now + lease_s, one more attempt, its history entry
-        opened. Registers or refreshes the worker (a new instance_id takes the worker
+        priority then oldest first; each under a fresh lease_token until now +
+        lease_s, one more attempt, its history entry opened. Registers or refreshes the worker (a new instance_id takes the worker
         over: the earlier instance's tasks go back to the queue at once). Raises
         WorkerTakenOver for a retired instance, WorkerStopping for one that said it is
         stopping. A claimed task has no progress until its new attempt reports some.
