@@ -153,9 +153,10 @@ class Storage(Protocol):
         from the queues in order (as each queue's settings allow: none from a paused
         one, no more than its max_in_flight and rate limit leave), each highest
         priority then oldest first; each under a fresh lease_token until now +
-        lease_s, one more attempt, its history entry opened. Registers or refreshes the worker (a new instance_id takes the worker
-        over: the earlier instance's tasks go back to the queue at once). Raises
-        WorkerTakenOver for a retired instance, WorkerStopping for one that said it is
+        lease_s, one more attempt, its history entry opened. Registers or refreshes
+        the worker (a new instance_id takes the worker over: the earlier instance's
+        tasks go back to the queue at once). Raises WorkerTakenOver for a retired
+        instance, WorkerStopping for one that said it is
         stopping. A claimed task has no progress until its new attempt reports some.
         Not-started tasks past their expiry are cancelled first, never handed out
         (the result's `expired` lists their (queue, type)).
