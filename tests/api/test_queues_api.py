@@ -4,6 +4,9 @@ naming its field, and the metrics of queue settings and expired tasks."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from dispatcher.app import reap_once
@@ -174,3 +177,77 @@ def test_queue_settings_are_gauges(client):
     assert ("taskqueue_queue_max_in_flight", (("queue", "b"),)) not in found
     assert value(found, "taskqueue_queue_rate_limit_count", queue="b") == 10
     assert value(found, "taskqueue_queue_rate_limit_seconds", queue="b") == 2
+
+
+# -- held polls: ready means claimable now ------------------------------------------------
+
+
+def held_poll(client, out: list, wait: float = 30.0) -> threading.Thread:
+    """POST /get-task with `wait`, in a thread; its tasks land in `out`."""
+
+    def poll():
+        body = {"worker_id": "w-held", "queues": ["default"], "wait": wait}
+        out.append(client.post("/get-task", json=body).get_json()["tasks"])
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    return thread
+
+
+def until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def test_a_held_poll_gets_a_paused_queues_task_when_it_is_resumed(client):
+    task_id = submit(client, primes_task())
+    put(client, "default", {"paused": True})
+    context = client.application.extensions["taskqueue"]
+    out: list = []
+    thread = held_poll(client, out)
+    until(lambda: context.held.count == 1, "the poll is not held")
+    assert put(client, "default", {"paused": False})[0] == 200
+    thread.join(15)
+    # the poll ends only by a claim after a wake-up (its wait is 30 s): the resume woke it
+    assert out and [t["task_id"] for t in out[0]] == [task_id], out
+
+
+def test_a_held_poll_of_a_full_queue_gets_a_task_when_one_finishes(client):
+    first = submit(client, primes_task())
+    second = submit(client, primes_task())
+    put(client, "default", {"max_in_flight": 1})
+    [running] = claim(client)
+    context = client.application.extensions["taskqueue"]
+    out: list = []
+    thread = held_poll(client, out)
+    until(lambda: context.held.count == 1, "the poll is not held")
+    result = {"worker_id": "w1", "status": "completed", "result": 1}
+    result |= {"task_id": running["task_id"], "lease_token": running["lease_token"]}
+    assert client.post("/submit-result", json=result).status_code == 200
+    thread.join(15)
+    assert running["task_id"] == first
+    assert out and [t["task_id"] for t in out[0]] == [second], out
+
+
+def test_a_held_poll_of_a_paused_queue_does_not_claim_in_a_loop(client):
+    """A paused queue's pending task is not ready: the poll claims once, then sleeps
+    until its wait is over (no wake-up comes), instead of claiming again and again."""
+    submit(client, primes_task())
+    put(client, "default", {"paused": True})
+    storage = client.application.extensions["taskqueue"].storage
+    claims = []
+    real_claim = storage.claim
+
+    def counted(*args, **kwargs):
+        claims.append(1)
+        return real_claim(*args, **kwargs)
+
+    storage.claim = counted  # counts, and lets the real claim do the work
+    try:
+        out: list = []
+        held_poll(client, out, wait=0.3).join(15)
+    finally:
+        del storage.claim
+    assert out == [[]] and len(claims) == 1, claims
