@@ -46,7 +46,15 @@ from taskqueue import ApiError, Client, DispatcherUnreachable, TaskHandle  # noq
 from taskqueue.errors import shift_index  # noqa: E402, F401  (tests/unit/test_cli_parsing.py)
 from tasks import registry  # noqa: E402
 
-TASK_OPTIONS = ("queue", "max_retries", "timeout", "priority", "delay", "idempotency_key")
+TASK_OPTIONS = (
+    "queue",
+    "max_retries",
+    "timeout",
+    "priority",
+    "delay",
+    "idempotency_key",
+    "expires_in",
+)
 ALGORITHMS = ("sieve", "trial_division")
 PROGRESS_ROWS = 5  # running tasks whose progress --wait shows, at most
 PROGRESS_EVERY_S = 1.0  # how often --wait reads their progress (one GET /workers)
@@ -231,7 +239,8 @@ task objects (--payload, --payload-file):
   {{"type": "primes", "payload": {{"limit": 1000}}, "priority": 5}}
   {{"type": "compute", "operation": "factorial", "value": 10}}
       the second (flat) form puts every key that is not a task option (queue,
-      max_retries, timeout, priority, delay, idempotency_key) into the payload
+      max_retries, timeout, priority, delay, idempotency_key, expires_in) into the
+      payload
   built-in types: {", ".join(registry.names())}
 
 examples:
@@ -312,6 +321,13 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
         metavar="S",
         help="seconds before the first attempt may start",
     )
+    every.add_argument(
+        "--expires-in",
+        type=cli.positive_float,
+        metavar="S",
+        help="not started within S seconds of its submission, a task is never run "
+        "(cancelled: 'expired: not started within S s')",
+    )
     every.add_argument("--queue", metavar="NAME", help="queue name (default 'default')")
     parser.add_argument(
         "--wait",
@@ -369,6 +385,7 @@ def build_tasks(args: argparse.Namespace, stdin=None) -> list[dict]:
         "priority": args.priority,
         "delay": args.delay,
         "queue": args.queue,
+        "expires_in": args.expires_in,
     }
     return apply_options(tasks, options)
 

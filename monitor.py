@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Watch the queue: task counts, throughput, queues and workers, from GET /stats and
-GET /workers.
+"""Watch the queue: task counts, throughput, queues (with their controls: paused,
+max_in_flight, rate limit) and workers, from GET /stats, GET /queues and GET /workers.
 
     python3 monitor.py                  a live view, refreshed every second (Ctrl-C quits)
     python3 monitor.py --once           the same view, printed once
@@ -156,6 +156,7 @@ def render(
     url: str,
     problem: str | None = None,
     updated: float | None = None,
+    queues: list[dict] | None = None,
 ) -> RenderableType:
     """The whole screen: header, task counts, queues, workers, and a red problem line."""
     clock = datetime.fromtimestamp(now).strftime("%H:%M:%S")
@@ -167,7 +168,7 @@ def render(
         parts.append(Text(f"{problem}{age}", style="bold red"))
     if stats is not None:
         parts += [Text(""), tasks_table(stats), summary_line(stats)]
-        parts += [Text(""), queues_table(stats)]
+        parts += [Text(""), queues_table(stats, queues)]
     if workers is not None:
         parts += [Text(""), workers_table(workers, now)]
     return Group(*parts)
@@ -200,16 +201,40 @@ def summary_line(stats: dict) -> Text:
     )
 
 
-def queues_table(stats: dict) -> Table:
+def controls(queue: dict | None) -> Text:
+    """A queue's controls in a few words: `paused`, `max 2 in flight`, `10 per 1 s`."""
+    if not queue:
+        return Text("")
+    words = []
+    if queue.get("paused"):
+        words.append(("paused", "bold red"))
+    if queue.get("max_in_flight") is not None:
+        words.append((f"max {queue['max_in_flight']} in flight", "yellow"))
+    if rate := queue.get("rate_limit"):
+        words.append((f"{rate['count']} per {rate['per_seconds']:g} s", "yellow"))
+    text = Text()
+    for i, word in enumerate(words):
+        text.append(("; " if i else "") + word[0], style=word[1])
+    return text
+
+
+def queues_table(stats: dict, settings: list[dict] | None = None) -> Table:
+    """Each queue's counts by status (GET /stats), and its controls (GET /queues): a
+    queue configured before it has tasks is listed too."""
     table = Table(title="queues", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("queue")
     for s in STATUSES:
         table.add_column(s, justify="right", style=COLOURS[s])
+    table.add_column("controls")
     queues = stats.get("queues", {})
-    for name, counts in sorted(queues.items()):
-        table.add_row(name, *(str(counts.get(s, 0)) for s in STATUSES))
-    if not queues:
-        table.add_row("(no tasks)", *("" for _ in STATUSES), style="dim")
+    configured = {q["name"]: q for q in settings or ()}
+    for name in sorted(queues.keys() | configured.keys()):
+        counts = queues.get(name, {})
+        table.add_row(
+            name, *(str(counts.get(s, 0)) for s in STATUSES), controls(configured.get(name))
+        )
+    if not queues and not configured:
+        table.add_row("(no tasks)", *("" for _ in STATUSES), "", style="dim")
     return table
 
 
@@ -267,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fetch(client: Client) -> tuple[dict, list[dict]]:
-    return client.stats(), client.workers()
+def fetch(client: Client) -> tuple[dict, list[dict], list[dict]]:
+    return client.stats(), client.workers(), client.queues()
 
 
 def where(client: Client) -> str:
@@ -282,7 +307,7 @@ def where(client: Client) -> str:
 
 def once(config: Config, export: str | None) -> int:
     client = Client(config=config)
-    stats, workers = cli.api_call(config, lambda: fetch(client))
+    stats, workers, queues = cli.api_call(config, lambda: fetch(client))
     if export == "json":
         print(to_json(stats, workers))
     elif export == "csv":
@@ -291,7 +316,7 @@ def once(config: Config, export: str | None) -> int:
         console = Console()
         if not console.is_terminal:  # a file or a pipe: no need to fold at 80 columns
             console = Console(width=max(console.width, 120))
-        console.print(render(stats, workers, time.time(), where(client)))
+        console.print(render(stats, workers, time.time(), where(client), queues=queues))
     return cli.EXIT_OK
 
 
@@ -300,6 +325,7 @@ def live(config: Config, interval: float) -> int:
     client = Client(config=config)
     stats: dict | None = None
     workers: list[dict] | None = None
+    queues: list[dict] | None = None
     updated: float | None = None
     console = Console()
     try:
@@ -307,13 +333,14 @@ def live(config: Config, interval: float) -> int:
             while True:
                 problem = None
                 try:
-                    stats, workers = fetch(client)
+                    stats, workers, queues = fetch(client)
                     updated = time.time()
                 except DispatcherUnreachable as exc:
                     problem = f"{cli.unreachable(config, exc)}, retrying"
                 except ApiError as exc:
                     problem = f"dispatcher refused the request: {exc.message}"
-                view.update(render(stats, workers, time.time(), where(client), problem, updated))
+                here = where(client)
+                view.update(render(stats, workers, time.time(), here, problem, updated, queues))
                 time.sleep(interval)  # the refresh period of the screen
     except KeyboardInterrupt:
         return cli.EXIT_OK

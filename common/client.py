@@ -441,6 +441,14 @@ class Client:
     def task_types(self) -> list[dict]:
         return self.call("GET", "/task-types")["task_types"]
 
+    def queues(self) -> list[dict]:
+        return self.call("GET", "/queues")["queues"]
+
+    def set_queue(self, name: str, changes: dict) -> dict:
+        # a PUT sets what it names: sending it again after a lost reply is harmless
+        path = f"/queues/{quote(name, safe='')}"
+        return self.call("PUT", path, changes, repeatable=True)
+
 
 def _seconds(header: str | None) -> float | None:
     """A Retry-After header in seconds (the HTTP-date form is not used by the dispatcher)."""

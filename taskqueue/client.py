@@ -35,7 +35,9 @@ from taskqueue.errors import InvalidRequest, NotFound, refine, shift_index
 from taskqueue.handle import TaskHandle, outcome
 
 # The options of a submission (POST /submit-task), besides its type and payload.
-OPTIONS = frozenset(("queue", "priority", "delay", "max_retries", "timeout", "idempotency_key"))
+OPTIONS = frozenset(
+    ("queue", "priority", "delay", "max_retries", "timeout", "idempotency_key", "expires_in")
+)
 ITEM_FIELDS = OPTIONS | {"type", "payload"}
 WAIT_THREADS = 4  # most threads waiting for tasks at once (each holds one long poll)
 SLICE = 1.0  # longest hold of one poll while more tasks wait their turn than threads poll
@@ -144,7 +146,8 @@ class Client:
         """Submit one task (POST /submit-task). `type_or_task`: a task type's name, or a
         task object (`.name`, and `.check(payload)`, which validates the payload here and
         returns it with its defaults). `options`: queue, priority, delay, max_retries,
-        timeout, idempotency_key. A 400 raises InvalidRequest (a ValueError)."""
+        timeout, idempotency_key, expires_in (seconds: not started by then, it is never
+        run). A 400 raises InvalidRequest (a ValueError)."""
         if options and not OPTIONS.issuperset(options):
             raise _unknown_options("submit", options)
         task_id = self._conn().submit_task(_body(type_or_task, payload, options))
@@ -225,6 +228,39 @@ class Client:
     def task_types(self) -> list[dict]:
         """GET /task-types: each type's name, JSON schema, defaults and description."""
         return self._conn().task_types()
+
+    # -- queues -----------------------------------------------------------------------
+
+    def queues(self) -> list[dict]:
+        """GET /queues: every queue with tasks or settings, by name: `paused`,
+        `max_in_flight`, `rate_limit` ({count, per_seconds} or None), `counts`."""
+        return self._conn().queues()
+
+    def pause_queue(self, name: str) -> dict:
+        """Hand out nothing more of the queue (submissions are still accepted, running
+        tasks finish). Returns the queue's settings."""
+        return self._conn().set_queue(name, {"paused": True})
+
+    def resume_queue(self, name: str) -> dict:
+        """Hand out the queue's tasks again; held polls get them at once."""
+        return self._conn().set_queue(name, {"paused": False})
+
+    def set_queue(self, name: str, **changes: Any) -> dict:
+        """Change a queue's settings: any of paused (bool), max_in_flight (int, or None
+        for no limit), rate_limit ((count, per_seconds), {"count", "per_seconds"}, or
+        None). What is left out keeps its value. Returns the queue's settings."""
+        unknown = changes.keys() - {"paused", "max_in_flight", "rate_limit"}
+        if unknown:
+            raise TypeError(
+                f"set_queue() got an unexpected keyword argument {sorted(unknown)[0]!r} "
+                "(the settings are paused, max_in_flight, rate_limit)"
+            )
+        rate = changes.get("rate_limit")
+        if isinstance(rate, tuple):
+            if len(rate) != 2:
+                raise TypeError("rate_limit is (count, per_seconds)")
+            changes["rate_limit"] = {"count": rate[0], "per_seconds": rate[1]}
+        return self._conn().set_queue(name, changes)
 
     # -- waiting ----------------------------------------------------------------------
 
