@@ -848,7 +848,9 @@ class QueueModel:
     paused: bool = False
     max_in_flight: int | None = None
     rate: tuple[int, float] | None = None  # (count, per_seconds)
-    claims: list[tuple[float, int]] = field(default_factory=list)  # since the rate was set
+    # (time, n, count, per_seconds) of each claim since the rate was set, with the limit
+    # in force then
+    claims: list[tuple[float, int, int, float]] = field(default_factory=list)
 
 
 class FlowMachine(RuleBasedStateMachine):
@@ -877,7 +879,7 @@ class FlowMachine(RuleBasedStateMachine):
             room = max(0, q.max_in_flight - self.running(queue))
         if q.rate is not None:
             count, per = q.rate
-            used = sum(n for at, n in q.claims if at > self.now - per)
+            used = sum(c[1] for c in q.claims if c[0] > self.now - per)
             left = max(0, count - used)
             room = left if room is None else min(room, left)
         return room
@@ -989,7 +991,7 @@ class FlowMachine(RuleBasedStateMachine):
                 t.status, t.attempts = "in_progress", t.attempts + 1
                 t.lease = next(c["lease_token"] for c in claimed if c["task_id"] == task_id)
             if got and self.queues[queue].rate is not None:
-                self.queues[queue].claims.append((self.now, len(got)))
+                self.queues[queue].claims.append((self.now, len(got), *self.queues[queue].rate))
 
     @precondition(lambda self: any(t.status == "in_progress" for t in self.tasks.values()))
     @rule(data=st.data(), outcome=st.sampled_from(["completed", "failed", "released"]))
@@ -1037,12 +1039,11 @@ class FlowMachine(RuleBasedStateMachine):
     @invariant()
     def limits_hold(self):
         for queue, q in self.queues.items():
-            if q.rate is not None:
-                count, per = q.rate
-                times = sorted(at for at, _ in q.claims)
-                for at in times:
-                    inside = sum(n for when, n in q.claims if at <= when < at + per)
-                    assert inside <= count, (queue, q.claims)
+            # the window of per_seconds that ends at each claim holds no more claims than
+            # the limit in force at that claim
+            for at, _, count, per in q.claims:
+                inside = sum(c[1] for c in q.claims if at - per < c[0] <= at)
+                assert inside <= count, (queue, q.claims)
 
 
 @pytest.mark.parametrize("kind", KINDS)
