@@ -347,6 +347,8 @@ class Tx:
     def __init__(self, handle: Any):
         self.handle = handle
         self.notify = False  # set: the commit may wake held polls (new work, a finished task)
+        # a claim's WORKER_FOR_CLAIM row (limited, expired), when its worker was known
+        self.probe: Any = None
 
     def execute(self, sql: str, args: Any = None) -> Any:
         """Run a statement; the result has `rowcount`."""
@@ -599,11 +601,15 @@ class SqlStorage(browse.Browse, flow.QueueControls):
         tasks back to pending (docs/RELIABILITY.md)."""
 
         def claim_tasks(tx: Tx) -> list[dict]:
-            if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
+            status = self._touch_worker(tx, worker_id, instance_id, now, queues=queues, claim=True)
+            if status in STOPPING:
                 raise WorkerStopping(worker_id)
+            probe = tx.probe  # None: a worker not known before; look at both
             # not-started tasks past their expiry are never handed out (flow.py)
-            claimed = flow.Expired(expired=self._expire_unstarted(tx, now))
-            limits = self._locked_limits(tx, queues)  # {} unless a queue has settings
+            expired = self._expire_unstarted(tx, now) if not probe or probe["expired"] else []
+            claimed: list = flow.Expired(expired=expired) if expired else []
+            # the claimed queues' limits, locked ({} while no queue is limited)
+            limits = self._locked_limits(tx, queues) if not probe or probe["limited"] else {}
             for queue in queues:
                 want = max_tasks - len(claimed)
                 if want <= 0:
@@ -634,18 +640,23 @@ class SqlStorage(browse.Browse, flow.QueueControls):
         state: str | None = None,
         queues: tuple[str, ...] | None = None,
         concurrency: int | None = None,
+        claim: bool = False,
     ) -> str:
         """Register or refresh a worker, and return its status; a new instance of a
         known id takes it over and its earlier instance's tasks go back to the queue at
         once. `state` (a heartbeat's: stopping, stopped) sets the status; without one a
         stopping or stopped instance keeps its status and any other is alive. The
-        worker's row is locked first (PostgreSQL): its calls take turns."""
+        worker's row is locked first (PostgreSQL): its calls take turns. For a `claim`
+        it is read with what the claim looks at besides (WORKER_FOR_CLAIM: tx.probe)."""
         if instance_id and tx.one(self.q.RETIRED, {"instance_id": instance_id}):
             raise WorkerTakenOver(worker_id)
         args = dict(worker_id=worker_id, instance_id=instance_id, now=now, status=state or "alive")
         args["queues"] = None if queues is None else dumps(list(queues))
         args["concurrency"] = concurrency
-        row = tx.one(self.q.WORKER_LOCKED, args)
+        if claim:
+            row = tx.probe = tx.one(self.q.WORKER_FOR_CLAIM, args)
+        else:
+            row = tx.one(self.q.WORKER_LOCKED, args)
         if row is None:
             if tx.one(self.q.REGISTER_WORKER, args):
                 return args["status"]

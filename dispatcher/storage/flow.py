@@ -62,9 +62,22 @@ LIMITING = "(paused OR max_in_flight IS NOT NULL OR rate_count IS NOT NULL)"
 SETTINGS = "queue, paused, max_in_flight, rate_count, rate_per_seconds, updated_at"
 
 STATEMENTS = dict(
-    # (read) the settings of these queues that limit anything: few rows, by primary key
-    LIMITS=f"SELECT {SETTINGS} FROM queue_settings WHERE queue = ANY(%(ids)s) AND {LIMITING}",
-    # the same in the claim's transaction, locked in name order (PostgreSQL)
+    # (read) the claiming worker's row, locked (as WORKER_LOCKED), with what its claim
+    # must look at besides: is any queue limited (a settings row that limits anything),
+    # is any not-started task past its expiry (a probe of tasks_expiry). One statement,
+    # so a claim that neither concerns pays two subqueries, not two statements.
+    WORKER_FOR_CLAIM=f"""
+SELECT w.instance_id, w.status,
+       EXISTS (SELECT 1 FROM queue_settings s WHERE {LIMITING}) AS limited,
+       EXISTS (SELECT 1 FROM tasks t
+                WHERE t.expires_at <= %(now)s AND t.status IN {NOT_STARTED}
+                  AND t.attempts = 0) AS expired
+  FROM workers w WHERE w.worker_id = %(worker_id)s FOR UPDATE OF w""",
+    # (read) the settings that limit anything, of every queue: a few rows at most (a
+    # read of an empty table when no queue is limited)
+    LIMITS=f"SELECT {SETTINGS} FROM queue_settings WHERE {LIMITING}",
+    # those of the claim's queues, in its transaction, locked in name order (PostgreSQL;
+    # SQLite reads LIMITS: its write transaction holds the whole file)
     LIMITS_LOCKED=f"""
 SELECT {SETTINGS} FROM queue_settings WHERE queue = ANY(%(ids)s) AND {LIMITING}
  ORDER BY queue COLLATE "C" FOR UPDATE""",
@@ -220,7 +233,7 @@ class QueueControls:
     def _locked_limits(self, tx, queues: tuple[str, ...]) -> dict[str, Mapping]:
         """Inside the claim: the limiting settings of these queues, locked (PostgreSQL)."""
         found = tx.all(self.q.LIMITS_LOCKED, {"ids": self._ids(list(queues))})
-        return {r["queue"]: r for r in found}
+        return {r["queue"]: r for r in found if r["queue"] in queues}
 
     def _allowance(self, tx, limit: Mapping, want: int, now: float) -> int:
         """How many tasks the claim may take from a limited queue (0..want)."""
@@ -247,7 +260,7 @@ class QueueControls:
         """(the queues a claim may take from now, {queue: when its rate window reopens}
         for those closed only by their rate limit). Paused queues, and queues at their
         max_in_flight, are neither: a resume, or a finished task, wakes the polls."""
-        limits = self._read(self.q.LIMITS, {"ids": self._ids(list(queues))})
+        limits = [r for r in self._read(self.q.LIMITS) if r["queue"] in queues]
         if not limits:
             return queues, {}
         closed, later = set(), {}
@@ -271,8 +284,16 @@ class QueueControls:
         return tuple(q for q in queues if q not in closed), later
 
     def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
+        ready, limited = self._ready_probe(queues, now)
+        if not limited:  # no queue limits anything: ready is claimable
+            return ready
         open_, _ = self._gates(queues, now)
         return bool(open_) and self._ready_in(open_, now)
+
+    def _ready_probe(self, queues: tuple[str, ...], now: float) -> tuple[bool, bool]:
+        """(is a task of these queues ready, does any queue's settings limit anything).
+        A backend may read both at once (PostgreSQL: one round trip)."""
+        return self._ready_in(queues, now), bool(self._read(self.q.LIMITS))
 
     def next_run_at(self, queues: tuple[str, ...], now: float) -> float | None:
         open_, later = self._gates(queues, now)

@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from . import NewTask, Result, core
+from . import NewTask, Result, core, flow
 from .core import SCHEMA_VERSION, SqlStorage, Tx, statements, upgrade
 from .errors import BadValue, DatabaseUnavailable, DiskFull, ReadOnly
 from .rows import dumps
@@ -193,6 +193,10 @@ NOTIFY = "SELECT pg_notify(%(channel)s, %(schema)s), nextval('changes')"
 READY = """
 SELECT 1 FROM tasks WHERE status = 'pending' AND queue = ANY(%(queues)s) AND run_at <= %(now)s
  LIMIT 1"""
+# READY, and whether any queue's settings limit anything (flow.py), in one round trip
+READY_PROBE = f"""
+SELECT EXISTS ({READY}) AS ready,
+       EXISTS (SELECT 1 FROM queue_settings WHERE {flow.LIMITING}) AS limited"""
 NEXT_RUN_AT = """
 SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = ANY(%(queues)s)"""
 # the workers of a batch of results, locked first, as every other path takes them
@@ -363,6 +367,10 @@ class PostgresStorage(SqlStorage):
 
     def _ready_in(self, queues: tuple[str, ...], now: float) -> bool:
         return bool(self._read(READY, {"queues": list(queues), "now": now}))
+
+    def _ready_probe(self, queues: tuple[str, ...], now: float) -> tuple[bool, bool]:
+        row = self._read(READY_PROBE, {"queues": list(queues), "now": now})[0]
+        return row["ready"], row["limited"]
 
     def _next_run_in(self, queues: tuple[str, ...]) -> float | None:
         return self._read(NEXT_RUN_AT, {"queues": list(queues)})[0]["t"]

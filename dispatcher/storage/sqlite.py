@@ -158,10 +158,18 @@ EXPIRED_UNSTARTED = for_sqlite(core.SHARED["EXPIRED_UNSTARTED"]).replace(
     "FROM tasks\n", "FROM tasks INDEXED BY tasks_expiry\n", 1
 )
 assert "INDEXED BY" in EXPIRED_UNSTARTED, EXPIRED_UNSTARTED
+WORKER_FOR_CLAIM = (
+    for_sqlite(core.SHARED["WORKER_FOR_CLAIM"])
+    .replace("FROM tasks t\n", "FROM tasks t INDEXED BY tasks_expiry\n", 1)
+    .replace(" OF w", "")
+)
+assert "INDEXED BY" in WORKER_FOR_CLAIM and "FOR UPDATE" not in WORKER_FOR_CLAIM
 
 Q = statements(
     for_sqlite,
     EXPIRED_UNSTARTED=EXPIRED_UNSTARTED,
+    WORKER_FOR_CLAIM=WORKER_FOR_CLAIM,
+    LIMITS_LOCKED=for_sqlite(core.SHARED["LIMITS"]),  # no locks: the write lock holds all
     FIND_IN_WINDOW=FIND_IN_WINDOW,
     SET_PROGRESS=SET_PROGRESS,
     CLAIM=CLAIM,
@@ -327,8 +335,11 @@ class SqliteStorage(SqlStorage):
 
     def _idle_poll(self, worker_id: str, instance_id: str, queues, now: float) -> bool:
         """A claim that would only refresh a last_heartbeat younger than TOUCH_EVERY_S:
-        nothing ready, the live instance we know (new, retired, dead ones write)."""
-        if self.has_ready(queues, now):
+        nothing ready, the live instance we know (new, retired, dead ones write). Ready
+        here ignores the queues' settings (a read fewer for every claim): a claim of a
+        paused or full queue's ready tasks writes, and finds nothing to take; the held
+        poll around it asks has_ready, which does count them, before it claims again."""
+        if self._ready_in(queues, now):
             return False
         row = next(iter(self._read(WORKER, {"worker_id": worker_id})), None)
         if row is None:
