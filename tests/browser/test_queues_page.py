@@ -56,9 +56,9 @@ def test_pause_limits_and_resume_from_the_queues_page(browser, dispatcher, tmp_p
     wait_text(browser, "limits saved")
     got = settings(dispatcher, "mail")
     assert (got["max_in_flight"], got["rate_limit"]) == (2, {"count": 10, "per_seconds": 1.5})
-    shot = save_screenshot(browser, tmp_path, "queues")
+    shot = save_screenshot(browser, tmp_path, "dashboard-queues")
     if os.environ.get("TASKQUEUE_SCREENSHOTS_DIR"):
-        save_screenshot(browser, Path(os.environ["TASKQUEUE_SCREENSHOTS_DIR"]), "queues")
+        save_screenshot(browser, Path(os.environ["TASKQUEUE_SCREENSHOTS_DIR"]), "dashboard-queues")
     assert shot.stat().st_size > 0
     box = browser.find_element(By.CSS_SELECTOR, f'{form} input[name="max_in_flight"]')
     box.clear()
