@@ -127,3 +127,16 @@ def test_monitor_shows_each_queues_controls_and_configured_queues_without_tasks(
     text = rendered(monitor.queues_table(stats, QUEUES))
     assert "paused; max 2 in flight; 10 per 60 s" in text
     assert "fresh" in text and "other" in text  # configured only / tasks only
+
+
+def test_add_task_expires_in_sets_every_task_and_refuses_a_bad_value(capsys):
+    import add_task
+
+    body = '[{"type": "sleep", "payload": {"duration": 1}}, {"type": "sleep", "duration": 2}]'
+    args = add_task.parse_args(["--payload", body, "--expires-in", "2.5"])
+    assert [t["expires_in"] for t in add_task.build_tasks(args)] == [2.5, 2.5]
+    flat = add_task.to_task({"type": "sleep", "duration": 1, "expires_in": 9}, "x")
+    assert flat == {"type": "sleep", "payload": {"duration": 1}, "expires_in": 9}
+    with pytest.raises(SystemExit) as exit_:
+        add_task.parse_args(["--payload", body, "--expires-in", "0"])
+    assert exit_.value.code == 2 and "--expires-in" in capsys.readouterr().err
