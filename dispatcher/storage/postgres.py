@@ -73,6 +73,15 @@ NO_PARALLEL_SCAN = "SET LOCAL max_parallel_workers_per_gather = 0"
 # (nothing) -> pending, many at once in one statement: tasks without an idempotency key
 INSERT_TASKS = """
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
+                   max_retries, timeout)
+SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retries, timeout
+  FROM unnest(%(id)s::text[], %(type)s::text[], %(queue)s::text[], %(payload)s::text[],
+              %(priority)s::int[], %(run_at)s::float8[], %(max_retries)s::int[],
+              %(timeout)s::float8[])
+       AS t (id, type, queue, payload, priority, run_at, max_retries, timeout)"""
+# the same for a batch where some task has an expiry (the others pay nothing for it)
+INSERT_EXPIRING_TASKS = """
+INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
                    max_retries, timeout, expires_at)
 SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retries, timeout,
        expires_at
@@ -362,7 +371,11 @@ class PostgresStorage(SqlStorage):
         args.update(
             run_at=[now + t.delay for t in tasks], timeout=[float(t.timeout) for t in tasks]
         )
-        args["expires_at"] = [None if t.expires_in is None else now + t.expires_in for t in tasks]
+        if any(t.expires_in is not None for t in tasks):
+            expiry = [None if t.expires_in is None else now + t.expires_in for t in tasks]
+            args["expires_at"] = expiry
+            tx.execute(INSERT_EXPIRING_TASKS, args)
+            return
         tx.execute(INSERT_TASKS, args)
 
     def _ready_in(self, queues: tuple[str, ...], now: float) -> bool:

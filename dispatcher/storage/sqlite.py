@@ -49,8 +49,13 @@ MIGRATIONS: dict[int, list[str]] = {
 
 # -- SQLite's own statements ---------------------------------------------------------
 
-# (nothing) -> pending, many at once: tasks without an idempotency key
+# (nothing) -> pending, many at once: tasks without an idempotency key (and the same with
+# their expiry, for a batch where some task has one: the others pay nothing for it)
 INSERT_TASKS = """
+INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
+                   max_retries, timeout)
+VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"""
+INSERT_EXPIRING_TASKS = """
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
                    max_retries, timeout, expires_at)
 VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"""
@@ -317,9 +322,14 @@ class SqliteStorage(SqlStorage):
     def _insert_many(self, tx: Tx, ids: list[str], tasks: list[NewTask], now: float) -> None:
         rows = [
             (task_id, t.type, t.queue, dumps(t.payload), t.priority, now + t.delay, now)
-            + (t.max_retries, t.timeout, None if t.expires_in is None else now + t.expires_in)
+            + (t.max_retries, t.timeout)
             for task_id, t in zip(ids, tasks, strict=True)
         ]
+        if any(t.expires_in is not None for t in tasks):
+            expiry = [None if t.expires_in is None else now + t.expires_in for t in tasks]
+            rows = [(*row, at) for row, at in zip(rows, expiry, strict=True)]
+            tx.handle.executemany(INSERT_EXPIRING_TASKS, rows)
+            return
         tx.handle.executemany(INSERT_TASKS, rows)
 
     def claim(self, worker_id, instance_id, queues, max_tasks, now, lease_s) -> list[dict]:

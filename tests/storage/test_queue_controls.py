@@ -288,3 +288,12 @@ def test_finished_counts_include_expired_tasks(storage):
     submit(storage, expires_in=1)
     reap(storage, now=T0 + 2)
     assert storage.stats(now=T0 + 2, dead_after=FOREVER)["tasks"]["cancelled"] == 1
+
+
+def test_a_batch_mixing_tasks_with_and_without_expiry_keeps_each(storage):
+    items = [new_task(expires_in=5), new_task(), new_task(expires_in=0.25)]
+    ids = [task_id for task_id, _ in storage.submit(items, now=T0)]
+    assert [storage.get(t)["expires_at"] for t in ids] == [T0 + 5, None, T0 + 0.25]
+    with_key = new_task(expires_in=7, idempotency_key="k")  # the one-by-one path
+    [(keyed, _)] = storage.submit([with_key], now=T0)
+    assert storage.get(keyed)["expires_at"] == T0 + 7
