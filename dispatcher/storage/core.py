@@ -771,11 +771,11 @@ class SqlStorage(browse.Browse, flow.QueueControls):
                 return found
 
             report = self._transact(sweep)
-            while len(report.unstarted) % flow.EXPIRE_BATCH == 0 and report.unstarted:
-                more = self._transact(lambda tx: self._expire_unstarted(tx, now))
-                report.unstarted += more
-                if not more:
-                    break
+            more = len(report.unstarted) == flow.EXPIRE_BATCH
+            while more:  # a backlog of expired tasks, a batch per transaction
+                batch = self._transact(lambda tx: self._expire_unstarted(tx, now))
+                report.unstarted += batch
+                more = len(batch) == flow.EXPIRE_BATCH
         while old:  # retention, in short transactions until the backlog is gone
             deleted = self._transact(lambda tx: self._delete_finished(tx, cutoff))
             report.deleted += deleted
