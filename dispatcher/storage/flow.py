@@ -12,8 +12,9 @@ leaves. The window is exact: every claim of a rate-limited queue is recorded
 (`queue_claims`: the queue, the claim's time, how many tasks), and a claim counts the
 recorded claims later than now - per_seconds (later ones too: a dispatcher whose clock
 is behind still counts its peers' claims), so the last claim committed in any window
-saw all the others of that window. A queue without settings, or whose settings limit
-nothing, pays the one read of the settings that finds nothing to limit.
+saw all the others of that window. While no queue's settings limit anything and no
+not-started task is past its expiry, a claim pays two EXISTS probes in the statement
+that reads its worker (WORKER_FOR_CLAIM), and nothing else.
 
 A task submitted with `expires_in` has `expires_at`; while it has not started
 (attempts = 0, status in NOT_STARTED) and expires_at <= now it is moved to cancelled
@@ -29,9 +30,10 @@ from typing import Any
 
 from . import STATUSES
 
-# The statuses of a task that has not started and may still expire. The lead merging
-# the dependencies work adds 'waiting' here (tasks blocked on dependencies also expire);
-# the partial index and the statements below follow this list.
+# The statuses of a task that has not started and may still expire. MERGE NOTE: with the
+# dependencies work, add 'waiting' here (a task blocked on its dependencies expires
+# too; its dependents then need that work's cancel cascade, see _expire_unstarted); the
+# partial index tasks_expiry and the statements below follow this list.
 NOT_STARTED = "('pending')"
 EXPIRE_BATCH = 500  # tasks a claim or a reaper transaction expires at most
 RATE_PRUNE_MARGIN_S = 60.0  # claim records kept past their window (dispatchers' clocks)
@@ -307,7 +309,9 @@ class QueueControls:
     # -- expiry -------------------------------------------------------------------
 
     def _expire_unstarted(self, tx, now: float) -> list[tuple[str, str]]:
-        """Not-started tasks past their expiry -> cancelled (a batch): their (queue, type)."""
+        """Not-started tasks past their expiry -> cancelled (a batch): their (queue, type).
+        MERGE NOTE: a task cancelled here is cancelled like any other; with dependencies,
+        what waits on it must be cancelled with it (`dependency <id> was cancelled`)."""
         done = []
         for r in tx.all(self.q.EXPIRED_UNSTARTED, {"now": now, "batch": EXPIRE_BATCH}):
             args = {"task_id": r["id"], "now": now}
