@@ -54,6 +54,7 @@ TASK_OPTIONS = (
     "delay",
     "idempotency_key",
     "depends_on",
+    "expires_in",
 )
 ALGORITHMS = ("sieve", "trial_division")
 PROGRESS_ROWS = 5  # running tasks whose progress --wait shows, at most
@@ -239,7 +240,7 @@ task objects (--payload, --payload-file):
   {{"type": "primes", "payload": {{"limit": 1000}}, "priority": 5}}
   {{"type": "compute", "operation": "factorial", "value": 10}}
       the second (flat) form puts every key that is not a task option (queue,
-      max_retries, timeout, priority, delay, idempotency_key, depends_on) into the
+      max_retries, timeout, priority, delay, idempotency_key, depends_on, expires_in) into the
       payload
   built-in types: {", ".join(registry.names())}
 
@@ -322,6 +323,13 @@ ended failed or cancelled; 2 bad usage, bad JSON or bad configuration.""",
         metavar="S",
         help="seconds before the first attempt may start",
     )
+    every.add_argument(
+        "--expires-in",
+        type=cli.positive_float,
+        metavar="S",
+        help="not started within S seconds of its submission, a task is never run "
+        "(cancelled: 'expired: not started within S s')",
+    )
     every.add_argument("--queue", metavar="NAME", help="queue name (default 'default')")
     every.add_argument(
         "--depends-on",
@@ -387,6 +395,7 @@ def build_tasks(args: argparse.Namespace, stdin=None) -> list[dict]:
         "delay": args.delay,
         "queue": args.queue,
         "depends_on": args.depends_on,
+        "expires_in": args.expires_in,
     }
     return apply_options(tasks, options)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Watch the queue: task counts, throughput, queues and workers, from GET /stats and
-GET /workers.
+"""Watch the queue: task counts, throughput, queues (with their controls: paused,
+max_in_flight, rate limit) and workers, from GET /stats, GET /queues and GET /workers.
 
     python3 monitor.py                  a live view, refreshed every second (Ctrl-C quits)
     python3 monitor.py --once           the same view, printed once
@@ -158,6 +158,7 @@ def render(
     problem: str | None = None,
     updated: float | None = None,
     schedules: list[dict] | None = None,
+    queues: list[dict] | None = None,
 ) -> RenderableType:
     """The whole screen: header, task counts, queues, workers, the periodic tasks' line,
     and a red problem line."""
@@ -170,7 +171,7 @@ def render(
         parts.append(Text(f"{problem}{age}", style="bold red"))
     if stats is not None:
         parts += [Text(""), tasks_table(stats), summary_line(stats)]
-        parts += [Text(""), queues_table(stats)]
+        parts += [Text(""), queues_table(stats, queues)]
     if workers is not None:
         parts += [Text(""), workers_table(workers, now)]
     if schedules:
@@ -228,16 +229,40 @@ def summary_line(stats: dict) -> Text:
     )
 
 
-def queues_table(stats: dict) -> Table:
+def controls(queue: dict | None) -> Text:
+    """A queue's controls in a few words: `paused`, `max 2 in flight`, `10 per 1 s`."""
+    if not queue:
+        return Text("")
+    words = []
+    if queue.get("paused"):
+        words.append(("paused", "bold red"))
+    if queue.get("max_in_flight") is not None:
+        words.append((f"max {queue['max_in_flight']} in flight", "yellow"))
+    if rate := queue.get("rate_limit"):
+        words.append((f"{rate['count']} per {rate['per_seconds']:g} s", "yellow"))
+    text = Text()
+    for i, word in enumerate(words):
+        text.append(("; " if i else "") + word[0], style=word[1])
+    return text
+
+
+def queues_table(stats: dict, settings: list[dict] | None = None) -> Table:
+    """Each queue's counts by status (GET /stats), and its controls (GET /queues): a
+    queue configured before it has tasks is listed too."""
     table = Table(title="queues", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("queue")
     for s in STATUSES:
         table.add_column(s, justify="right", style=COLOURS.get(s, ""))
+    table.add_column("controls")
     queues = stats.get("queues", {})
-    for name, counts in sorted(queues.items()):
-        table.add_row(name, *(str(counts.get(s, 0)) for s in STATUSES))
-    if not queues:
-        table.add_row("(no tasks)", *("" for _ in STATUSES), style="dim")
+    configured = {q["name"]: q for q in settings or ()}
+    for name in sorted(queues.keys() | configured.keys()):
+        counts = queues.get(name, {})
+        table.add_row(
+            name, *(str(counts.get(s, 0)) for s in STATUSES), controls(configured.get(name))
+        )
+    if not queues and not configured:
+        table.add_row("(no tasks)", *("" for _ in STATUSES), "", style="dim")
     return table
 
 
@@ -295,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fetch(client: Client) -> tuple[dict, list[dict]]:
-    return client.stats(), client.workers()
+def fetch(client: Client) -> tuple[dict, list[dict], list[dict]]:
+    return client.stats(), client.workers(), client.queues()
 
 
 def fetch_schedules(client: Client) -> list[dict] | None:
@@ -318,7 +343,7 @@ def where(client: Client) -> str:
 
 def once(config: Config, export: str | None) -> int:
     client = Client(config=config)
-    stats, workers = cli.api_call(config, lambda: fetch(client))
+    stats, workers, queues = cli.api_call(config, lambda: fetch(client))
     if export == "json":
         print(to_json(stats, workers))
     elif export == "csv":
@@ -328,7 +353,8 @@ def once(config: Config, export: str | None) -> int:
         if not console.is_terminal:  # a file or a pipe: no need to fold at 80 columns
             console = Console(width=max(console.width, 120))
         found = cli.api_call(config, lambda: fetch_schedules(client))
-        console.print(render(stats, workers, time.time(), where(client), schedules=found))
+        now = time.time()
+        console.print(render(stats, workers, now, where(client), schedules=found, queues=queues))
     return cli.EXIT_OK
 
 
@@ -337,6 +363,7 @@ def live(config: Config, interval: float) -> int:
     client = Client(config=config)
     stats: dict | None = None
     workers: list[dict] | None = None
+    queues: list[dict] | None = None
     updated: float | None = None
     schedules: list[dict] | None = None
     console = Console()
@@ -345,15 +372,16 @@ def live(config: Config, interval: float) -> int:
             while True:
                 problem = None
                 try:
-                    stats, workers = fetch(client)
+                    stats, workers, queues = fetch(client)
                     schedules = fetch_schedules(client)
                     updated = time.time()
                 except DispatcherUnreachable as exc:
                     problem = f"{cli.unreachable(config, exc)}, retrying"
                 except ApiError as exc:
                     problem = f"dispatcher refused the request: {exc.message}"
+                here = where(client)
                 view.update(
-                    render(stats, workers, time.time(), where(client), problem, updated, schedules)
+                    render(stats, workers, time.time(), here, problem, updated, schedules, queues)
                 )
                 time.sleep(interval)  # the refresh period of the screen
     except KeyboardInterrupt:

@@ -458,6 +458,16 @@ class Client:
     def delete_schedule(self, name: str) -> None:
         self.call("DELETE", f"/schedules/{quote(name, safe='')}")
 
+    # -- queue controls (docs/SCHEDULING.md) ------------------------------------------
+
+    def queues(self) -> list[dict]:
+        return self.call("GET", "/queues")["queues"]
+
+    def set_queue(self, name: str, changes: dict) -> dict:
+        # a PUT sets what it names: sending it again after a lost reply is harmless
+        path = f"/queues/{quote(name, safe='')}"
+        return self.call("PUT", path, changes, repeatable=True)
+
 
 def _seconds(header: str | None) -> float | None:
     """A Retry-After header in seconds (the HTTP-date form is not used by the dispatcher)."""

@@ -73,7 +73,7 @@ def create_app(
         clock,
         Held(config.dispatcher_connections // 2),
         ReadyCache(storage, clock),
-        metrics.Exposition(lambda: storage.stats(now=clock(), dead_after=config.worker_dead_after)),
+        metrics.Exposition(lambda: _gauges(storage, clock(), config)),
     )
     app.extensions["taskqueue"] = ctx
     app.wsgi_app = metrics.Timing(app.wsgi_app, current_rule)
@@ -91,6 +91,12 @@ def create_app(
         ctx.scheduler = Scheduler(storage, config, tasks.registry, clock)
         ctx.scheduler.start()
     return app
+
+
+def _gauges(storage: Storage, now: float, config: Config) -> dict:
+    """What the metrics' gauges are read from: the stats, and the queues' settings."""
+    stats = storage.stats(now=now, dead_after=config.worker_dead_after)
+    return {**stats, "queue_settings": storage.queue_settings()}
 
 
 class StrictJSONProvider(DefaultJSONProvider):
@@ -219,11 +225,14 @@ def reap_once(ctx: Context) -> None:
             )
         for task_id in report.expired:
             log.warning("task %s lease expired", task_id, extra={"task_id": task_id})
+        if report.unstarted:
+            log.info("cancelled %d tasks not started within expires_in", len(report.unstarted))
         if report.forgotten:
             log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
         if report.deleted:
             log.info("deleted %d finished tasks past retention", report.deleted)
         metrics.count_expired(report.expired_queues)
+        metrics.count_unstarted_expired(report.unstarted)
     except Exception as exc:  # the reaper never dies; the next sweep tries again
         if isinstance(exc, DatabaseUnavailable):
             metrics.DATABASE_ERRORS.inc()

@@ -38,6 +38,10 @@ MAX_ERROR_LENGTH = 10_000
 MAX_DELAY = 365 * 86_400.0  # a year
 MAX_DEPENDENCIES = 100  # depends_on of one task
 MAX_DEPTH = 100  # nesting of a stored payload or result: JSON must hold it on the way out
+MAX_EXPIRES_IN = MAX_DELAY  # a submission's expires_in, like its delay
+MAX_IN_FLIGHT = 1_000_000  # a queue's max_in_flight, at most
+MAX_RATE_COUNT = 1_000_000_000  # a queue's rate_limit count, at most
+MAX_RATE_PER_SECONDS = 365 * 86_400.0  # a rate window of a year at most
 
 
 def _name(description: str, max_len: int = MAX_ID_LENGTH) -> Any:
@@ -167,6 +171,42 @@ class ScheduleChange(Body, forbid_unknown_fields=True):
     catch_up: CatchUp | None = None
 
 
+class RateLimit(Body, forbid_unknown_fields=True):
+    count: _field(int, "claims at most...", ge=1, le=MAX_RATE_COUNT)
+    per_seconds: _field(
+        float, "...in any window of this many seconds", gt=0, le=MAX_RATE_PER_SECONDS
+    )
+
+
+class QueueChanges(Body, forbid_unknown_fields=True):
+    """PUT /queues/<name>: any of the fields; one left out keeps its value, null removes
+    a limit."""
+
+    paused: _field(bool, "true: nothing of the queue is handed out") | UnsetType = msgspec.UNSET
+    max_in_flight: (
+        _field(
+            int,
+            "at most this many tasks of the queue in progress at once, across every worker "
+            "and dispatcher; null: no limit",
+            ge=1,
+            le=MAX_IN_FLIGHT,
+        )
+        | None
+        | UnsetType
+    ) = msgspec.UNSET
+    rate_limit: (
+        _field(RateLimit, "at most `count` claims in any `per_seconds` window; null: no limit")
+        | None
+        | UnsetType
+    ) = msgspec.UNSET
+
+
+class QueueRef(Body):
+    """A queue named in a URL: held to a submission's bounds."""
+
+    queue: _name("the queue")
+
+
 # -- request bodies whose bounds or defaults are settings ----------------------------
 
 
@@ -240,6 +280,16 @@ def _requests(batch: int, max_wait: float, retries: int, task_timeout: float) ->
                 "tasks that must complete before this one runs (it waits, status waiting); "
                 'in POST /submit-tasks "#N" names the N-th task (from 0) of the same batch',
                 max_length=MAX_DEPENDENCIES,
+            )
+            | None
+        ) = None
+        expires_in: (
+            _field(
+                float,
+                "seconds: not started within this time of its submission, it is never run "
+                "(cancelled with the error `expired: not started within N s`)",
+                gt=0,
+                le=MAX_EXPIRES_IN,
             )
             | None
         ) = None
@@ -372,6 +422,7 @@ class TaskSummary(Answer):
     created_at: Time
     started_at: Time | None
     finished_at: Time | None
+    expires_at: _field(Time, "never run if not started by then (expires_in)") | None
     progress: (
         _field(
             Progress,
@@ -517,6 +568,27 @@ class ScheduleList(Answer):
 class Deleted(Answer):
     name: str
     deleted: Literal[True]
+
+
+class RateLimitSetting(Answer):
+    count: Annotated[int, Meta(ge=1)]
+    per_seconds: Annotated[float, Meta(gt=0)]
+
+
+class QueueSettings(Answer):
+    name: str
+    paused: bool
+    max_in_flight: Annotated[int, Meta(ge=1)] | None
+    rate_limit: RateLimitSetting | None
+    updated_at: _field(Time, "when its settings last changed; null: never set") | None
+
+
+class Queue(QueueSettings):
+    counts: _field(Counts, "its tasks by status")
+
+
+class Queues(Answer):
+    queues: _field(list[Queue], "every queue with tasks or settings, by name")
 
 
 class Health(Answer):

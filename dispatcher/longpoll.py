@@ -43,8 +43,10 @@ class ReadyCache:
             if known is not None and known[0] == generation:
                 return known[1]
             now = self._clock()
-            # has_ready is one index probe; next_run_at walks the queues' pending tasks
-            due = now if self._storage.has_ready(queues, now) else self._storage.next_run_at(queues)
+            # has_ready is one index probe (and one of the queues' limiting settings);
+            # next_run_at walks the queues' pending tasks
+            storage = self._storage
+            due = now if storage.has_ready(queues, now) else storage.next_run_at(queues, now)
             if len(self._known) >= CACHE_MAX:
                 self._known.clear()
             self._known[queues] = (generation, due)

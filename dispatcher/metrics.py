@@ -51,6 +51,11 @@ RETRIES = Counter(
 LEASE_EXPIRATIONS = Counter(
     "taskqueue_lease_expirations", "Leases found expired by the reaper", ["queue"]
 )
+EXPIRED_TASKS = Counter(
+    "taskqueue_tasks_expired",
+    "Tasks never run: not started within their expires_in (also counted as cancelled)",
+    ["queue"],
+)
 FENCED = Counter("taskqueue_fenced_results", "Results refused with 409 (fenced)")
 DATABASE_ERRORS = Counter(
     "taskqueue_database_errors", "Requests or reaper sweeps that lost the database"
@@ -112,6 +117,13 @@ def count_cascaded(rows: Iterable[Mapping]) -> None:
     count_bulk_cancelled(Tally((r["queue"], r["type"]) for r in rows))
 
 
+def count_unstarted_expired(tasks: Iterable[tuple[str, str]]) -> None:
+    """Tasks a claim or the reaper cancelled past their expiry, as (queue, type)."""
+    for (queue, type_), n in Tally(tasks).items():
+        FINISHED.labels(queue, type_, "cancelled").inc(n)
+        EXPIRED_TASKS.labels(queue).inc(n)
+
+
 def count_expired(queues: Iterable[str]) -> None:
     for queue, n in Tally(queues).items():
         LEASE_EXPIRATIONS.labels(queue).inc(n)
@@ -153,6 +165,35 @@ class StorageCollector:
         for status in ("alive", "dead", "stopped"):
             workers.add_metric([status], s["workers"][status])
         yield workers
+        yield from queue_gauges(s.get("queue_settings", ()))
+
+
+def queue_gauges(settings: Iterable[Mapping]):
+    """The settings of the queues that have some (GET /queues)."""
+    paused = GaugeMetricFamily(
+        "taskqueue_queue_paused", "1 while the queue is paused", labels=["queue"]
+    )
+    cap = GaugeMetricFamily(
+        "taskqueue_queue_max_in_flight",
+        "The queue's max_in_flight (queues without one left out)",
+        labels=["queue"],
+    )
+    rate = GaugeMetricFamily(
+        "taskqueue_queue_rate_limit_count",
+        "Claims the queue allows per rate window (queues without a rate limit left out)",
+        labels=["queue"],
+    )
+    window = GaugeMetricFamily(
+        "taskqueue_queue_rate_limit_seconds", "The queue's rate window", labels=["queue"]
+    )
+    for q in settings:
+        paused.add_metric([q["name"]], 1 if q["paused"] else 0)
+        if q["max_in_flight"] is not None:
+            cap.add_metric([q["name"]], q["max_in_flight"])
+        if q["rate_limit"] is not None:
+            rate.add_metric([q["name"]], q["rate_limit"]["count"])
+            window.add_metric([q["name"]], q["rate_limit"]["per_seconds"])
+    yield from (paused, cap, rate, window)
 
 
 class Exposition:

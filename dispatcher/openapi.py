@@ -113,16 +113,19 @@ def _post(
     errors: dict | None = None,
     examples: dict | None = None,
     links: dict | None = None,
+    method: str = "post",
+    parameters: list | None = None,
 ) -> dict:
-    """A POST with a JSON body; every one may answer 400, 408, 413 and 503."""
+    """A POST (or `method`) with a JSON body; every one may answer 400, 408, 413, 503."""
     for answer in answers.values() if links else ():
         answer["links"] = links
     media: dict[str, Any] = {"schema": _ref(body)}
     if examples:
         media["examples"] = {name: {"value": value} for name, value in examples.items()}
     return {
-        "post": {
+        method: {
             "summary": summary,
+            **({"parameters": parameters} if parameters else {}),
             "requestBody": {
                 "required": True,
                 "description": "a JSON object (read as JSON whatever the Content-Type says)",
@@ -283,6 +286,31 @@ def _operations(config: Config, requests: b.Requests) -> dict:
             },
             [TASK_ID_PARAM],
         ),
+        "/queues": _operation(
+            "get",
+            "Every queue with tasks or settings: its settings and its tasks by status",
+            {"200": _reply("the queues, by name", b.Queues)},
+        ),
+        "/queues/{name}": _post(
+            "Pause or resume a queue, or set its max_in_flight and rate_limit",
+            b.QueueChanges,
+            {"200": _reply("the queue's settings now", b.QueueSettings)},
+            examples={
+                "pause": {"paused": True},
+                "limits": {"max_in_flight": 2, "rate_limit": {"count": 10, "per_seconds": 1}},
+                "no limits": {"max_in_flight": None, "rate_limit": None},
+            },
+            method="put",
+            parameters=[
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": b.MAX_ID_LENGTH},
+                    "description": "the queue (it need not have tasks)",
+                }
+            ],
+        ),
         "/stats": _operation(
             "get",
             "Counts by status, queue and type; workers; throughput",
@@ -388,6 +416,8 @@ ANSWERS = (
     b.Schedule,
     b.ScheduleList,
     b.Deleted,
+    b.Queues,
+    b.QueueSettings,
 )
 
 
@@ -395,7 +425,16 @@ def _schemas(requests: b.Requests, task_types: list[TaskType]) -> dict:
     """The bodies' schemas; NewTask is a union discriminated by `type`: one variant per
     task type, its payload the type's own schema (a typed task's, from its signature)."""
     payloads = [t.typed.payload_type for t in task_types if t.typed is not None]
-    kinds = (*requests, b.Result, b.Heartbeat, b.NewSchedule, b.ScheduleChange, *ANSWERS, *payloads)
+    kinds = (
+        *requests,
+        b.Result,
+        b.Heartbeat,
+        b.NewSchedule,
+        b.ScheduleChange,
+        b.QueueChanges,
+        *ANSWERS,
+        *payloads,
+    )
     refs, schemas = msgspec.json.schema_components(kinds, ref_template=REF)
     # msgspec names a component by its Struct, prefixed by module when two share a name
     payload_refs = dict(zip(payloads, refs[len(refs) - len(payloads) :], strict=True))

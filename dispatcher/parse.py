@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any
 
 import msgspec
@@ -68,7 +69,8 @@ def _explain(text: str, data: Any, kind: type, what: str) -> str:
         rule, where = f"'{refusal.field}' is required", here
     elif refusal.kind == "unknown":
         cls = plain(refusal.type).cls
-        noun = getattr(cls, "NOUN", None) or cls.__name__.removeprefix("New").lower()
+        name = getattr(cls, "NOUN", None) or cls.__name__.removeprefix("New")
+        noun = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()  # RateLimit: rate limit
         rule, where = f"unknown field '{refusal.field}' in {noun}", here
     else:
         t, value = refusal.type, refusal.value
@@ -86,7 +88,13 @@ def _rule(t: mi.Type, text: str, value: Any) -> str:
     if isinstance(t, mi.IntType):
         return "must be a whole number" if wrong_type else f"must be between {t.ge} and {t.le}"
     if isinstance(t, mi.FloatType):
-        return "must be a number" if wrong_type else f"must be between {t.ge:g} and {t.le:g}"
+        if wrong_type:
+            return "must be a number"
+        if t.gt is not None:
+            return f"must be more than {t.gt:g} and at most {t.le:g}"
+        return f"must be between {t.ge:g} and {t.le:g}"
+    if isinstance(t, mi.BoolType):
+        return "must be true or false"
     if isinstance(t, mi.StrType):
         if "length <=" in text:
             return f"must be at most {t.max_length} characters"
@@ -227,6 +235,7 @@ def _stored(task: Any, config: Config, registry: Registry, index: int | None) ->
         config.default_task_timeout if task.timeout is None else task.timeout,
         task.idempotency_key,
         refs or None,
+        task.expires_in,
     )
 
 
@@ -235,6 +244,27 @@ def _type_defaults(task: Any, options: dict) -> None:
     for key, value in options.items():
         if getattr(task, key) is None:
             setattr(task, key, value)
+
+
+def queue_name(name: str) -> str:
+    """A queue named in a URL (PUT /queues/<name>): a submission's queue's bounds."""
+    return storable(convert({"queue": name}, bodies.QueueRef, "queue").queue, "queue")
+
+
+def queue_changes(data: Any) -> dict:
+    """PUT /queues/<name>: the settings it changes, {field: value} (None: no limit)."""
+    body = convert(data, bodies.QueueChanges)
+    changes = {
+        f: getattr(body, f)
+        for f in ("paused", "max_in_flight", "rate_limit")
+        if getattr(body, f) is not msgspec.UNSET
+    }
+    if not changes:
+        raise BadRequest("give at least one of 'paused', 'max_in_flight', 'rate_limit'")
+    rate = changes.get("rate_limit")
+    if rate is not None:
+        changes["rate_limit"] = {"count": rate.count, "per_seconds": rate.per_seconds}
+    return changes
 
 
 def claim(data: Any, config: Config) -> Any:

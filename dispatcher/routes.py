@@ -26,6 +26,7 @@ TIME_FIELDS = (
     "last_heartbeat",
     "first_seen",
     "run_at",
+    "expires_at",
 )
 
 
@@ -130,7 +131,10 @@ def get_task():
     claim = {"queues": queues, "max_tasks": max_tasks, "lease_s": c.config.lease_seconds}
 
     def take() -> list[dict]:
-        return c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
+        got = c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
+        if expired := getattr(got, "expired", None):  # not started in time: cancelled
+            metrics.count_unstarted_expired(expired)
+        return got
 
     try:
         with c.held.hold(wait > 0):
@@ -315,6 +319,30 @@ def retry_task(task_id: str):
     status = c.storage.retry(task_id, now=c.clock())
     log.info("retry of task %s", task_id, extra={"task_id": task_id})
     return {"task_id": task_id, "status": status}
+
+
+# -- queues -------------------------------------------------------------------------
+
+
+@bp.get("/queues")
+def list_queues():
+    c = ctx()
+    return {"queues": [_iso_settings(q) for q in c.storage.queues(now=c.clock())]}
+
+
+@bp.put("/queues/<path:name>")
+def set_queue(name: str):
+    c = ctx()
+    name = parse.queue_name(name)
+    changes = parse.queue_changes(json_body())
+    settings = c.storage.set_queue(name, changes, now=c.clock())
+    log.info("queue %s settings changed: %s", name, changes, extra={"queue": name})
+    return _iso_settings(settings)
+
+
+def _iso_settings(queue: dict) -> dict:
+    queue["updated_at"] = iso(queue["updated_at"])
+    return queue
 
 
 @bp.get("/stats")

@@ -39,7 +39,16 @@ if TYPE_CHECKING:
 
 # The options of a submission (POST /submit-task), besides its type and payload.
 OPTIONS = frozenset(
-    ("queue", "priority", "delay", "max_retries", "timeout", "idempotency_key", "depends_on")
+    (
+        "queue",
+        "priority",
+        "delay",
+        "max_retries",
+        "timeout",
+        "idempotency_key",
+        "depends_on",
+        "expires_in",
+    )
 )
 ITEM_FIELDS = OPTIONS | {"type", "payload"}
 WAIT_THREADS = 4  # most threads waiting for tasks at once (each holds one long poll)
@@ -150,7 +159,8 @@ class Client:
         task object (`.name`, and `.check(payload)`, which validates the payload here and
         returns it with its defaults). `options`: queue, priority, delay, max_retries,
         timeout, idempotency_key, depends_on (TaskHandles or task ids: the task waits
-        until they have completed). A 400 raises InvalidRequest (a ValueError)."""
+        until they have completed), expires_in (seconds: not started by then, it is never
+        run). A 400 raises InvalidRequest (a ValueError)."""
         if options and not OPTIONS.issuperset(options):
             raise _unknown_options("submit", options)
         task_id = self._conn().submit_task(_body(type_or_task, payload, options))
@@ -269,6 +279,39 @@ class Client:
         from .schedules import Schedules
 
         return Schedules(self)
+
+    # -- queues -----------------------------------------------------------------------
+
+    def queues(self) -> list[dict]:
+        """GET /queues: every queue with tasks or settings, by name: `paused`,
+        `max_in_flight`, `rate_limit` ({count, per_seconds} or None), `counts`."""
+        return self._conn().queues()
+
+    def pause_queue(self, name: str) -> dict:
+        """Hand out nothing more of the queue (submissions are still accepted, running
+        tasks finish). Returns the queue's settings."""
+        return self._conn().set_queue(name, {"paused": True})
+
+    def resume_queue(self, name: str) -> dict:
+        """Hand out the queue's tasks again; held polls get them at once."""
+        return self._conn().set_queue(name, {"paused": False})
+
+    def set_queue(self, name: str, **changes: Any) -> dict:
+        """Change a queue's settings: any of paused (bool), max_in_flight (int, or None
+        for no limit), rate_limit ((count, per_seconds), {"count", "per_seconds"}, or
+        None). What is left out keeps its value. Returns the queue's settings."""
+        unknown = changes.keys() - {"paused", "max_in_flight", "rate_limit"}
+        if unknown:
+            raise TypeError(
+                f"set_queue() got an unexpected keyword argument {sorted(unknown)[0]!r} "
+                "(the settings are paused, max_in_flight, rate_limit)"
+            )
+        rate = changes.get("rate_limit")
+        if isinstance(rate, tuple):
+            if len(rate) != 2:
+                raise TypeError("rate_limit is (count, per_seconds)")
+            changes["rate_limit"] = {"count": rate[0], "per_seconds": rate[1]}
+        return self._conn().set_queue(name, changes)
 
     # -- waiting ----------------------------------------------------------------------
 

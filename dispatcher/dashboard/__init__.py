@@ -2,7 +2,8 @@
 
 Overview (counts, a table per queue, a throughput chart that refreshes itself), Tasks
 (filters, pages of 50 newest first, bulk retry and cancel after a confirmation), Task
-(payload, result or error, the attempt timeline, cancel and retry) and Workers. Pages
+(payload, result or error, the attempt timeline, cancel and retry), Workers and Queues
+(each queue's counts and controls: pause, resume, max_in_flight, rate limit). Pages
 read storage through its named operations, like the API's routes; state changes are
 POSTs checked by auth.check_post. docs/DASHBOARD.md shows each page.
 """
@@ -28,8 +29,9 @@ from werkzeug.exceptions import HTTPException
 
 from common.statuses import STATUSES
 
-from .. import metrics
+from .. import metrics, parse
 from ..cached import Cached
+from ..errors import BadRequest
 from ..storage.browse import BULK, TaskFilter
 from ..storage.errors import Conflict, TaskNotFound
 from . import auth
@@ -412,6 +414,68 @@ def workers():
     order = {"alive": 0, "stopping": 1, "stopped": 2, "dead": 3}
     found.sort(key=lambda w: (order.get(w["status"], 4), w["worker_id"]))
     return render_template("workers.html", workers=found)
+
+
+# -- queues -------------------------------------------------------------------------
+
+
+@bp.get("/dashboard/queues")
+def queues():
+    return _queues_page()
+
+
+def _queues_page(error: str | None = None, code: int = 200):
+    c = ctx()
+    notice = None
+    if request.args.get("done") in ("pause", "resume", "limits"):  # codes, words from here
+        notice = {"pause": "queue paused", "resume": "queue resumed", "limits": "limits saved"}[
+            request.args["done"]
+        ]
+    found = c.storage.queues(now=c.clock())
+    return render_template(
+        "queues.html", queues=found, statuses=STATUSES, notice=notice, error=error
+    ), code
+
+
+@bp.post("/dashboard/queues/<path:name>")
+def queue_action(name: str):
+    """Pause, resume, or set the limits from the page's form (blank: no limit)."""
+    c = ctx()
+    action = request.form.get("action")
+    try:
+        name = parse.queue_name(name)
+        if action == "pause":
+            changes = {"paused": True}
+        elif action == "resume":
+            changes = {"paused": False}
+        elif action == "limits":
+            changes = parse.queue_changes(_limits_form(request.form))
+        else:
+            abort(400, "action must be pause, resume or limits")
+    except BadRequest as exc:
+        return _queues_page(f"{name}: {exc}", 400)
+    c.storage.set_queue(name, changes, now=c.clock())
+    log.info("dashboard: queue %s %s: %s", name, action, changes, extra={"queue": name})
+    return redirect(url_for("dashboard.queues", done=action))
+
+
+def _limits_form(form) -> dict:
+    """The limits form as PUT /queues' body: numbers where they are numbers (the body's
+    rules then refuse what is wrong), a blank field no limit."""
+
+    def number(key: str):
+        text = (form.get(key) or "").strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            return text  # refused by the body's rules, naming the field
+        return int(value) if value.is_integer() else value
+
+    count, seconds = number("rate_count"), number("rate_seconds")
+    rate = None if count is None and seconds is None else {"count": count, "per_seconds": seconds}
+    return {"max_in_flight": number("max_in_flight"), "rate_limit": rate}
 
 
 from . import schedules_page  # noqa: E402, F401  (its routes join the blueprint)

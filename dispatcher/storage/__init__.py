@@ -37,6 +37,7 @@ class NewTask:
     # the tasks it waits for: ids, and (a batch's) ints, the index of an earlier task of
     # the same submission; None: none
     depends_on: list[str | int] | None = None
+    expires_in: float | None = None  # not started within this many seconds: cancelled
 
 
 @dataclass(slots=True)
@@ -82,6 +83,8 @@ class ReapReport:
     rescued: list[str] = field(default_factory=list)
     deleted: int = 0
     forgotten: int = 0  # workers dead or stopped for longer than forget_after
+    # (queue, type) of each not-started task past its expiry, now cancelled
+    unstarted: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Refusals:
@@ -160,21 +163,43 @@ class Storage(Protocol):
         lease_s: float,
     ) -> list[dict]:
         """pending (ready: run_at <= now) -> in_progress for up to `max_tasks` tasks,
-        from the queues in order, each highest priority then oldest first; each under a
-        fresh lease_token until now + lease_s, one more attempt, its history entry
-        opened. Registers or refreshes the worker (a new instance_id takes the worker
-        over: the earlier instance's tasks go back to the queue at once). Raises
-        WorkerTakenOver for a retired instance, WorkerStopping for one that said it is
+        from the queues in order (as each queue's settings allow: none from a paused
+        one, no more than its max_in_flight and rate limit leave), each highest
+        priority then oldest first; each under a fresh lease_token until now +
+        lease_s, one more attempt, its history entry opened. Registers or refreshes
+        the worker (a new instance_id takes the worker over: the earlier instance's
+        tasks go back to the queue at once). Raises WorkerTakenOver for a retired
+        instance, WorkerStopping for one that said it is
         stopping. A claimed task has no progress until its new attempt reports some.
+        Not-started tasks past their expiry are cancelled first, never handed out
+        (the result's `expired` lists their (queue, type)).
         Returns `{task_id, type, queue, payload, attempt, timeout, lease_token,
         lease_expires_at}` each, and `dependencies` ({task_id: result} of the completed
         ones still stored) for a task that has dependencies."""
 
     def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
-        """Is a task of these queues ready (pending, run_at <= now)? A read."""
+        """Is a task of these queues claimable now (pending, run_at <= now, in a queue
+        that is not paused, not at its max_in_flight and not out of its rate limit)?
+        Reads: the queues' limiting settings (one lookup), then the ready index."""
 
-    def next_run_at(self, queues: tuple[str, ...]) -> float | None:
-        """The earliest run_at of a pending task of these queues, or None. A read."""
+    def next_run_at(self, queues: tuple[str, ...], now: float) -> float | None:
+        """When a task of these queues becomes claimable, or None (nothing pending, or
+        only in paused or full queues: a resume or a finished task notifies). A queue
+        out of its rate limit counts from when its window lets one more in. A read."""
+
+    def queues(self, now: float) -> list[dict]:
+        """Every known queue (with tasks or settings), by name: `name`, `paused`,
+        `max_in_flight`, `rate_limit` ({count, per_seconds} or None), `updated_at`
+        (of its settings; None without) and `counts` {status: n}."""
+
+    def queue_settings(self) -> list[dict]:
+        """Every queue that has settings, by name, as `queues` gives them without
+        `counts`: one read of the (small) settings table."""
+
+    def set_queue(self, name: str, changes: Mapping[str, Any], now: float) -> dict:
+        """Create or change a queue's settings (any of paused, max_in_flight,
+        rate_limit; left out: kept) and wake held polls; the queue's settings back.
+        Enforced by every later claim, inside its transaction (flow.py)."""
 
     def finish(self, results: list[Result], now: float) -> list[str | Exception]:
         """Judge each result alone, in order, in one transaction (the fencing rules of
@@ -222,7 +247,8 @@ class Storage(Protocol):
         kept); workers dead or stopped since now - forget_after forgotten. Safe with
         any number of reapers at once. The report names the tasks whose lease expired
         (`expired`, with `expired_queues`, the queue of each), the workers declared
-        dead and the tasks they held (`rescued`), and counts the rest."""
+        dead and the tasks they held (`rescued`), the (queue, type) of the not-started
+        tasks it cancelled past their expiry (`unstarted`), and counts the rest."""
 
     def cancel(self, task_id: str, now: float) -> Moved:
         """waiting | pending | in_progress -> cancelled, and the tasks waiting on it,

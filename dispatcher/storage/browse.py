@@ -70,7 +70,7 @@ RETURNING id, queue, type, has_dependents""",
     RETRY_MATCHING=f"""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
        error = NULL, finished_at = NULL, started_at = NULL, finished_lease = NULL,
-       expired_failure = FALSE, worker_id = NULL
+       expired_failure = FALSE, worker_id = NULL, expires_at = NULL
  WHERE status = 'failed' AND id IN (
     SELECT id FROM tasks WHERE status = 'failed' AND id <= %(last_id)s AND {OTHER_FILTERS}
      LIMIT %(batch)s)

@@ -33,6 +33,7 @@ from . import (
     Result,
     browse,
     deps,
+    flow,
     rows,
     schedules,
 )
@@ -77,10 +78,19 @@ TO_VERSION_4 = [
 # version 4 -> 5, on both databases: the progress its running attempt reported last, JSON
 # text {"fraction", "message", "updated_at"} (NULL: none reported)
 TO_VERSION_5 = ["ALTER TABLE tasks ADD COLUMN progress TEXT"]
-# version 5 -> 6, on both databases: periodic tasks (storage/schedules.py) and the
-# schedule and tick that created a task (JSON text {"name", "tick"}; NULL: a client did);
-# dependencies (storage/deps.py)
-TO_VERSION_6 = [schedules.SCHEDULES_TABLE, schedules.TASK_SCHEDULE_COLUMN, *deps.TO_VERSION_6]
+# version 5 -> 6, on both databases (SQLite's in its types: sqlite.schema_for_sqlite)
+TO_VERSION_6 = [
+    # periodic tasks (storage/schedules.py), and the schedule and tick that created a
+    # task (JSON text {"name", "tick"}; NULL: a client did)
+    schedules.SCHEDULES_TABLE,
+    schedules.TASK_SCHEDULE_COLUMN,
+    # dependencies (storage/deps.py): task_dependencies, tasks.waiting_on, depends_on,
+    # has_dependents
+    *deps.TO_VERSION_6,
+    # queue controls and expiry (storage/flow.py): tasks.expires_at, tasks_expiry,
+    # queue_settings, queue_claims
+    *flow.TO_VERSION_6,
+]
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -93,7 +103,7 @@ SCHEMA = [
         result TEXT, error TEXT, finished_lease TEXT,
         expired_failure BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT UNIQUE,
         progress TEXT, schedule TEXT, waiting_on INTEGER NOT NULL DEFAULT 0, depends_on TEXT,
-        has_dependents BOOLEAN NOT NULL DEFAULT FALSE,
+        has_dependents BOOLEAN NOT NULL DEFAULT FALSE, expires_at DOUBLE PRECISION,
         seq BIGINT GENERATED ALWAYS AS IDENTITY  -- insertion order (SQLite: rowid)
     )
     """,
@@ -104,6 +114,7 @@ SCHEMA = [
     "CREATE INDEX tasks_by_worker ON tasks (worker_id) WHERE status = 'in_progress'",
     "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
     "CREATE INDEX tasks_counts ON tasks (status, queue, type)",  # /stats from the index
+    *flow.NEW_OBJECTS,  # queue settings, rate windows, the expiry index
     """
     CREATE TABLE attempts (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, task_id TEXT NOT NULL,
@@ -137,9 +148,9 @@ SHARED = dict(
     # (nothing) -> pending, one task that may carry an idempotency key
     INSERT_TASK="""
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
-                   max_retries, timeout, idempotency_key)
+                   max_retries, timeout, idempotency_key, expires_at)
 VALUES (%(id)s, %(type)s, %(queue)s, %(payload)s, 'pending', %(priority)s, %(run_at)s,
-        %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s)
+        %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s, %(expires_at)s)
 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id""",
     TASK_BY_KEY="SELECT id FROM tasks WHERE idempotency_key = %(key)s",
     # (read) pending tasks, counted up to %(cap)s only: at most `cap` entries of a partial
@@ -225,11 +236,12 @@ UPDATE tasks SET status = 'pending', attempts = attempts - 1, lease_token = NULL
 UPDATE tasks SET status = 'cancelled', finished_at = %(now)s, lease_token = NULL,
        lease_expires_at = NULL
  WHERE id = %(task_id)s AND status IN ('waiting', 'pending', 'in_progress')""",
-    # failed | cancelled -> pending, attempts reset (and the progress forgotten)
+    # failed | cancelled -> pending, attempts reset (and the progress forgotten; an
+    # operator's retry no longer expires)
     RETRY="""
 UPDATE tasks SET status = 'pending', attempts = 0, run_at = %(now)s, result = NULL,
        error = NULL, finished_at = NULL, started_at = NULL, finished_lease = NULL,
-       expired_failure = FALSE, worker_id = NULL, progress = NULL
+       expired_failure = FALSE, worker_id = NULL, progress = NULL, expires_at = NULL
  WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
     TASK_STATUS_LOCKED="""
 SELECT status, lease_token, queue, type, depends_on, has_dependents FROM tasks
@@ -347,6 +359,7 @@ SELECT worker_id, id, progress FROM tasks WHERE status = 'in_progress' ORDER BY 
     **browse.STATEMENTS,  # the dashboard's finders and bulk moves
     **schedules.STATEMENTS,  # periodic tasks
     **deps.STATEMENTS,  # dependencies: submit, release, cascade, results
+    **flow.STATEMENTS,  # queue settings, rate windows, expiry
 )
 
 
@@ -362,6 +375,8 @@ class Tx:
         self.handle = handle
         self.notify = False  # set: the commit may wake held polls (new work, a finished task)
         self.cascaded: list[Mapping] = []  # tasks cancelled by a dependency (deps._cascade)
+        # a claim's WORKER_FOR_CLAIM row (limited, expired), when its worker was known
+        self.probe: Any = None
 
     def execute(self, sql: str, args: Any = None) -> Any:
         """Run a statement; the result has `rowcount`."""
@@ -374,7 +389,7 @@ class Tx:
         return self.execute(sql, args).fetchall()
 
 
-class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies):
+class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies, flow.QueueControls):
     """The operations of the Storage contract (the Protocol in __init__.py declares their
     types and documents each); a backend subclasses it."""
 
@@ -467,10 +482,7 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies):
             pending = self._pending_before(tx, len(tasks), now) if limit else None
             out = []
             for task_id, task in zip(ids, tasks, strict=True):
-                args = dict(id=task_id, type=task.type, queue=task.queue, now=now)
-                args.update(payload=dumps(task.payload), priority=task.priority)
-                args.update(run_at=now + task.delay, max_retries=task.max_retries)
-                args.update(timeout=float(task.timeout), idempotency_key=task.idempotency_key)
+                args = rows.insert_values(task_id, task, now)
                 if tx.one(self.q.INSERT_TASK, args) is not None:
                     out.append((task_id, True))
                     tx.notify = True
@@ -633,15 +645,27 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies):
         tasks back to pending (docs/RELIABILITY.md)."""
 
         def claim_tasks(tx: Tx) -> list[dict]:
-            if self._touch_worker(tx, worker_id, instance_id, now, queues=queues) in STOPPING:
+            status = self._touch_worker(tx, worker_id, instance_id, now, queues=queues, claim=True)
+            if status in STOPPING:
                 raise WorkerStopping(worker_id)
-            claimed: list[dict] = []
+            probe = tx.probe  # None: a worker not known before; look at both
+            # not-started tasks past their expiry are never handed out (flow.py)
+            expired = self._expire_unstarted(tx, now) if not probe or probe["expired"] else []
+            claimed: list = flow.Expired(expired=expired) if expired else []
             dependent: list[tuple[dict, str]] = []  # (claimed task, its depends_on)
+            # the claimed queues' limits, locked ({} while no queue is limited)
+            limits = self._locked_limits(tx, queues) if not probe or probe["limited"] else {}
             for queue in queues:
-                if len(claimed) >= max_tasks:
+                want = max_tasks - len(claimed)
+                if want <= 0:
                     break
+                limit = limits.get(queue)
+                if limit is not None and (want := self._allowance(tx, limit, want, now)) <= 0:
+                    continue
                 args = {"worker_id": worker_id, "now": now, "lease_s": lease_s, "queue": queue}
-                got = self._claim_queue(tx, {**args, "max_tasks": max_tasks - len(claimed)})
+                got = self._claim_queue(tx, {**args, "max_tasks": want})
+                if limit is not None:
+                    self._record_claim(tx, limit, len(got), now)
                 got.sort(key=lambda r: (-r["priority"], r["run_at"]))
                 for r in got:
                     claimed.append(task := rows.claim_dict(r, queue))
@@ -666,18 +690,23 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies):
         state: str | None = None,
         queues: tuple[str, ...] | None = None,
         concurrency: int | None = None,
+        claim: bool = False,
     ) -> str:
         """Register or refresh a worker, and return its status; a new instance of a
         known id takes it over and its earlier instance's tasks go back to the queue at
         once. `state` (a heartbeat's: stopping, stopped) sets the status; without one a
         stopping or stopped instance keeps its status and any other is alive. The
-        worker's row is locked first (PostgreSQL): its calls take turns."""
+        worker's row is locked first (PostgreSQL): its calls take turns. For a `claim`
+        it is read with what the claim looks at besides (WORKER_FOR_CLAIM: tx.probe)."""
         if instance_id and tx.one(self.q.RETIRED, {"instance_id": instance_id}):
             raise WorkerTakenOver(worker_id)
         args = dict(worker_id=worker_id, instance_id=instance_id, now=now, status=state or "alive")
         args["queues"] = None if queues is None else dumps(list(queues))
         args["concurrency"] = concurrency
-        row = tx.one(self.q.WORKER_LOCKED, args)
+        if claim:
+            row = tx.probe = tx.one(self.q.WORKER_FOR_CLAIM, args)
+        else:
+            row = tx.one(self.q.WORKER_LOCKED, args)
         if row is None:
             if tx.one(self.q.REGISTER_WORKER, args):
                 return args["status"]
@@ -766,9 +795,10 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies):
         dead = self._read(self.q.SILENT_WORKERS, {"cutoff": cutoff_alive})
         gone = self._read(self.q.ANY_GONE, {"cutoff": now - forget_after})
         expired = self._read(self.q.ANY_EXPIRED, {"now": now})
+        unstarted = self._read(self.q.ANY_EXPIRED_UNSTARTED, {"now": now})
         cutoff = now - retention_s
         old = retention_s > 0 and self._read(self.q.ANY_PAST_RETENTION, {"cutoff": cutoff})
-        if dead or expired or gone:
+        if dead or expired or gone or unstarted:
 
             def sweep(tx: Tx) -> ReapReport:  # may run again (a deadlock): its own report
                 found = ReapReport()
@@ -786,10 +816,16 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies):
                 tx.execute(self.q.FORGET_RETIRED, {"cutoff": now - RETIRED_INSTANCE_KEEP_S})
                 args = {"cutoff": now - forget_after}
                 found.forgotten = tx.execute(self.q.FORGET_WORKERS, args).rowcount
-                tx.notify = bool(found.rescued or found.expired)
+                found.unstarted = self._expire_unstarted(tx, now)
+                tx.notify = bool(found.rescued or found.expired or found.unstarted)
                 return found
 
             report = self._transact(sweep)
+            more = len(report.unstarted) == flow.EXPIRE_BATCH
+            while more:  # a backlog of expired tasks, a batch per transaction
+                batch = self._transact(lambda tx: self._expire_unstarted(tx, now))
+                report.unstarted += batch
+                more = len(batch) == flow.EXPIRE_BATCH
         while old:  # retention, in short transactions until the backlog is gone
             deleted = self._transact(lambda tx: self._delete_finished(tx, cutoff))
             report.deleted += deleted

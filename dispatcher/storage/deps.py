@@ -57,10 +57,10 @@ STATEMENTS = dict(
     INSERT_DEPENDENT="""
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
                    max_retries, timeout, idempotency_key, waiting_on, depends_on, error,
-                   finished_at)
+                   finished_at, expires_at)
 VALUES (%(id)s, %(type)s, %(queue)s, %(payload)s, %(status)s, %(priority)s, %(run_at)s,
         %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s, %(waiting_on)s,
-        %(depends_on)s, %(error)s, %(finished_at)s)
+        %(depends_on)s, %(error)s, %(finished_at)s, %(expires_at)s)
 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id""",
     INSERT_EDGE="""
 INSERT INTO task_dependencies (task_id, depends_on) VALUES (%(task_id)s, %(depends_on)s)""",
@@ -176,11 +176,8 @@ class Dependencies:
                 error = first_ended(refs, status)
                 waiting = sum(status[d] != "completed" for d in refs)
                 state = "cancelled" if error else "waiting" if waiting else "pending"
-                args = dict(id=task_id, type=task.type, queue=task.queue, now=now, status=state)
-                args.update(payload=rows.dumps(task.payload), priority=task.priority)
-                args.update(run_at=now + task.delay, max_retries=task.max_retries)
-                args.update(timeout=float(task.timeout), idempotency_key=task.idempotency_key)
-                args.update(waiting_on=0 if error else waiting, error=error)
+                args = rows.insert_values(task_id, task, now)
+                args.update(status=state, waiting_on=0 if error else waiting, error=error)
                 args.update(depends_on=rows.dumps(refs) if refs else None)
                 args.update(finished_at=now if error else None)
                 if tx.one(self.q.INSERT_DEPENDENT, args) is not None:

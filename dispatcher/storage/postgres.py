@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from . import NewTask, Result, core
+from . import NewTask, Result, core, flow
 from .core import SCHEMA_VERSION, SqlStorage, Tx, statements, upgrade
 from .errors import BadValue, DatabaseUnavailable, DiskFull, ReadOnly
 from .rows import dumps
@@ -79,6 +79,16 @@ SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retri
               %(priority)s::int[], %(run_at)s::float8[], %(max_retries)s::int[],
               %(timeout)s::float8[])
        AS t (id, type, queue, payload, priority, run_at, max_retries, timeout)"""
+# the same for a batch where some task has an expiry (the others pay nothing for it)
+INSERT_EXPIRING_TASKS = """
+INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
+                   max_retries, timeout, expires_at)
+SELECT id, type, queue, payload, 'pending', priority, run_at, %(now)s, max_retries, timeout,
+       expires_at
+  FROM unnest(%(id)s::text[], %(type)s::text[], %(queue)s::text[], %(payload)s::text[],
+              %(priority)s::int[], %(run_at)s::float8[], %(max_retries)s::int[],
+              %(timeout)s::float8[], %(expires_at)s::float8[])
+       AS t (id, type, queue, payload, priority, run_at, max_retries, timeout, expires_at)"""
 
 INSERT_KEYS = ("type", "queue", "priority", "max_retries")  # as they are in NewTask
 RESULT_KEYS = ("task_id", "lease_token", "worker_id", "status")  # as they are in Result
@@ -104,6 +114,7 @@ WITH picked AS MATERIALIZED (
            expired_failure = FALSE, progress = NULL
       FROM picked
      WHERE tasks.id = picked.id AND tasks.status = 'pending'
+       AND (tasks.expires_at IS NULL OR tasks.attempts > 0 OR tasks.expires_at > %(now)s)
     RETURNING tasks.id, tasks.type, tasks.payload, tasks.attempts, tasks.timeout,
               tasks.lease_token, tasks.lease_expires_at, tasks.priority, tasks.run_at,
               tasks.depends_on
@@ -195,6 +206,10 @@ NOTIFY = "SELECT pg_notify(%(channel)s, %(schema)s), nextval('changes')"
 READY = """
 SELECT 1 FROM tasks WHERE status = 'pending' AND queue = ANY(%(queues)s) AND run_at <= %(now)s
  LIMIT 1"""
+# READY, and whether any queue's settings limit anything (flow.py), in one round trip
+READY_PROBE = f"""
+SELECT EXISTS ({READY}) AS ready,
+       EXISTS (SELECT 1 FROM queue_settings WHERE {flow.LIMITING}) AS limited"""
 NEXT_RUN_AT = """
 SELECT min(run_at) AS t FROM tasks WHERE status = 'pending' AND queue = ANY(%(queues)s)"""
 # the workers of a batch of results, locked first, as every other path takes them
@@ -362,12 +377,21 @@ class PostgresStorage(SqlStorage):
         args.update(
             run_at=[now + t.delay for t in tasks], timeout=[float(t.timeout) for t in tasks]
         )
+        if any(t.expires_in is not None for t in tasks):
+            expiry = [None if t.expires_in is None else now + t.expires_in for t in tasks]
+            args["expires_at"] = expiry
+            tx.execute(INSERT_EXPIRING_TASKS, args)
+            return
         tx.execute(INSERT_TASKS, args)
 
-    def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
+    def _ready_in(self, queues: tuple[str, ...], now: float) -> bool:
         return bool(self._read(READY, {"queues": list(queues), "now": now}))
 
-    def next_run_at(self, queues: tuple[str, ...]) -> float | None:
+    def _ready_probe(self, queues: tuple[str, ...], now: float) -> tuple[bool, bool]:
+        row = self._read(READY_PROBE, {"queues": list(queues), "now": now})[0]
+        return row["ready"], row["limited"]
+
+    def _next_run_in(self, queues: tuple[str, ...]) -> float | None:
         return self._read(NEXT_RUN_AT, {"queues": list(queues)})[0]["t"]
 
     def _finish_batch(

@@ -44,9 +44,28 @@ def last_id_of(now: float) -> str:
     return _millisecond(now) + "f" * 20
 
 
+def insert_values(task_id: str, task, now: float) -> dict:
+    """The values of one task's INSERT (a NewTask submitted at `now`) that every insert
+    statement takes: INSERT_TASK, deps' INSERT_DEPENDENT, schedules' INSERT_SCHEDULED_TASK."""
+    return {
+        "id": task_id,
+        "type": task.type,
+        "queue": task.queue,
+        "now": now,
+        "payload": dumps(task.payload),
+        "priority": task.priority,
+        "run_at": now + task.delay,
+        "max_retries": task.max_retries,
+        "timeout": float(task.timeout),
+        "idempotency_key": task.idempotency_key,
+        "expires_at": None if task.expires_in is None else now + task.expires_in,
+    }
+
+
 # a task's columns (after its id) in the order GET /task shows them
 TASK_KEYS = """type queue payload status result error attempts max_retries priority worker_id
-    created_at started_at finished_at progress schedule timeout run_at depends_on""".split()
+    created_at started_at finished_at progress schedule timeout run_at depends_on
+    expires_at""".split()
 
 
 def task_dict(r: Mapping) -> dict:

@@ -62,9 +62,10 @@ UPDATE schedules SET last_run_at = %(now)s, last_tick = %(tick)s, last_task_id =
     # (nothing) -> pending: a tick's task, under its tick's idempotency key
     INSERT_SCHEDULED_TASK="""
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
-                   max_retries, timeout, idempotency_key, schedule)
+                   max_retries, timeout, idempotency_key, schedule, expires_at)
 VALUES (%(id)s, %(type)s, %(queue)s, %(payload)s, 'pending', %(priority)s, %(run_at)s,
-        %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s, %(schedule)s)
+        %(now)s, %(max_retries)s, %(timeout)s, %(idempotency_key)s, %(schedule)s,
+        %(expires_at)s)
 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id""",
 )
 
@@ -187,10 +188,8 @@ class Schedules:
             created: list[str] = []
             last = None
             for task_id, (tick, task) in zip(ids, tasks, strict=True):
-                values = dict(id=task_id, type=task.type, queue=task.queue, now=now)
-                values.update(payload=dumps(task.payload), priority=task.priority)
-                values.update(run_at=now + task.delay, max_retries=task.max_retries)
-                values.update(timeout=float(task.timeout), idempotency_key=tick_key(name, tick))
+                values = rows.insert_values(task_id, task, now)
+                values["idempotency_key"] = tick_key(name, tick)
                 values["schedule"] = dumps({"name": name, "tick": tick_iso(tick)})
                 if tx.one(self.q.INSERT_SCHEDULED_TASK, values) is not None:
                     created.append(task_id)

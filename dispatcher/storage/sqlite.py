@@ -45,16 +45,20 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [core.WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
     3: core.TO_VERSION_4,  # version 4: each queue's age from an index; worker concurrency
     4: core.TO_VERSION_5,  # version 5: the progress a running task reported
-    5: core.TO_VERSION_6,  # version 6: issue 18 (schedules, dependencies, ...)
-}
+}  # and 5 -> 6 (issue 18) below, in SQLite's types
 
 # -- SQLite's own statements ---------------------------------------------------------
 
-# (nothing) -> pending, many at once: tasks without an idempotency key
+# (nothing) -> pending, many at once: tasks without an idempotency key (and the same with
+# their expiry, for a batch where some task has one: the others pay nothing for it)
 INSERT_TASKS = """
 INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
                    max_retries, timeout)
 VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"""
+INSERT_EXPIRING_TASKS = """
+INSERT INTO tasks (id, type, queue, payload, status, priority, run_at, created_at,
+                   max_retries, timeout, expires_at)
+VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"""
 
 # pending -> in_progress: one more attempt, a fresh random lease token for each task, no
 # progress yet (an earlier attempt's is forgotten). By
@@ -70,6 +74,7 @@ UPDATE tasks
  WHERE rowid IN (SELECT rowid FROM tasks INDEXED BY tasks_ready
                   WHERE status = 'pending' AND queue = :queue AND run_at <= :now
                   ORDER BY priority DESC, run_at LIMIT :max_tasks)
+   AND (expires_at IS NULL OR attempts > 0 OR expires_at > :now)
 RETURNING id, type, payload, attempts, timeout, lease_token, lease_expires_at, priority, run_at,
           depends_on"""
 
@@ -126,6 +131,8 @@ def schema_for_sqlite(sql: str) -> str:
 
 
 SCHEMA = [schema_for_sqlite(statement) for statement in core.SCHEMA]
+# version 6: queue settings and rate windows, tasks' expiry
+MIGRATIONS[5] = [schema_for_sqlite(statement) for statement in core.TO_VERSION_6]
 
 
 # a status few tasks have: its range of tasks_counts (the planner may walk the id index)
@@ -153,8 +160,23 @@ SET_PROGRESS = for_sqlite(core.SHARED["SET_PROGRESS"]).replace(
 )
 assert "INDEXED BY" in SET_PROGRESS, SET_PROGRESS
 
+# not-started tasks past their expiry: a range of tasks_expiry (fails loudly if reworded)
+EXPIRED_UNSTARTED = for_sqlite(core.SHARED["EXPIRED_UNSTARTED"]).replace(
+    "FROM tasks\n", "FROM tasks INDEXED BY tasks_expiry\n", 1
+)
+assert "INDEXED BY" in EXPIRED_UNSTARTED, EXPIRED_UNSTARTED
+WORKER_FOR_CLAIM = (
+    for_sqlite(core.SHARED["WORKER_FOR_CLAIM"])
+    .replace("FROM tasks t\n", "FROM tasks t INDEXED BY tasks_expiry\n", 1)
+    .replace(" OF w", "")
+)
+assert "INDEXED BY" in WORKER_FOR_CLAIM and "FOR UPDATE" not in WORKER_FOR_CLAIM
+
 Q = statements(
     for_sqlite,
+    EXPIRED_UNSTARTED=EXPIRED_UNSTARTED,
+    WORKER_FOR_CLAIM=WORKER_FOR_CLAIM,
+    LIMITS_LOCKED=for_sqlite(core.SHARED["LIMITS"]),  # no locks: the write lock holds all
     FIND_IN_WINDOW=FIND_IN_WINDOW,
     SET_PROGRESS=SET_PROGRESS,
     CLAIM=CLAIM,
@@ -307,6 +329,11 @@ class SqliteStorage(SqlStorage):
             + (t.max_retries, t.timeout)
             for task_id, t in zip(ids, tasks, strict=True)
         ]
+        if any(t.expires_in is not None for t in tasks):
+            expiry = [None if t.expires_in is None else now + t.expires_in for t in tasks]
+            rows = [(*row, at) for row, at in zip(rows, expiry, strict=True)]
+            tx.handle.executemany(INSERT_EXPIRING_TASKS, rows)
+            return
         tx.handle.executemany(INSERT_TASKS, rows)
 
     def claim(self, worker_id, instance_id, queues, max_tasks, now, lease_s) -> list[dict]:
@@ -322,8 +349,11 @@ class SqliteStorage(SqlStorage):
 
     def _idle_poll(self, worker_id: str, instance_id: str, queues, now: float) -> bool:
         """A claim that would only refresh a last_heartbeat younger than TOUCH_EVERY_S:
-        nothing ready, the live instance we know (new, retired, dead ones write)."""
-        if self.has_ready(queues, now):
+        nothing ready, the live instance we know (new, retired, dead ones write). Ready
+        here ignores the queues' settings (a read fewer for every claim): a claim of a
+        paused or full queue's ready tasks writes, and finds nothing to take; the held
+        poll around it asks has_ready, which does count them, before it claims again."""
+        if self._ready_in(queues, now):
             return False
         row = next(iter(self._read(WORKER, {"worker_id": worker_id})), None)
         if row is None:
@@ -333,10 +363,10 @@ class SqliteStorage(SqlStorage):
             raise WorkerStopping(worker_id)
         return row["status"] == "alive" and same and now - row["last_heartbeat"] < TOUCH_EVERY_S
 
-    def has_ready(self, queues: tuple[str, ...], now: float) -> bool:
+    def _ready_in(self, queues: tuple[str, ...], now: float) -> bool:
         return any(self._read(READY_IN, {"queue": q, "now": now}) for q in queues)
 
-    def next_run_at(self, queues: tuple[str, ...]) -> float | None:
+    def _next_run_in(self, queues: tuple[str, ...]) -> float | None:
         return min(self.oldest_pending(queues).values(), default=None)
 
     def _delete_finished(self, tx: Tx, cutoff: float) -> int:

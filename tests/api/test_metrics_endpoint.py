@@ -153,7 +153,8 @@ def test_storage_gauges_are_read_at_most_once_a_second():
     list(collector.collect())
     assert reads == [100.0]
     now[0] += 0.6
-    [tasks, age, workers] = list(collector.collect())
+    [tasks, age, workers, *settings] = list(collector.collect())  # settings: none here
+    assert all(not family.samples for family in settings)
     assert reads == [100.0, 101.1]
     assert tasks.samples[0].value == 2
     assert age.samples[0].value == 0.0

@@ -281,6 +281,10 @@ def test_answers_of_a_whole_task_life_match_the_document(api):
     api.get(f"/task/{second}")
     api.get("/tasks")
     api.get("/stats")
+    limits = {"max_in_flight": 2, "rate_limit": {"count": 5, "per_seconds": 1.5}}
+    assert api.call("put", "/queues/q1", json=limits).get_json()["max_in_flight"] == 2
+    api.call("put", "/queues/q1", json={"paused": True, "rate_limit": None})
+    assert [q["name"] for q in api.get("/queues").get_json()["queues"]] == ["default", "q1"]
     api.get("/workers")
     api.get("/task-types")
     api.get("/health")
@@ -333,6 +337,7 @@ def test_error_answers_match_the_document(api, make_app):
     api.get("/schedules/nope")  # 404
     api.put("/schedules/nope", json={"enabled": False})  # 404
     api.delete("/schedules/nope")  # 404
+    api.call("put", "/queues/q1", json={"max_in_flight": 0})  # 400
     expected = {
         ("/submit-task", "post", "400"),
         ("/submit-tasks", "post", "400"),
@@ -354,6 +359,7 @@ def test_error_answers_match_the_document(api, make_app):
         ("/schedules/{name}", "get", "404"),
         ("/schedules/{name}", "put", "404"),
         ("/schedules/{name}", "delete", "404"),
+        ("/queues/{name}", "put", "400"),
     }
     assert expected <= api.seen, expected - api.seen
 

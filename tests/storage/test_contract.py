@@ -1005,6 +1005,10 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         db.execute("ALTER TABLE tasks DROP COLUMN depends_on")
         db.execute("ALTER TABLE tasks DROP COLUMN has_dependents")
         db.execute("DROP TABLE task_dependencies")
+        db.execute("DROP INDEX tasks_expiry")  # version 6's objects
+        db.execute("ALTER TABLE tasks DROP COLUMN expires_at")
+        db.execute("DROP TABLE queue_settings")
+        db.execute("DROP TABLE queue_claims")
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -1020,6 +1024,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         assert migrated.get(task_id)["progress"] is None  # version 5's column
         assert migrated.get(task_id)["schedule"] is None and migrated.schedules() == []  # 6's
         assert migrated.get(task_id)["depends_on"] == []  # version 6's
+        assert migrated.get(task_id)["expires_at"] is None  # version 6's
     finally:
         migrated.close()
 

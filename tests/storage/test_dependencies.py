@@ -334,3 +334,24 @@ def test_max_pending_counts_the_tasks_stored_pending(storage):
     [(waiting, _)] = storage.submit([new_task(depends_on=[a, b])], now=T0 + 2)
     assert storage.status_of(waiting) == "waiting"
     assert storage.stats(now=T0 + 2, dead_after=FOREVER)["tasks"]["pending"] == 2
+
+
+def test_an_expired_waiting_task_cancels_what_waits_on_it(storage):
+    """Expiry (flow.py) of a task still waiting for its dependencies: it never started,
+    so it expires, and what waits on it is cancelled with it, transitively."""
+    tasks = [
+        new_task(queue="never"),  # no worker serves it: a never completes
+        new_task(depends_on=[0], expires_in=5),
+        new_task(depends_on=[1]),
+        new_task(depends_on=[2]),
+    ]
+    a, b, c, d = [task_id for task_id, _ in storage.submit(tasks, now=T0)]
+    assert status(storage, a, b, c, d) == ["pending", "waiting", "waiting", "waiting"]
+    report = storage.reap(now=T0 + 6, dead_after=FOREVER, retention_s=0)
+    assert len(report.unstarted) == 1
+    assert status(storage, a, b, c, d) == ["pending", "cancelled", "cancelled", "cancelled"]
+    assert storage.get(b)["error"] == "expired: not started within 5 s"
+    assert storage.get(c)["error"] == f"dependency {b} was cancelled"
+    assert storage.get(d)["error"] == f"dependency {c} was cancelled"
+    assert [storage.get(t)["attempts"] for t in (b, c, d)] == [0, 0, 0]
+    assert storage.stats(now=T0 + 6, dead_after=FOREVER)["tasks"]["waiting"] == 0

@@ -1073,3 +1073,259 @@ def test_storage_keeps_the_dependency_rules(kind, scratch):
     run_state_machine_as_test(
         fresh_machine, settings=settings(SETTINGS, max_examples=EXAMPLES.get(kind, 100))
     )
+
+
+# == queue controls and expiry (issue 18) ===============================================
+#
+# A machine of its own, beside the lifecycle machine above: random submissions (some
+# with expires_in) to two queues, claims by three workers, results (completed, or failed
+# with a retry left), releases, pause / resume / max_in_flight / rate_limit changes, the
+# reaper, and time moving. Its model predicts, for every claim, exactly how many tasks
+# each queue gives (the least of what is asked, what is ready, and the queue's
+# allowance), that none is an expired not-started task, and that has_ready says what a
+# claim would find; after every step every task's status, attempts and error match.
+
+FLOW_QUEUES = ("a", "b")
+FLOW_WORKERS = ("w1", "w2", "w3")
+KEEP = "keep"  # a setting a change leaves out
+RATE = ("count", "per_seconds")
+
+
+@dataclass
+class FlowTask:
+    queue: str
+    created_at: float
+    run_at: float
+    expires_at: float | None
+    max_retries: int
+    status: str = "pending"
+    attempts: int = 0
+    lease: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class QueueModel:
+    paused: bool = False
+    max_in_flight: int | None = None
+    rate: tuple[int, float] | None = None  # (count, per_seconds)
+    # (time, n, count, per_seconds) of each claim since the rate was set, with the limit
+    # in force then
+    claims: list[tuple[float, int, int, float]] = field(default_factory=list)
+
+
+class FlowMachine(RuleBasedStateMachine):
+    def __init__(self, kind: str, storage: Storage, cleanup: Callable[[], None]):
+        super().__init__()
+        self.kind, self.storage, self.cleanup = kind, storage, cleanup
+        self.now = T0
+        self.tasks: dict[str, FlowTask] = {}
+        self.queues = {q: QueueModel() for q in FLOW_QUEUES}
+        self.seen: dict[str, float] = {}  # worker -> its last claim that wrote
+
+    def teardown(self) -> None:
+        self.cleanup()
+
+    # -- the model's rules ------------------------------------------------------------
+
+    def running(self, queue: str) -> int:
+        return sum(t.status == "in_progress" and t.queue == queue for t in self.tasks.values())
+
+    def allowance(self, queue: str) -> int | None:
+        """What a claim may take from `queue` now (None: no limit)."""
+        q = self.queues[queue]
+        if q.paused:
+            return 0
+        room = None
+        if q.max_in_flight is not None:
+            room = max(0, q.max_in_flight - self.running(queue))
+        if q.rate is not None:
+            count, per = q.rate
+            used = sum(c[1] for c in q.claims if c[0] > self.now - per)
+            left = max(0, count - used)
+            room = left if room is None else min(room, left)
+        return room
+
+    def expire_due(self) -> None:
+        """Every not-started task past its expiry -> cancelled (a claim, the reaper)."""
+        for t in self.tasks.values():
+            if (
+                t.status == "pending"
+                and t.attempts == 0
+                and t.expires_at is not None
+                and t.expires_at <= self.now
+            ):
+                t.status = "cancelled"
+                n = f"{round(t.expires_at - t.created_at, 3):.3f}".rstrip("0").rstrip(".")
+                t.error = f"expired: not started within {n} s"
+
+    def ready(self, queue: str) -> list[str]:
+        return [
+            task_id
+            for task_id, t in self.tasks.items()
+            if t.status == "pending" and t.queue == queue and t.run_at <= self.now
+        ]
+
+    # -- rules ------------------------------------------------------------------------
+
+    @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, 7.0, 20.0]))
+    def tick(self, dt):
+        self.now += dt
+
+    @precondition(lambda self: len(self.tasks) < 16)
+    @rule(
+        queue=st.sampled_from(FLOW_QUEUES),
+        n=st.integers(1, 3),
+        expires_in=st.none() | st.sampled_from([0.5, 1.0, 2.5, 6.0]),
+        delay=st.sampled_from([0.0, 0.0, 1.0]),
+        max_retries=st.integers(0, 1),
+    )
+    def submit(self, queue, n, expires_in, delay, max_retries):
+        item = NewTask(
+            "echo",
+            {},
+            queue=queue,
+            delay=delay,
+            max_retries=max_retries,
+            expires_in=expires_in,
+        )
+        for task_id, created in self.storage.submit([item] * n, now=self.now):
+            assert created
+            expires_at = None if expires_in is None else self.now + expires_in
+            self.tasks[task_id] = FlowTask(
+                queue, self.now, self.now + delay, expires_at, max_retries
+            )
+
+    @rule(
+        queue=st.sampled_from(FLOW_QUEUES),
+        paused=st.sampled_from([KEEP, True, False]),
+        cap=st.sampled_from([KEEP, None, 1, 2]),
+        rate=st.sampled_from([KEEP, None, (1, 2.0), (2, 5.0)]),
+    )
+    def set_queue(self, queue, paused, cap, rate):
+        """KEEP leaves a setting out of the change; None removes a limit."""
+        changes = {}
+        q = self.queues[queue]
+        if paused is not KEEP:
+            changes["paused"] = q.paused = paused
+        if cap is not KEEP:
+            changes["max_in_flight"] = q.max_in_flight = cap
+        if rate is not KEEP:
+            changes["rate_limit"] = None if rate is None else dict(zip(RATE, rate, strict=True))
+            if q.rate is None or rate is None:
+                q.claims = []  # a new limit's window starts empty; none is kept without one
+            q.rate = rate
+        if not changes:
+            return
+        got = self.storage.set_queue(queue, changes, now=self.now)
+        assert (got["paused"], got["max_in_flight"]) == (q.paused, q.max_in_flight)
+        rate_now = None if q.rate is None else dict(zip(RATE, q.rate, strict=True))
+        assert got["rate_limit"] == rate_now
+
+    @rule(
+        worker=st.sampled_from(FLOW_WORKERS),
+        queues=st.sampled_from([("a",), ("b",), ("a", "b"), ("b", "a")]),
+        max_tasks=st.integers(1, 4),
+    )
+    def claim(self, worker, queues, max_tasks):
+        said_ready = self.storage.has_ready(queues, self.now)
+        # has_ready: a pending task due in a queue that allows a claim now (an expired
+        # one still counts: the claim cancels it) - what a held poll wakes up for
+        open_ready = any(self.ready(q) and self.allowance(q) != 0 for q in queues)
+        assert said_ready == open_ready, (said_ready, queues, self.queues)
+        claimed = self.storage.claim(worker, "", queues, max_tasks, self.now, 1000.0)
+        # SQLite's claim with nothing claimable for a worker seen within TOUCH_EVERY_S
+        # writes nothing (no expiry either: the reaper's); any other runs the claim
+        idle = (
+            self.kind == "sqlite"
+            and not said_ready
+            and self.now - self.seen.get(worker, -FOREVER) < TOUCH_EVERY_S
+        )
+        if idle:
+            assert claimed == []
+            return
+        self.seen[worker] = self.now
+        self.expire_due()
+        by_queue: dict[str, list[str]] = {}
+        for c in claimed:
+            by_queue.setdefault(c["queue"], []).append(c["task_id"])
+        left = max_tasks
+        for queue in queues:
+            room = self.allowance(queue)
+            ready = self.ready(queue)
+            want = min(left, len(ready) if room is None else min(room, len(ready)))
+            got = by_queue.get(queue, [])
+            assert len(got) == want, (queue, got, want, self.queues[queue], ready)
+            assert set(got) <= set(ready), "an unready or expired task was handed out"
+            left -= want
+            for task_id in got:
+                t = self.tasks[task_id]
+                t.status, t.attempts = "in_progress", t.attempts + 1
+                t.lease = next(c["lease_token"] for c in claimed if c["task_id"] == task_id)
+            if got and self.queues[queue].rate is not None:
+                self.queues[queue].claims.append((self.now, len(got), *self.queues[queue].rate))
+
+    @precondition(lambda self: any(t.status == "in_progress" for t in self.tasks.values()))
+    @rule(data=st.data(), outcome=st.sampled_from(["completed", "failed", "released"]))
+    def finish(self, data, outcome):
+        running = [i for i, t in self.tasks.items() if t.status == "in_progress"]
+        task_id = data.draw(st.sampled_from(running))
+        t = self.tasks[task_id]
+        if outcome == "released":
+            assert self.storage.release("w?", [(task_id, t.lease)], now=self.now) == 0
+            worker = self.storage.get(task_id)["worker_id"]
+            assert self.storage.release(worker, [(task_id, t.lease)], now=self.now) == 1
+            t.status, t.attempts, t.lease = "pending", t.attempts - 1, None
+            return
+        worker = self.storage.get(task_id)["worker_id"]
+        item = Result(task_id, t.lease, worker, outcome, result=1, error="boom")
+        [moved] = self.storage.finish([item], now=self.now)
+        if outcome == "completed":
+            t.status = "completed"
+        elif t.attempts > t.max_retries:
+            t.status, t.error = "failed", "boom"
+        else:  # back to pending after a back-off: it has started, so it never expires
+            t.status, t.error = "pending", "boom"
+            t.run_at = self.now + min(BACKOFF_CAP, BACKOFF_BASE)
+        assert moved == t.status
+        t.lease = None
+
+    @rule()
+    def reap(self):
+        report = self.storage.reap(now=self.now, dead_after=FOREVER, retention_s=0)
+        before = {i for i, t in self.tasks.items() if t.status == "cancelled"}
+        self.expire_due()
+        after = {i for i, t in self.tasks.items() if t.status == "cancelled"}
+        assert len(report.unstarted) == len(after - before)
+
+    # -- what must hold after every step -------------------------------------------------
+
+    @invariant()
+    def tasks_match_the_model(self):
+        for task_id, t in self.tasks.items():
+            got = self.storage.get(task_id)
+            assert (got["status"], got["attempts"]) == (t.status, t.attempts), (task_id, got, t)
+            if t.status == "cancelled":
+                assert got["error"] == t.error and got["attempts"] == 0
+
+    @invariant()
+    def limits_hold(self):
+        for queue, q in self.queues.items():
+            # the window of per_seconds that ends with each claim holds no more claims
+            # than the limit in force at that claim
+            for i, (at, _, count, per) in enumerate(q.claims):  # (in commit order)
+                inside = sum(c[1] for c in q.claims[: i + 1] if at - per < c[0] <= at)
+                assert inside <= count, (queue, q.claims)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_keeps_the_queue_control_and_expiry_rules(kind, scratch):
+    examples = itertools.count()
+
+    def fresh_machine() -> FlowMachine:
+        storage, cleanup = make_storage(kind, scratch / f"flow-{next(examples)}")
+        return FlowMachine(kind, storage, cleanup)
+
+    run_state_machine_as_test(
+        fresh_machine, settings=settings(SETTINGS, max_examples=EXAMPLES.get(kind, 100) // 2)
+    )

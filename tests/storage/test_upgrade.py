@@ -80,6 +80,18 @@ def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     storage.claim("w-old", "inst-1", ("default", "slow"), 1, now=T0 + 23, lease_s=60)
     [w] = storage.workers(now=T0 + 24, dead_after=60)
     assert w["queues"] == ["default", "slow"]
+    # version 6: every task kept has no expiry; queue controls and expiry work
+    assert [storage.get(t)["expires_at"] for t in tasks] == [None] * len(tasks)
+    assert storage.set_queue("slow", {"paused": True}, now=T0 + 25)["paused"]
+    new = NewTask("sleep", {"duration": 1}, queue="slow", expires_in=1)
+    [(late, _)] = storage.submit([new], now=T0 + 25)
+    assert storage.claim("w-new", "", ("slow",), 5, now=T0 + 25.5, lease_s=60) == []
+    report = storage.reap(now=T0 + 27, dead_after=10.0**9, retention_s=0)
+    assert report.unstarted == [("slow", "sleep")]
+    assert storage.get(late)["error"] == "expired: not started within 1 s"
+    queues = {q["name"]: q for q in storage.queues(now=T0 + 27)}
+    assert queues["slow"]["paused"] and queues["slow"]["counts"]["cancelled"] == 1
+    assert not queues["default"]["paused"] and queues["default"]["counts"]["completed"] == 2
     check_schedules(storage, tasks)
     check_dependencies(storage, done["task_id"], failed["task_id"])
 
