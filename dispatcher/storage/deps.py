@@ -115,7 +115,8 @@ SELECT id, result FROM tasks WHERE id = ANY(%(ids)s) AND status = 'completed'"""
     RETRY_WAITING="""
 UPDATE tasks SET status = 'waiting', waiting_on = %(waiting_on)s, attempts = 0,
        run_at = %(now)s, result = NULL, error = NULL, finished_at = NULL, started_at = NULL,
-       finished_lease = NULL, expired_failure = FALSE, worker_id = NULL, progress = NULL
+       finished_lease = NULL, expired_failure = FALSE, worker_id = NULL, progress = NULL,
+       expires_at = NULL
  WHERE id = %(task_id)s AND status IN ('failed', 'cancelled')""",
     # (read) the tasks that depend on one task, for GET /task/<id>
     DEPENDENTS="""

@@ -8,7 +8,11 @@ from __future__ import annotations
 import pytest
 import requests
 from browser_harness import page_text
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -18,11 +22,17 @@ pytestmark = pytest.mark.browser
 
 
 def text_now(browser) -> str:
-    """The page's visible text; empty while a click's navigation has no page yet."""
+    """The page's visible text; empty while a click's navigation has no page yet (the
+    element read may belong to the page being left: chromedriver then says "Node with
+    given id does not belong to the document")."""
     try:
         return page_text(browser)
     except (NoSuchElementException, StaleElementReferenceException):
         return ""
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return ""
+        raise
 
 
 def wait_text(browser, text: str, timeout: float = 15) -> str:
