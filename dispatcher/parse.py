@@ -196,7 +196,7 @@ def depends_on(refs: list[str], index: int | None) -> list[str | int]:
                     f"'depends_on': {ref!r} names a task of the same batch; "
                     "only POST /submit-tasks has one"
                 )
-            if not (n.isdigit() and n.isascii() and int(n) < index):
+            if not (n.isdigit() and n.isascii() and str(int(n)) == n and int(n) < index):
                 raise BadRequest(
                     f"'depends_on': {ref!r} is not an earlier task of this batch "
                     f'("#0" to "#{index - 1}")'
@@ -223,6 +223,11 @@ def _stored(task: Any, config: Config, registry: Registry, index: int | None) ->
         storable(queue, "queue")
         if task.idempotency_key is not None:
             storable(task.idempotency_key, "idempotency_key")
+    if task.expires_in is not None and task.delay is not None and task.delay >= task.expires_in:
+        raise BadRequest(
+            f"'expires_in' ({task.expires_in:g} s) must be more than 'delay' "
+            f"({task.delay:g} s): the task would expire before it is ready"
+        )
     # What a submission leaves out: its type's default (above), else the dispatcher's.
     refs = depends_on(task.depends_on, index) if task.depends_on else None
     return NewTask(

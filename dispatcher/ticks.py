@@ -4,7 +4,8 @@ clock (every function takes `now`), no database.
 A tick is a whole second (UTC epoch). `cron` ticks are cronsim's (5 fields, or 6 with
 seconds first), computed in the schedule's IANA `timezone` (daylight saving as cron
 does it: a time skipped by the clock change fires at the first time after the gap, a
-time repeated fires once). `every` N ticks are the multiples of N seconds since
+fixed time repeated fires once, a step or range over the repeated hour fires in both
+passes). `every` N ticks are the multiples of N seconds since
 1970-01-01T00:00:00Z, whatever the timezone (every 3600: on the hour, UTC).
 
 A tick is *late* when it is at most `grace` seconds in the past when a dispatcher fires

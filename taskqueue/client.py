@@ -190,8 +190,9 @@ class Client:
             raise ValueError(f"batch_size must be at least 1, not {size}")
         while len(handles) < len(bodies):
             offset = len(handles)
+            batch = [_rebased(body, offset, handles) for body in bodies[offset : offset + size]]
             try:
-                handles += self._submit_batch(bodies[offset : offset + size])
+                handles += self._submit_batch(batch)
             except _Smaller as smaller:
                 size = smaller.size
             except (ApiError, DispatcherUnreachable) as exc:
@@ -702,6 +703,22 @@ def _body(type_or_task: Any, payload: dict | None, options: dict) -> dict:
     if options:
         body.update(options)
     return body
+
+
+def _rebased(body: dict, offset: int, stored: list[TaskHandle]) -> dict:
+    """An item of submit_many as its batch sends it: a `"#N"` in depends_on counts from
+    the start of the whole list, a batch's from its own first task, so a reference to a
+    task of an earlier batch becomes that task's id, and a later one `#(N - offset)`."""
+    refs = body.get("depends_on")
+    if not offset or not isinstance(refs, list):
+        return body
+    moved = []
+    for ref in refs:
+        if isinstance(ref, str) and ref.startswith("#") and ref[1:].isdigit():
+            n = int(ref[1:])
+            ref = stored[n].id if n < offset else f"#{n - offset}"
+        moved.append(ref)
+    return {**body, "depends_on": moved}
 
 
 def _item_body(index: int, item: Any, options: dict) -> dict:

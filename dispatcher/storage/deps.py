@@ -187,6 +187,8 @@ class Dependencies:
                     edges.extend({"task_id": task_id, "depends_on": d} for d in refs)
                     made_pending += state == "pending"
                     tx.notify = True
+                    if error:  # finished at birth: counted as a cascade is (metrics)
+                        tx.cascaded.append({"id": task_id, "queue": task.queue, "type": task.type})
                 else:  # the key is taken: that task's id (and its own dependencies)
                     row = tx.one(self.q.TASK_BY_KEY, {"key": task.idempotency_key})
                     out.append((row["id"], False))

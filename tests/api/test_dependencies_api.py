@@ -62,6 +62,10 @@ def test_submit_task_answers_the_status_it_stored(client):
             "tasks[0]: 'depends_on': '#0': the batch's first task can depend on none of the batch",
         ),
         (
+            [primes_task(), primes_task(depends_on=["#00"])],
+            "tasks[1]: 'depends_on': '#00' is not an earlier task of this batch (\"#0\" to \"#0\")",
+        ),
+        (
             [primes_task(), primes_task(depends_on=["#1"])],
             "tasks[1]: 'depends_on': '#1' is not an earlier task of this batch (\"#0\" to \"#0\")",
         ),

@@ -187,3 +187,8 @@ def test_tasks_cancelled_by_a_dependency_count_as_cancelled(make_client):
     assert cancelled - value(before, finished, outcome="cancelled", **labels) == 3
     assert value(after, "taskqueue_tasks", queue="dq", status="cancelled") == 3
     assert value(after, "taskqueue_tasks", queue="dq", status="waiting") == 0
+    # a task submitted after its dependency was cancelled is stored cancelled: counted too
+    late = client.post("/submit-task", json={**task, "depends_on": [ids[0]]}).json["task_id"]
+    assert client.get(f"/task/{late}").json["status"] == "cancelled"
+    again = samples(client)
+    assert value(again, finished, outcome="cancelled", **labels) - cancelled == 1

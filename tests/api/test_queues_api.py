@@ -140,6 +140,18 @@ def test_a_bad_expires_in_is_a_400(client, value, words):
     assert client.get("/stats").get_json()["tasks"]["pending"] == 0
 
 
+def test_an_expiry_no_later_than_the_delay_is_a_400(client):
+    """Such a task would expire before it is ready: refused, nothing stored."""
+    response = client.post("/submit-task", json=primes_task(delay=100, expires_in=10))
+    error = response.get_json()["error"]
+    assert response.status_code == 400, error
+    assert (
+        error == "'expires_in' (10 s) must be more than 'delay' (100 s): the task would "
+        "expire before it is ready"
+    )
+    assert client.get("/stats").get_json()["tasks"]["pending"] == 0
+
+
 def test_an_expired_task_is_cancelled_with_its_error_and_counted(client, clock):
     before = samples(client)
     late = submit(client, primes_task(expires_in=5))

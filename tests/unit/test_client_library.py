@@ -218,6 +218,21 @@ def test_chain_group_and_depends_on_are_one_batch_each(served, client_for):
         client.submit("compute", double(8), depends_on="f" * 32)
 
 
+def test_submit_many_keeps_batch_references_across_its_batches(served, client_for):
+    """A list longer than MAX_BATCH is sent in several batches; "#N" still names the
+    N-th item of the whole list (an earlier batch's task by its id)."""
+    sizes: list[int | None] = []
+    client = client_for(served(record_batches(sizes), max_batch=3))
+    items = [{"type": "compute", "payload": double(i)} for i in range(6)]
+    items[4]["depends_on"] = ["#3"]  # same batch (the second)
+    items[5]["depends_on"] = ["#1", "#4"]  # an earlier batch's task, and one of its own
+    handles = client.submit_many(items)
+    assert sizes == [6, 3, 3]  # refused whole (MAX_BATCH 3: nothing stored), then split
+    assert handles[4].refresh()["depends_on"] == [handles[3].id]
+    assert handles[5].refresh()["depends_on"] == [handles[1].id, handles[4].id]
+    assert [h.status() for h in handles] == ["pending"] * 4 + ["waiting"] * 2
+
+
 def test_refusals_and_outages_have_their_own_exceptions(served, client_for):
     dispatcher = served(api_token="right")
     with pytest.raises(Unauthorized):
