@@ -925,17 +925,20 @@ def scratch(tmp_path):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def run_machine(machine: type, kind: str, path: Path, examples: int) -> None:
+    """Run a machine as a test: each example on a fresh storage under `path`."""
+    made = itertools.count()
+
+    def fresh_machine():
+        storage, cleanup = make_storage(kind, path / f"example-{next(made)}")
+        return machine(kind, storage, cleanup)
+
+    run_state_machine_as_test(fresh_machine, settings=settings(SETTINGS, max_examples=examples))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_storage_keeps_the_lifecycle_rules(kind, scratch):
-    examples = itertools.count()
-
-    def fresh_machine() -> StorageMachine:
-        storage, cleanup = make_storage(kind, scratch / f"example-{next(examples)}")
-        return StorageMachine(kind, storage, cleanup)
-
-    run_state_machine_as_test(
-        fresh_machine, settings=settings(SETTINGS, max_examples=EXAMPLES.get(kind, 100))
-    )
+    run_machine(StorageMachine, kind, scratch / "lifecycle", EXAMPLES.get(kind, 100))
 
 
 # -- dependencies (issue 18) --------------------------------------------------------------
@@ -1064,15 +1067,7 @@ class DependencyMachine(StorageMachine):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_storage_keeps_the_dependency_rules(kind, scratch):
-    examples = itertools.count()
-
-    def fresh_machine() -> DependencyMachine:
-        storage, cleanup = make_storage(kind, scratch / f"deps-{next(examples)}")
-        return DependencyMachine(kind, storage, cleanup)
-
-    run_state_machine_as_test(
-        fresh_machine, settings=settings(SETTINGS, max_examples=EXAMPLES.get(kind, 100))
-    )
+    run_machine(DependencyMachine, kind, scratch / "deps", EXAMPLES.get(kind, 100))
 
 
 # == queue controls and expiry (issue 18) ===============================================
@@ -1320,12 +1315,4 @@ class FlowMachine(RuleBasedStateMachine):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_storage_keeps_the_queue_control_and_expiry_rules(kind, scratch):
-    examples = itertools.count()
-
-    def fresh_machine() -> FlowMachine:
-        storage, cleanup = make_storage(kind, scratch / f"flow-{next(examples)}")
-        return FlowMachine(kind, storage, cleanup)
-
-    run_state_machine_as_test(
-        fresh_machine, settings=settings(SETTINGS, max_examples=EXAMPLES.get(kind, 100) // 2)
-    )
+    run_machine(FlowMachine, kind, scratch / "flow", EXAMPLES.get(kind, 100) // 2)
