@@ -60,6 +60,9 @@ class Server(BaseApplication):
             "logger_class": GunicornLogger,  # its lines in LOG_FORMAT too (no access log)
             "child_exit": child_exit,
         }
+        if c.tls_cert_file:  # HTTPS only (checked at start: Config.check_tls)
+            settings["certfile"] = c.tls_cert_file
+            settings["keyfile"] = c.tls_key_file
         for key, value in settings.items():
             self.cfg.set(key, value)
 
@@ -106,6 +109,12 @@ def raise_open_files_limit(connections: int, processes: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+def _pending(client) -> int:
+    """Bytes a TLS connection has decrypted but not yet handed out (0 without TLS)."""
+    pending = getattr(client, "pending", None)
+    return pending() if pending is not None else 0
+
+
 class HeadTimeout(Exception):
     """The client did not send its request head in time."""
 
@@ -143,7 +152,8 @@ class Worker(GeventWorker):
         try:
             while self.alive or req is None:
                 req = None
-                if not parser.unreader.buf.getbuffer().nbytes:
+                # (with TLS, bytes already decrypted wait in the SSL object: pending())
+                if not parser.unreader.buf.getbuffer().nbytes and not _pending(client):
                     try:
                         gsocket.wait_read(client.fileno(), timeout=idle)
                     except TimeoutError:
