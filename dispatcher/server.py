@@ -24,7 +24,9 @@ import gc
 import json
 import os
 import resource
+import ssl
 import time
+from functools import partial
 
 import gevent
 from gevent import socket as gsocket
@@ -63,6 +65,7 @@ class Server(BaseApplication):
         if c.tls_cert_file:  # HTTPS only (checked at start: Config.check_tls)
             settings["certfile"] = c.tls_cert_file
             settings["keyfile"] = c.tls_key_file
+            settings["ssl_context"] = tls_context
         for key, value in settings.items():
             self.cfg.set(key, value)
 
@@ -75,6 +78,17 @@ class Server(BaseApplication):
         # submission otherwise, once every few calls).
         gc.freeze()
         return app
+
+
+def tls_context(config, default_ssl_context_factory) -> ssl.SSLContext:
+    """gunicorn's server context (TLS_CERT_FILE, TLS_KEY_FILE), TLS 1.2 at least, with
+    the handshake left to Worker.handle: there it has DISPATCHER_READ_TIMEOUT like a
+    request head, and a failed one (plain HTTP, a client that does not trust us) closes
+    the connection with a DEBUG line instead of a traceback per connection."""
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.wrap_socket = partial(context.wrap_socket, do_handshake_on_connect=False)
+    return context
 
 
 def child_exit(server, worker) -> None:
@@ -144,6 +158,8 @@ class Worker(GeventWorker):
         """Serve one connection's requests (HTTP/1.x) until it closes or times out."""
         client.setblocking(1)
         client.settimeout(self.read_timeout)  # each read and write of this connection
+        if not self._handshake(client, addr):
+            return
         parser = http.get_parser(self.cfg, client, addr)
         name = listener.getsockname()
         req = None
@@ -182,6 +198,20 @@ class Worker(GeventWorker):
                 util.close_graceful(client, timeout=1.0, max_drain=DRAIN_MAX_BYTES)
             else:
                 util.close(client)
+
+    def _handshake(self, client, addr) -> bool:
+        """With TLS, the handshake (see tls_context), within DISPATCHER_READ_TIMEOUT;
+        False (and the connection closed) when it fails. Without TLS: True."""
+        do_handshake = getattr(client, "do_handshake", None)
+        if do_handshake is None:
+            return True
+        try:
+            do_handshake()
+        except OSError as exc:  # ssl.SSLError, a time-out, a reset
+            self.log.debug("TLS handshake with %s failed: %s", addr, exc)
+            util.close(client)
+            return False
+        return True
 
     def _slow_message(self, what: str) -> str:
         return f"{what} not received within {self.read_timeout:g} s (DISPATCHER_READ_TIMEOUT)"

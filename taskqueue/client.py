@@ -93,9 +93,15 @@ class Client:
         seconds a 429 (the queue is full, MAX_PENDING_TASKS) is sent again after its
         Retry-After, `on_429(exc, seconds)` told before each wait; then it is raised.
         `ca_file`: a PEM bundle to verify an https dispatcher's certificate against;
-        default DISPATCHER_CA_FILE, else the system's store (verification is never off)."""
+        default DISPATCHER_CA_FILE (with `url` and `token` both given: the environment's
+        only), else the system's store. Verification is never off."""
         if config is None:
-            config = settings() if url is None or token is None or ca_file is None else Config()
+            if url is None or token is None:
+                config = settings()
+            else:
+                config = Config()
+                if ca_file is None:
+                    ca_file = os.environ.get("DISPATCHER_CA_FILE", "").strip()
         url = config.dispatcher_url if url is None else url
         ca_file = config.dispatcher_ca_file if ca_file is None else ca_file
         try:

@@ -86,7 +86,10 @@ def test_plain_http_to_the_tls_port_gets_no_http_answer(tls):
         pytest.fail(f"plain HTTP got an answer: {response.status} {body[:200]!r}")
     finally:
         conn.close()
-    assert tls.procs[0].alive(), tls.logs()
+    dispatcher = tls.procs[0]
+    assert dispatcher.alive(), tls.logs()
+    # a failed handshake is a DEBUG line, not a traceback per connection
+    assert "Traceback" not in dispatcher.log(tail=2000), dispatcher.log(tail=100)
 
 
 def test_a_worker_without_the_ca_does_not_register_and_says_why_once(tls):
@@ -107,6 +110,7 @@ def test_a_worker_without_the_ca_does_not_register_and_says_why_once(tls):
     assert "ERROR" in refused[0] and "DISPATCHER_CA_FILE" in refused[0], refused
     names = [w["worker_id"] for w in tls.client.workers()]
     assert "w-untrusting" not in names, names
+    assert "Traceback" not in tls.procs[0].log(tail=2000), tls.procs[0].log(tail=100)
     worker.close()
 
 
@@ -209,3 +213,9 @@ def test_a_tls_misconfiguration_is_one_line_and_a_non_zero_exit(cluster, tmp_pat
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("configuration error: ") and key in lines[0], lines
     assert "Traceback" not in done.stderr
+
+
+def test_the_client_library_takes_dispatcher_ca_file_from_the_environment(tls, monkeypatch):
+    monkeypatch.setenv("DISPATCHER_CA_FILE", str(tls.certs.ca_file))
+    with taskqueue.Client(tls.url, "") as client:  # url and token given: CA from the env
+        assert isinstance(client.stats(), dict)
