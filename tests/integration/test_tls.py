@@ -15,6 +15,7 @@ import trustme
 from harness import Cluster, free_port, wait_for
 
 import taskqueue
+from common.client import Client
 from common.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
@@ -219,3 +220,15 @@ def test_the_client_library_takes_dispatcher_ca_file_from_the_environment(tls, m
     monkeypatch.setenv("DISPATCHER_CA_FILE", str(tls.certs.ca_file))
     with taskqueue.Client(tls.url, "") as client:  # url and token given: CA from the env
         assert isinstance(client.stats(), dict)
+
+
+def test_calls_reuse_one_tls_connection(tls):
+    """Keep-alive over TLS: one handshake per connection, not per call (a TLS 1.3 session
+    ticket arriving after a reply must not make the idle connection look closed)."""
+    with Client(tls.url, ca_file=str(tls.certs.ca_file)) as client:
+        client.call("GET", "/health")
+        first = client._conn.sock
+        assert first.version() in ("TLSv1.2", "TLSv1.3"), first.version()
+        for _ in range(20):
+            client.call("GET", "/stats")
+            assert client._conn.sock is first, "a call opened a new connection"
