@@ -123,6 +123,13 @@ def raise_open_files_limit(connections: int, processes: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+def _client_gone(exc: OSError) -> bool:
+    """The client closed or reset its connection (over TLS: without a close_notify)."""
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return True
+    return exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+
+
 def _pending(client) -> int:
     """Bytes a TLS connection has decrypted but not yet handed out (0 without TLS)."""
     pending = getattr(client, "pending", None)
@@ -189,7 +196,7 @@ class Worker(GeventWorker):
             graceful = False
         except OSError as exc:
             graceful = False
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+            if not _client_gone(exc):
                 self.log.exception("socket error serving a request")
         except Exception as exc:
             self.handle_error(req, client, addr, exc)
