@@ -38,18 +38,19 @@ py="$root/.venv/bin/python"
 "$py" -m common.config || exit 2  # a bad setting: one line naming the key
 
 # host:port of the first dispatcher, and the URL the others are reached at
-read -r host first_port < <("$py" -c '
+# (https with TLS_CERT_FILE: docs/SECURITY.md)
+read -r scheme host first_port < <("$py" -c '
 from common.config import Config
 c = Config.from_env()
 host = "127.0.0.1" if c.dispatcher_host in ("0.0.0.0", "::", "") else c.dispatcher_host
-print(f"[{host}]" if ":" in host else host, c.dispatcher_port)')
+print("https" if c.tls_cert_file else "http", f"[{host}]" if ":" in host else host, c.dispatcher_port)')
 last_port=$((first_port + dispatchers - 1))
 if [ "$last_port" -gt 65535 ]; then
   echo "--dispatchers $dispatchers: ports $first_port-$last_port go past 65535 (DISPATCHER_PORT)" >&2
   exit 2
 fi
 urls=()
-for port in $(seq "$first_port" "$last_port"); do urls+=("http://$host:$port"); done
+for port in $(seq "$first_port" "$last_port"); do urls+=("$scheme://$host:$port"); done
 
 # Each port must be free: otherwise another server (another cluster's dispatcher, say)
 # would answer the health check and the workers, and this cluster's own dispatcher
@@ -88,8 +89,11 @@ trap stop_all INT TERM
 
 wait_healthy() {  # PID URL: until URL/health answers 200, or PID exits (status 1)
   "$py" - "$1" "$2" <<'PY'
-import os, sys, time, urllib.request
-pid, url = int(sys.argv[1]), sys.argv[2].rstrip("/") + "/health"
+import os, sys, time
+from common.client import ApiError, Client, DispatcherUnreachable
+from common.config import Config
+pid, url = int(sys.argv[1]), sys.argv[2]
+ca_file = Config.from_env().dispatcher_ca_file  # an https dispatcher is verified with it
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
     try:
@@ -97,10 +101,10 @@ while time.monotonic() < deadline:
     except OSError:
         sys.exit(1)
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            if r.status == 200:
-                sys.exit(0)
-    except OSError:
+        with Client(url, read_timeout=1, ca_file=ca_file) as client:
+            client.call("GET", "/health")  # any answer below 400, as a 200 before
+            sys.exit(0)
+    except (DispatcherUnreachable, ApiError):
         time.sleep(0.1)
 sys.exit(1)
 PY

@@ -23,6 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from common.tls import certificate_failure
+
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half-open"
@@ -149,6 +151,8 @@ class CircuitBreaker:
         self._opened += 1
         self._state, self._until, self._probe = OPEN, self.clock() + wait, False
         self._failures = 0
+        if certificate_failure(why):  # said once by the worker's claim loop (docs/SECURITY.md)
+            why = "its certificate is not trusted"
         log.warning(
             "circuit breaker open: %s to the %s (%s); no calls for %.1f s",
             reason,

@@ -59,7 +59,9 @@ def say(message: str, level: int = logging.INFO, prefix: str = "") -> None:
 
 def connect(config: Config, **options) -> Client:
     """A Client for DISPATCHER_URL; `options` go to Client (retry_429_for, on_429)."""
-    return Client(config.dispatcher_url, config.api_token, **options)
+    return Client(
+        config.dispatcher_url, config.api_token, ca_file=config.dispatcher_ca_file, **options
+    )
 
 
 def unreachable(config: Config, exc: DispatcherUnreachable) -> str:

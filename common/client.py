@@ -39,6 +39,7 @@ import logging
 import random
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from urllib.parse import quote, urlencode
 
 from common.breaker import BreakerOpen, CircuitBreaker
 from common.logs import new_request_id
+from common.tls import tls_context
 from common.urls import Target, split_urls
 
 CONNECT_TIMEOUT = 5.0
@@ -78,14 +80,25 @@ class ApiError(Exception):
 
 
 class Dispatchers:
-    """A list of dispatchers and the one in use, shared by the Clients of a process."""
+    """A list of dispatchers and the one in use, shared by the Clients of a process.
 
-    def __init__(self, urls: str | Sequence[str], start: int | None = None):
+    `ca_file` (DISPATCHER_CA_FILE): https URLs are verified against this PEM bundle,
+    else against the system's store; verification cannot be turned off."""
+
+    def __init__(self, urls: str | Sequence[str], start: int | None = None, ca_file: str = ""):
         text = urls if isinstance(urls, str) else ",".join(urls)
         self.targets = [Target.parse(u) for u in split_urls(text)]
         n = len(self.targets)
         self.current = random.randrange(n) if start is None else start % n
         self._lock = threading.Lock()
+        self.ca_file = ca_file
+        self._tls: ssl.SSLContext | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """One context for the process's Clients (made at the first https connection)."""
+        if self._tls is None:
+            self._tls = tls_context(self.ca_file)
+        return self._tls
 
     @property
     def urls(self) -> list[str]:
@@ -121,6 +134,7 @@ class Client:
         pause: Callable[[float], bool] | None = None,
         on_429: Callable[[ApiError, float], None] | None = None,
         read_timeout: float = READ_TIMEOUT,
+        ca_file: str = "",
     ):
         """`base_url`: one URL or a comma-separated list (DISPATCHER_URL), or a
         Dispatchers shared with other Clients (a worker's threads share one, so they
@@ -134,7 +148,8 @@ class Client:
         `pause(seconds)` waits (True: stop waiting and raise now; default time.sleep),
         `on_429(exc, seconds)` is told before each wait.
 
-        `read_timeout`: seconds to wait for an answer (a held request: its wait more)."""
+        `read_timeout`: seconds to wait for an answer (a held request: its wait more).
+        `ca_file`: DISPATCHER_CA_FILE, for a `base_url` that is not a Dispatchers."""
         self.breaker = breaker
         self.read_timeout = read_timeout
         self.retry_429_for = retry_429_for
@@ -145,7 +160,7 @@ class Client:
             self.dispatchers = base_url
         else:
             try:
-                self.dispatchers = Dispatchers(base_url)
+                self.dispatchers = Dispatchers(base_url, ca_file=ca_file)
             except ValueError as exc:
                 raise ValueError(f"not a list of http(s) URLs: {base_url!r}: {exc}") from None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -176,8 +191,15 @@ class Client:
             conn = None
         if conn is None:
             target = self.dispatchers.targets[index]
-            cls = http.client.HTTPSConnection if target.https else http.client.HTTPConnection
-            conn = cls(target.host, target.port, timeout=CONNECT_TIMEOUT)
+            if target.https:  # verified: see tls_context
+                conn = http.client.HTTPSConnection(
+                    target.host,
+                    target.port,
+                    timeout=CONNECT_TIMEOUT,
+                    context=self.dispatchers.tls_context(),
+                )
+            else:
+                conn = http.client.HTTPConnection(target.host, target.port, timeout=CONNECT_TIMEOUT)
             conn.connect()
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._conn, self._conn_index = conn, index

@@ -186,6 +186,9 @@ class Config:
     database_pool_size: int = 10
     schedules_file: str = ""
     schedule_grace_seconds: float = 60.0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    dispatcher_ca_file: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -278,6 +281,15 @@ class Config:
                 f"DISPATCHER_URL: {exc} (one http(s) URL, or several separated by commas)"
             ) from None
         self.http_request_allow_list  # noqa: B018 - parses it once, or raises ConfigError
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            given, missing = (
+                ("TLS_CERT_FILE", "TLS_KEY_FILE")
+                if self.tls_cert_file
+                else ("TLS_KEY_FILE", "TLS_CERT_FILE")
+            )
+            raise ConfigError(f"{missing} must be set when {given} is (both or neither)")
+        if self.dispatcher_ca_file:
+            _check_ca_file(self.dispatcher_ca_file)
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(
                 "DATABASE_URL must be sqlite:///relative/path.db, "
@@ -312,6 +324,35 @@ class Config:
         """A fixed prefetch, or None for `auto`."""
         return None if self.worker_prefetch == "auto" else int(self.worker_prefetch)
 
+    def check_tls(self) -> None:
+        """The dispatcher's TLS_CERT_FILE and TLS_KEY_FILE: readable, and a key that
+        matches the certificate (loaded as the server will load them). ConfigError
+        naming the setting otherwise. Only the dispatcher calls this."""
+        if not self.tls_cert_file:
+            return
+        import ssl
+
+        files = (("TLS_CERT_FILE", self.tls_cert_file), ("TLS_KEY_FILE", self.tls_key_file))
+        for key, path in files:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot read {path!r} ({exc.strerror})") from None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except ssl.SSLError as exc:
+            if "KEY_VALUES_MISMATCH" in str(exc) or exc.reason == "KEY_VALUES_MISMATCH":
+                raise ConfigError(
+                    f"TLS_KEY_FILE: {self.tls_key_file!r} is not the key of the "
+                    f"certificate in TLS_CERT_FILE {self.tls_cert_file!r}"
+                ) from None
+            raise ConfigError(
+                f"TLS_CERT_FILE / TLS_KEY_FILE: cannot load {self.tls_cert_file!r} with "
+                f"{self.tls_key_file!r} as a PEM certificate and key ({exc.reason or exc})"
+            ) from None
+
     def database_path(self) -> Path:
         """The SQLite file DATABASE_URL names (relative paths are from the project root)."""
         rest = self.database_url[len("sqlite:///") :]
@@ -325,6 +366,22 @@ class Config:
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces this configuration in a child process."""
         return {f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _check_ca_file(path: str) -> None:
+    """DISPATCHER_CA_FILE: a readable PEM bundle holding at least one certificate."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:  # (an OSError too: first)
+        raise ConfigError(
+            f"DISPATCHER_CA_FILE: {path!r} holds no PEM certificate (a bundle of the "
+            "certificates to trust)"
+        ) from None
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise ConfigError(f"DISPATCHER_CA_FILE: cannot read {path!r} ({why})") from None
 
 
 def load_dotenv_file() -> None:

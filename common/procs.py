@@ -127,15 +127,16 @@ def wait_healthy(
     fail: Fail,
     statuses: tuple[str, ...] = ("ok",),
     every: float = 0.05,
+    ca_file: str = "",
 ) -> None:
     """Until the dispatcher `proc` at `url` answers GET /health with one of `statuses`;
-    `fail` at once, with its log, if it exits."""
+    `fail` at once, with its log, if it exits. `ca_file`: DISPATCHER_CA_FILE (https)."""
 
     def healthy() -> bool:
         if not proc.alive():
             fail(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()}")
         try:
-            with Client(url) as client:
+            with Client(url, ca_file=ca_file) as client:
                 return client.call("GET", "/health").get("status") in statuses
         except DispatcherUnreachable:
             return False

@@ -111,6 +111,7 @@ def _running(pid: int) -> bool:
 def main() -> int:
     try:
         config = Config.from_env()
+        config.check_tls()
     except ConfigError as exc:
         return print_config_error(exc)
     setup_logging(config.log_level, config.log_format)
@@ -122,8 +123,8 @@ def main() -> int:
     raise_open_files_limit(config.dispatcher_connections, config.dispatcher_processes)
     host = config.dispatcher_host
     log.info(
-        "dispatcher starting on http://%s:%d (%d processes, up to %d connections each), "
-        "database %s",
+        "dispatcher starting on %s://%s:%d (%d processes, up to %d connections each), database %s",
+        "https" if config.tls_cert_file else "http",
         host,
         config.dispatcher_port,
         config.dispatcher_processes,

@@ -24,7 +24,9 @@ import gc
 import json
 import os
 import resource
+import ssl
 import time
+from functools import partial
 
 import gevent
 from gevent import socket as gsocket
@@ -60,6 +62,10 @@ class Server(BaseApplication):
             "logger_class": GunicornLogger,  # its lines in LOG_FORMAT too (no access log)
             "child_exit": child_exit,
         }
+        if c.tls_cert_file:  # HTTPS only (checked at start: Config.check_tls)
+            settings["certfile"] = c.tls_cert_file
+            settings["keyfile"] = c.tls_key_file
+            settings["ssl_context"] = tls_context
         for key, value in settings.items():
             self.cfg.set(key, value)
 
@@ -72,6 +78,17 @@ class Server(BaseApplication):
         # submission otherwise, once every few calls).
         gc.freeze()
         return app
+
+
+def tls_context(config, default_ssl_context_factory) -> ssl.SSLContext:
+    """gunicorn's server context (TLS_CERT_FILE, TLS_KEY_FILE), TLS 1.2 at least, with
+    the handshake left to Worker.handle: there it has DISPATCHER_READ_TIMEOUT like a
+    request head, and a failed one (plain HTTP, a client that does not trust us) closes
+    the connection with a DEBUG line instead of a traceback per connection."""
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.wrap_socket = partial(context.wrap_socket, do_handshake_on_connect=False)
+    return context
 
 
 def child_exit(server, worker) -> None:
@@ -106,6 +123,19 @@ def raise_open_files_limit(connections: int, processes: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+def _client_gone(exc: OSError) -> bool:
+    """The client closed or reset its connection (over TLS: without a close_notify)."""
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return True
+    return exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+
+
+def _pending(client) -> int:
+    """Bytes a TLS connection has decrypted but not yet handed out (0 without TLS)."""
+    pending = getattr(client, "pending", None)
+    return pending() if pending is not None else 0
+
+
 class HeadTimeout(Exception):
     """The client did not send its request head in time."""
 
@@ -135,6 +165,8 @@ class Worker(GeventWorker):
         """Serve one connection's requests (HTTP/1.x) until it closes or times out."""
         client.setblocking(1)
         client.settimeout(self.read_timeout)  # each read and write of this connection
+        if not self._handshake(client, addr):
+            return
         parser = http.get_parser(self.cfg, client, addr)
         name = listener.getsockname()
         req = None
@@ -143,7 +175,8 @@ class Worker(GeventWorker):
         try:
             while self.alive or req is None:
                 req = None
-                if not parser.unreader.buf.getbuffer().nbytes:
+                # (with TLS, bytes already decrypted wait in the SSL object: pending())
+                if not parser.unreader.buf.getbuffer().nbytes and not _pending(client):
                     try:
                         gsocket.wait_read(client.fileno(), timeout=idle)
                     except TimeoutError:
@@ -163,7 +196,7 @@ class Worker(GeventWorker):
             graceful = False
         except OSError as exc:
             graceful = False
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+            if not _client_gone(exc):
                 self.log.exception("socket error serving a request")
         except Exception as exc:
             self.handle_error(req, client, addr, exc)
@@ -172,6 +205,20 @@ class Worker(GeventWorker):
                 util.close_graceful(client, timeout=1.0, max_drain=DRAIN_MAX_BYTES)
             else:
                 util.close(client)
+
+    def _handshake(self, client, addr) -> bool:
+        """With TLS, the handshake (see tls_context), within DISPATCHER_READ_TIMEOUT;
+        False (and the connection closed) when it fails. Without TLS: True."""
+        do_handshake = getattr(client, "do_handshake", None)
+        if do_handshake is None:
+            return True
+        try:
+            do_handshake()
+        except OSError as exc:  # ssl.SSLError, a time-out, a reset
+            self.log.debug("TLS handshake with %s failed: %s", addr, exc)
+            util.close(client)
+            return False
+        return True
 
     def _slow_message(self, what: str) -> str:
         return f"{what} not received within {self.read_timeout:g} s (DISPATCHER_READ_TIMEOUT)"

@@ -79,6 +79,7 @@ class Client:
         config: Config | None = None,
         retry_429_for: float = 0.0,
         on_429: Callable[[ApiError, float], None] | None = None,
+        ca_file: str | None = None,
     ) -> None:
         """`url`: the dispatcher's base URL, or several separated by commas (they fail
         over); default DISPATCHER_URL. `token`: API_TOKEN's value; default API_TOKEN.
@@ -90,12 +91,21 @@ class Client:
         MAX_BATCH and MAX_WAIT_SECONDS size batches and long polls (a dispatcher with
         smaller limits is followed: its 400 says them). `retry_429_for`: for this many
         seconds a 429 (the queue is full, MAX_PENDING_TASKS) is sent again after its
-        Retry-After, `on_429(exc, seconds)` told before each wait; then it is raised."""
+        Retry-After, `on_429(exc, seconds)` told before each wait; then it is raised.
+        `ca_file`: a PEM bundle to verify an https dispatcher's certificate against;
+        default DISPATCHER_CA_FILE (with `url` and `token` both given: the environment's
+        only), else the system's store. Verification is never off."""
         if config is None:
-            config = settings() if url is None or token is None else Config()
+            if url is None or token is None:
+                config = settings()
+            else:
+                config = Config()
+                if ca_file is None:
+                    ca_file = os.environ.get("DISPATCHER_CA_FILE", "").strip()
         url = config.dispatcher_url if url is None else url
+        ca_file = config.dispatcher_ca_file if ca_file is None else ca_file
         try:
-            self.dispatchers = Dispatchers(url)
+            self.dispatchers = Dispatchers(url, ca_file=ca_file)
         except ValueError as exc:
             raise ValueError(f"not a list of http(s) URLs: {url!r}: {exc}") from None
         self.token = config.api_token if token is None else token

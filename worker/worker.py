@@ -35,8 +35,14 @@ from dataclasses import dataclass
 from pebble import ProcessFuture
 
 from common.breaker import CircuitBreaker
-from common.client import ApiError, Client, Dispatchers, DispatcherUnreachable
+from common.client import (
+    ApiError,
+    Client,
+    Dispatchers,
+    DispatcherUnreachable,
+)
 from common.config import Config
+from common.tls import certificate_failure
 
 from . import metrics
 from .cache import ResultCache
@@ -109,7 +115,7 @@ class Worker:
         # giving up a lease just before the result arrived, not work to do again
         self.completed: OrderedDict[str, None] = OrderedDict()
         # one list position for all of this worker's connections: they move together
-        self.dispatchers = Dispatchers(config.dispatcher_url)
+        self.dispatchers = Dispatchers(config.dispatcher_url, ca_file=config.dispatcher_ca_file)
         # one circuit breaker for all of them: after WORKER_BREAKER_FAILURES failed calls
         # in a row, no thread calls the dispatcher until the breaker's back-off is over
         self.breaker = CircuitBreaker(
@@ -437,6 +443,7 @@ class Worker:
         backoff = Backoff(cap=self.config.worker_poll_interval)
         outage = False
         outage_since = None
+        refused_tls = ""  # the certificate failure last logged ("" : none)
         while not self.stopping.is_set():
             with self.cv:
                 self.cv.wait_for(lambda: self.stopping.is_set() or self._wanted() > 0)
@@ -475,7 +482,22 @@ class Worker:
                         )
                         break
                     delay = min(delay, left)
-                log.warning("dispatcher unreachable, retrying in %.1f s: %s", delay, exc)
+                tls = certificate_failure(exc)
+                if not tls:
+                    refused_tls = ""
+                    log.warning("dispatcher unreachable, retrying in %.1f s: %s", delay, exc)
+                elif tls != refused_tls:  # once per change, not once per try
+                    refused_tls = tls
+                    log.error(
+                        "dispatcher %s not trusted (%s), retrying with back-off worker=%s "
+                        "(DISPATCHER_CA_FILE=%s)",
+                        client.base_url,
+                        tls,
+                        self.worker_id,
+                        self.config.dispatcher_ca_file or "unset: the system's store",
+                    )
+                else:
+                    log.debug("dispatcher still not trusted, retrying in %.1f s", delay)
                 self.stopping.wait(delay)
                 continue
             except ApiError as exc:
@@ -493,6 +515,7 @@ class Worker:
                     self.worker_id,
                 )
                 outage_since = None
+            refused_tls = ""
             backoff.reset()
             outage = False
             if claims and self.stopping.is_set():  # claimed while stopping: give them back
@@ -581,7 +604,10 @@ class Worker:
                     progress=progress,
                 )
             except DispatcherUnreachable as exc:
-                log.warning("heartbeat failed worker=%s: %s", self.worker_id, exc)
+                if certificate_failure(exc):  # the claim loop says why, once
+                    log.debug("heartbeat failed worker=%s: certificate not trusted", self.worker_id)
+                else:
+                    log.warning("heartbeat failed worker=%s: %s", self.worker_id, exc)
                 self.progress.not_sent(progress)  # with the next heartbeat, not sooner
             except ApiError as exc:
                 self._api_refused(exc)

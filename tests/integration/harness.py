@@ -54,7 +54,7 @@ class Cluster:
 
     def __init__(self, tmp_path: Path, **settings: str):
         self.tmp = tmp_path
-        self.port = free_port()
+        self.port = int(settings.get("DISPATCHER_PORT") or free_port())
         self.db_path = tmp_path / "tasks.db"
         self.settings = {
             **FAST,
@@ -65,11 +65,16 @@ class Cluster:
             **{k: str(v) for k, v in settings.items()},
         }
         self.procs: list[Proc] = []
-        self.client = Client(self.url)
+        self.client = Client(self.url, ca_file=self.ca_file)
 
     @property
     def url(self) -> str:
         return self.settings["DISPATCHER_URL"]
+
+    @property
+    def ca_file(self) -> str:
+        """DISPATCHER_CA_FILE of a cluster served over TLS (test_tls.py), else ""."""
+        return self.settings.get("DISPATCHER_CA_FILE", "")
 
     def env(self, **extra: str) -> dict:
         return {**clean_environ(), **self.settings, **{k: str(v) for k, v in extra.items()}}
@@ -97,8 +102,9 @@ class Cluster:
     ) -> Proc:
         port = port or self.port
         proc = self.launch_dispatcher(name, port, **extra)
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(proc, url, 60, pytest.fail, statuses=("ok", "degraded"))
+        scheme = "https" if self.url.startswith("https:") else "http"
+        url = f"{scheme}://127.0.0.1:{port}"
+        wait_healthy(proc, url, 60, pytest.fail, ("ok", "degraded"), ca_file=self.ca_file)
         return proc
 
     def start_worker(self, worker_id: str, *args: str, **extra: str) -> Proc:

@@ -106,3 +106,42 @@ def test_a_bad_value_from_the_environment_says_so(dotenv):
     os.environ["WORKER_POLL_INTERVAL"] = "60"
     with pytest.raises(ConfigError, match=r"WORKER_POLL_INTERVAL .* \(set in the environment\)"):
         Config.from_env()
+
+
+# -- TLS (issue 19, docs/SECURITY.md) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"TLS_CERT_FILE": "/x/cert.pem"}, "TLS_KEY_FILE"),
+        ({"TLS_KEY_FILE": "/x/key.pem"}, "TLS_CERT_FILE"),
+    ],
+)
+def test_tls_cert_and_key_are_both_set_or_neither(env, key):
+    with pytest.raises(ConfigError, match=f"^{key} must be set when"):
+        Config.from_env(env)
+
+
+def test_a_ca_file_that_is_missing_or_holds_no_certificate_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="^DISPATCHER_CA_FILE: cannot read"):
+        Config.from_env({"DISPATCHER_CA_FILE": str(tmp_path / "nope.pem")})
+    empty = tmp_path / "empty.pem"
+    empty.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="^DISPATCHER_CA_FILE: .* holds no PEM certificate"):
+        Config.from_env({"DISPATCHER_CA_FILE": str(empty)})
+
+
+def test_check_tls_names_the_key_of_a_mismatched_pair(tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    cert, other = ca.issue_cert("localhost"), ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    other.private_key_pem.write_to_path(str(tmp_path / "other.pem"))
+    env = {"TLS_CERT_FILE": str(tmp_path / "cert.pem"), "TLS_KEY_FILE": str(tmp_path / "key.pem")}
+    Config.from_env(env).check_tls()  # a matching pair
+    env["TLS_KEY_FILE"] = str(tmp_path / "other.pem")
+    with pytest.raises(ConfigError, match="^TLS_KEY_FILE: .* is not the key of the certificate"):
+        Config.from_env(env).check_tls()
