@@ -310,7 +310,8 @@ class StorageMachine(RuleBasedStateMachine):
         if instance and w.instance != instance:
             if w.instance:
                 w.retired[w.instance] = self.now
-            for task in self.tasks.values():
+            # in id order, as storage rescues them (a cascade names the first it ended)
+            for _, task in sorted(self.tasks.items()):
                 if task.status == "in_progress" and task.worker_id == worker_id:
                     self.expire(task)
             w.instance = instance
@@ -666,16 +667,18 @@ class StorageMachine(RuleBasedStateMachine):
         )
         dead = []
         rescued = []
-        for worker_id, w in self.workers.items():
+        # workers, then their tasks, then expired leases, each in id order, as storage
+        # reaps them (a cascade names the dependency it ended first)
+        for worker_id, w in sorted(self.workers.items()):
             if w.alive and w.last_heartbeat < self.now - dead_after:
                 w.alive = False
                 dead.append(worker_id)
-                for task_id, t in self.tasks.items():
+                for task_id, t in sorted(self.tasks.items()):
                     if t.status == "in_progress" and t.worker_id == worker_id:
                         self.expire(t)
                         rescued.append(task_id)
         expired = []
-        for task_id, t in self.tasks.items():
+        for task_id, t in sorted(self.tasks.items()):
             if t.status == "in_progress" and t.expires < self.now:
                 self.expire(t)
                 expired.append(task_id)
