@@ -58,6 +58,7 @@ def measure(port: int, tls: dict | None) -> tuple[float, float]:
     procs = [start(["dispatcher"], env)]
     http = requests.Session()
     http.verify = tls["DISPATCHER_CA_FILE"] if tls else True
+    http.trust_env = False  # else REQUESTS_CA_BUNDLE in the environment wins over verify
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -115,7 +116,7 @@ def main() -> None:
     for i in range(args.pairs):
         order = [(None, off), (tls, on)]
         for setting, out in order if i % 2 == 0 else reversed(order):
-            out.append(measure(args.port + i, setting))
+            out.append(measure(args.port + 2 * i + bool(setting), setting))  # own ports
         print(
             f"pair {i}: single {off[-1][0]:,.0f} -> {on[-1][0]:,.0f}/s, "
             f"round trip p50 {off[-1][1]:.2f} -> {on[-1][1]:.2f} ms",
