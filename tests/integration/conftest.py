@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from harness import Cluster
 
+from tests.pg import fresh_schema_url
+
 
 @pytest.fixture
 def cluster(tmp_path):
@@ -27,3 +29,14 @@ def make_cluster(tmp_path):
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request):
+    """A cluster's database settings on each backend: {} for its own SQLite file, or
+    the DATABASE_URL of a fresh PostgreSQL schema (a test module may define its own)."""
+    if request.param == "sqlite":
+        yield {}
+    else:
+        with fresh_schema_url() as url:
+            yield {"DATABASE_URL": url}

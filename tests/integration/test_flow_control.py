@@ -22,7 +22,6 @@ from harness import Cluster, free_port, wait_for
 
 from common.client import Client
 from common.config import PROJECT_ROOT
-from tests.pg import fresh_schema_url
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +32,6 @@ CLI_TIMEOUT = 120.0  # the first run may create .venv
 # SLEEP_S, so a real third task in flight would overlap by far more than this.
 CLOCK_GAP_S = 0.1
 SLEEP_S = 0.5
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request):
-    """Settings of a cluster on this backend (PostgreSQL: a fresh schema)."""
-    if request.param == "sqlite":
-        yield {}
-    else:
-        with fresh_schema_url() as url:
-            yield {"DATABASE_URL": url}
 
 
 @pytest.fixture

@@ -9,21 +9,10 @@ from __future__ import annotations
 import pytest
 
 from taskqueue import Client
-from tests.pg import fresh_schema_url
 
 pytestmark = pytest.mark.integration
 
 MODULES = "tests.integration.flow_tasks"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request):
-    """{} for the cluster's own SQLite file, or a fresh PostgreSQL schema's URL."""
-    if request.param == "sqlite":
-        yield {}
-    else:
-        with fresh_schema_url() as url:
-            yield {"DATABASE_URL": url}
 
 
 def test_chain_group_and_cascade_with_a_real_worker(database, make_cluster):

@@ -15,21 +15,10 @@ from harness import wait_for
 
 from common.client import DispatcherUnreachable
 from common.config import PROJECT_ROOT
-from tests.pg import fresh_schema_url
 
 pytestmark = pytest.mark.integration
 
 MODULES = "tests.integration.echo_tasks"  # testing_progress
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request):
-    """{} for the cluster's own SQLite file, or a fresh PostgreSQL schema's URL."""
-    if request.param == "sqlite":
-        yield {}
-    else:
-        with fresh_schema_url() as url:
-            yield {"DATABASE_URL": url}
 
 
 def test_progress_shows_while_the_task_runs_and_stays_after(database, make_cluster, tmp_path):
