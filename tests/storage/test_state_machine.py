@@ -234,6 +234,20 @@ class Task:
     by_expiry: bool = False  # failed only because a lease expired
     tokens: list[str] = field(default_factory=list)  # every lease it was issued
 
+    @classmethod
+    def submitted(cls, item: NewTask, now: float) -> Task:
+        """The model of a task stored from `item` at `now` (ready at its delay's end)."""
+        return cls(
+            type=item.type,
+            queue=item.queue,
+            payload=canon(item.payload),
+            priority=item.priority,
+            max_retries=item.max_retries,
+            timeout=item.timeout,
+            created_at=now,
+            run_at=now + item.delay,
+        )
+
 
 @dataclass
 class Worker:
@@ -396,16 +410,7 @@ class StorageMachine(RuleBasedStateMachine):
             assert created, f"task {item} not created"
             assert isinstance(task_id, str) and task_id
             assert task_id not in self.tasks and task_id not in self.deleted, "id reused"
-            self.tasks[task_id] = Task(
-                type=item.type,
-                queue=item.queue,
-                payload=canon(item.payload),
-                priority=item.priority,
-                max_retries=item.max_retries,
-                timeout=item.timeout,
-                created_at=self.now,
-                run_at=self.now + item.delay,
-            )
+            self.tasks[task_id] = Task.submitted(item, self.now)
             if item.idempotency_key:
                 self.keys[item.idempotency_key] = task_id
 
@@ -792,17 +797,7 @@ class StorageMachine(RuleBasedStateMachine):
         assert len(got) == len(fresh), f"{name!r}: created {got} for the free ticks {fresh}"
         for task_id, tick in zip(got, fresh, strict=True):
             assert task_id not in self.tasks and task_id not in self.deleted, "id reused"
-            t = SCHEDULE_TASK
-            self.tasks[task_id] = Task(
-                type=t.type,
-                queue=t.queue,
-                payload=canon(t.payload),
-                priority=t.priority,
-                max_retries=t.max_retries,
-                timeout=t.timeout,
-                created_at=self.now,
-                run_at=self.now,
-            )
+            self.tasks[task_id] = Task.submitted(SCHEDULE_TASK, self.now)
             self.keys[tick_key(name, tick)] = task_id
         s.next_run_at = after
         if got:
@@ -1001,16 +996,7 @@ class DependencyMachine(StorageMachine):
             refs = list(dict.fromkeys(d if isinstance(d, str) else ids[d] for d in given))
             status = {d: self.tasks[d].status for d in refs}
             ended = sorted(d for d in refs if status[d] in ENDED)
-            task = Task(
-                type=item.type,
-                queue=item.queue,
-                payload=canon(item.payload),
-                priority=item.priority,
-                max_retries=item.max_retries,
-                timeout=item.timeout,
-                created_at=self.now,
-                run_at=self.now + item.delay,
-            )
+            task = Task.submitted(item, self.now)
             if ended:
                 verb = "failed" if status[ended[0]] == "failed" else "was cancelled"
                 task.status, task.error = "cancelled", f"dependency {ended[0]} {verb}"
