@@ -46,6 +46,20 @@ def start(tree: str, script: list[str], env: dict) -> subprocess.Popen:
     )
 
 
+def wait_up(http: requests.Session, url: str, timeout: float) -> None:
+    """Until the dispatcher at `url` answers GET /health (SystemExit after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if http.get(url + "/health", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no dispatcher on {url} after {timeout:g} s")
+        time.sleep(0.05)  # polling a start-up, not timing anything
+
+
 def measure(tree: str, port: int, workload: str, tasks: int = 5000) -> float:
     url = f"http://127.0.0.1:{port}"
     env = clean_environ()
@@ -55,16 +69,7 @@ def measure(tree: str, port: int, workload: str, tasks: int = 5000) -> float:
     procs = [start(tree, ["./start_dispatcher.sh"], env)]
     http = requests.Session()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if http.get(url + "/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{tree}: no dispatcher on {url} after 120 s")
-            time.sleep(0.05)  # polling a start-up, not timing anything
+        wait_up(http, url, 120)
         if workload == "single":
             for _ in range(200):
                 http.post(url + "/submit-task", json=NOOP).raise_for_status()

@@ -29,6 +29,8 @@ import trustme
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ab_trees import wait_up  # noqa: E402  (bench/, this script's directory)
+
 from common.procs import clean_environ  # noqa: E402
 
 NOOP = {"type": "compute", "payload": {"operation": "double", "value": 1}}
@@ -60,16 +62,7 @@ def measure(port: int, tls: dict | None) -> tuple[float, float]:
     http.verify = tls["DISPATCHER_CA_FILE"] if tls else True
     http.trust_env = False  # else REQUESTS_CA_BUNDLE in the environment wins over verify
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if http.get(url + "/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"no dispatcher on {url} after 60 s")
-            time.sleep(0.05)  # polling a start-up, not timing anything
+        wait_up(http, url, 60)
         for _ in range(200):
             http.post(url + "/submit-task", json=NOOP).raise_for_status()
         t0 = time.perf_counter()
