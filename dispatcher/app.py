@@ -60,6 +60,7 @@ def create_app(
     tasks.load_modules(config.modules)
     storage = open_storage(config)
     storage.on_cascade = metrics.count_cascaded  # cancelled by a dependency
+    storage.on_expired = metrics.count_unstarted_expired  # not started in time
     app = Flask(__name__, static_folder=None)  # no files to serve: no /static route
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
@@ -232,7 +233,6 @@ def reap_once(ctx: Context) -> None:
         if report.deleted:
             log.info("deleted %d finished tasks past retention", report.deleted)
         metrics.count_expired(report.expired_queues)
-        metrics.count_unstarted_expired(report.unstarted)
     except Exception as exc:  # the reaper never dies; the next sweep tries again
         if isinstance(exc, DatabaseUnavailable):
             metrics.DATABASE_ERRORS.inc()

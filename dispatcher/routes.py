@@ -131,10 +131,7 @@ def get_task():
     claim = {"queues": queues, "max_tasks": max_tasks, "lease_s": c.config.lease_seconds}
 
     def take() -> list[dict]:
-        got = c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
-        if expired := getattr(got, "expired", None):  # not started in time: cancelled
-            metrics.count_unstarted_expired(expired)
-        return got
+        return c.storage.claim(worker_id, instance_id, now=c.clock(), **claim)
 
     try:
         with c.held.hold(wait > 0):

@@ -123,6 +123,9 @@ class Storage(Protocol):
     on_cascade: Callable[[list[Mapping]], None]
     """Called after a commit that cancelled tasks because a dependency failed or was
     cancelled, with their rows (id, queue, type): the app counts them in its metrics."""
+    on_expired: Callable[[list[tuple[str, str]]], None]
+    """Called after a commit (a claim's, the reaper's) that cancelled not-started tasks
+    past their expiry, with their (queue, type): the app counts them in its metrics."""
     change_poll_s: float
     """How often Wakeup reads `change_counter` while a request waits."""
     marks_waiters: bool

@@ -375,6 +375,8 @@ class Tx:
         self.handle = handle
         self.notify = False  # set: the commit may wake held polls (new work, a finished task)
         self.cascaded: list[Mapping] = []  # tasks cancelled by a dependency (deps._cascade)
+        # (queue, type) of not-started tasks cancelled past their expiry (flow.py)
+        self.expired: list[tuple[str, str]] = []
         # a claim's WORKER_FOR_CLAIM row (limited, expired), when its worker was known
         self.probe: Any = None
 
@@ -400,11 +402,19 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies, flow.Que
         self.refusals = Refusals()  # writes refused for a full disk or a read-only database
         self.on_change: Callable[[], None] = lambda: None  # Storage.on_change
         self.on_cascade: Callable[[list[Mapping]], None] = lambda rows: None  # Storage's
+        self.on_expired: Callable[[list[tuple[str, str]]], None] = lambda tasks: None
         self.max_pending = 0  # Storage.max_pending (MAX_PENDING_TASKS); 0: no limit
         # this process's estimate of the pending count: the last exact count, when it
         # was made (`now` of that submission), and what this process submitted since
         self._pending_seen: tuple[int, float] | None = None
         self._pending_added = 0
+
+    def _committed(self, tx: Tx) -> None:
+        """After a commit: tell the app what storage itself cancelled in it (metrics)."""
+        if tx.cascaded:
+            self.on_cascade(tx.cascaded)
+        if tx.expired:
+            self.on_expired(tx.expired)
 
     # -- what a backend supplies ----------------------------------------------------
 
@@ -650,8 +660,9 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies, flow.Que
                 raise WorkerStopping(worker_id)
             probe = tx.probe  # None: a worker not known before; look at both
             # not-started tasks past their expiry are never handed out (flow.py)
-            expired = self._expire_unstarted(tx, now) if not probe or probe["expired"] else []
-            claimed: list = flow.Expired(expired=expired) if expired else []
+            if not probe or probe["expired"]:
+                self._expire_unstarted(tx, now)
+            claimed: list[dict] = []
             dependent: list[tuple[dict, str]] = []  # (claimed task, its depends_on)
             # the claimed queues' limits, locked ({} while no queue is limited)
             limits = self._locked_limits(tx, queues) if not probe or probe["limited"] else {}

@@ -25,7 +25,7 @@ once (a retry after a failure, a lease expiry) has started: it no longer expires
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from . import STATUSES
@@ -158,17 +158,6 @@ def reopens_at(window: list[Mapping], count: int, per_seconds: float) -> float:
         if left < count:
             return r["claimed_at"] + per_seconds
     return window[-1]["claimed_at"] + per_seconds if window else 0.0
-
-
-class Expired(list):
-    """A claim's tasks (a list), and `expired`: (queue, type) of each not-started task
-    the claim found past its expiry and cancelled (the route counts them)."""
-
-    expired: list[tuple[str, str]]
-
-    def __init__(self, tasks: Iterable = (), expired: list[tuple[str, str]] | None = None):
-        super().__init__(tasks)
-        self.expired = expired or []
 
 
 class QueueControls:
@@ -324,6 +313,7 @@ class QueueControls:
                     depended.append(r["id"])
         if depended:
             self._cascade(tx, depended, now)
+        tx.expired.extend(done)  # told to on_expired once committed (metrics)
         if done:
             tx.notify = True  # finished tasks: GET /task?wait
         return done

@@ -324,8 +324,7 @@ class PostgresStorage(SqlStorage):
                         tx.execute(NOTIFY, self._notify_args)
                 if tx.notify:
                     self.on_change()
-                if tx.cascaded:
-                    self.on_cascade(tx.cascaded)
+                self._committed(tx)
                 return out
             except psycopg.errors.TransactionRollback as exc:
                 if attempt == TX_ATTEMPTS:

@@ -281,8 +281,7 @@ class SqliteStorage(SqlStorage):
         if tx.notify:  # committed: tell the processes holding polls, then this one
             self.announce()
             self.on_change()
-        if tx.cascaded:
-            self.on_cascade(tx.cascaded)
+        self._committed(tx)
         return out
 
     def _read(self, sql: str, args: Any = None) -> list[sqlite3.Row]:
