@@ -69,6 +69,11 @@ class DispatcherUnreachable(Exception):
         self.failures = list(failures)
 
 
+class BreakerRefused(DispatcherUnreachable):
+    """No call was made: the circuit breaker is open after failed calls (it says nothing
+    the failures before it did not)."""
+
+
 class ApiError(Exception):
     """`retry_after`: seconds the dispatcher asked to wait (a 429's Retry-After), or None."""
 
@@ -260,7 +265,7 @@ class Client:
         try:
             breaker.allow()
         except BreakerOpen as exc:
-            raise DispatcherUnreachable(str(exc)) from None
+            raise BreakerRefused(str(exc)) from None
         self._aborted = False
         try:
             data = self._send(method, path, body, params, read_timeout, repeatable)

@@ -35,12 +35,7 @@ from dataclasses import dataclass
 from pebble import ProcessFuture
 
 from common.breaker import CircuitBreaker
-from common.client import (
-    ApiError,
-    Client,
-    Dispatchers,
-    DispatcherUnreachable,
-)
+from common.client import ApiError, BreakerRefused, Client, Dispatchers, DispatcherUnreachable
 from common.config import Config
 from common.tls import certificate_failure
 
@@ -483,7 +478,9 @@ class Worker:
                         break
                     delay = min(delay, left)
                 tls = certificate_failure(exc)
-                if not tls:
+                if isinstance(exc, BreakerRefused):  # no call made: no news of the dispatcher
+                    log.warning("dispatcher unreachable, retrying in %.1f s: %s", delay, exc)
+                elif not tls:
                     refused_tls = ""
                     log.warning("dispatcher unreachable, retrying in %.1f s: %s", delay, exc)
                 elif tls != refused_tls:  # once per change, not once per try
