@@ -516,7 +516,7 @@ class Worker:
             backoff.reset()
             outage = False
             if claims and self.stopping.is_set():  # claimed while stopping: give them back
-                self._release(client, claims)
+                self._hand_back_late(claims)
                 break
             if self.burst and not claims:
                 if quiet:  # nothing in hand, every result handed over, nothing ready
@@ -538,9 +538,17 @@ class Worker:
                         self._start_or_stop(self._take_chunk())  # not one thread hop later
                 self.cv.notify_all()
             if late:
-                self._release(client, late)
+                self._hand_back_late(late)
                 break
         client.close()
+
+    def _hand_back_late(self, claims: list[dict]) -> None:
+        """Claims answered after the worker began to stop go to the buffer, which
+        _shutdown gives back on its own connection: this thread's connection is the one
+        _shutdown aborts, so a release sent on it could be cut off half-way."""
+        with self.cv:
+            self.buffer.extend(claims)
+            self.cv.notify_all()
 
     def _settle_for_burst(self) -> bool:
         """Burst, before a claim: with nothing running or buffered, wait until the
@@ -676,6 +684,10 @@ class Worker:
             self.buffer.clear()
         self._release(client, unfinished)
         self._fetcher.join(timeout=self.config.worker_poll_interval + 10)
+        with self.cv:
+            late = list(self.buffer)  # answered after the first give-back (_hand_back_late)
+            self.buffer.clear()
+        self._release(client, late)
         self.reporter.close(timeout=30)
         if self.burst:
             self._burst_outcome(client)
