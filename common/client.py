@@ -154,7 +154,8 @@ class Client:
         `on_429(exc, seconds)` is told before each wait.
 
         `read_timeout`: seconds to wait for an answer (a held request: its wait more).
-        `ca_file`: DISPATCHER_CA_FILE, for a `base_url` that is not a Dispatchers."""
+        `ca_file`: DISPATCHER_CA_FILE, for a `base_url` that is not a Dispatchers.
+        `token`: API_TOKEN; of a comma-separated list (a rotation), the first is sent."""
         self.breaker = breaker
         self.read_timeout = read_timeout
         self.retry_429_for = retry_429_for
@@ -169,6 +170,7 @@ class Client:
             except ValueError as exc:
                 raise ValueError(f"not a list of http(s) URLs: {base_url!r}: {exc}") from None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        token = token.split(",")[0].strip()  # API_TOKEN may list several: send the first
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._conn: http.client.HTTPConnection | None = None

@@ -162,6 +162,7 @@ class Config:
     default_max_retries: int = 3
     default_task_timeout: float = 300.0
     api_token: str = ""
+    api_tokens_file: str = ""
     max_request_bytes: int = 1_048_576
     task_retention_seconds: float = 604_800.0
     dispatcher_processes: int = 2

@@ -15,6 +15,8 @@ import tempfile
 from common.config import Config, ConfigError, print_config_error
 from common.logs import setup_logging
 
+from .tokens import Tokens, TokensFileError
+
 log = logging.getLogger("dispatcher")
 
 
@@ -112,8 +114,11 @@ def main() -> int:
     try:
         config = Config.from_env()
         config.check_tls()
+        Tokens(config.api_token, config.api_tokens_file)  # a bad tokens file: one line, exit 2
     except ConfigError as exc:
         return print_config_error(exc)
+    except TokensFileError as exc:
+        return print_config_error(ConfigError(f"API_TOKENS_FILE {exc}"))
     setup_logging(config.log_level, config.log_format)
     status = prepare(config)
     if status:
@@ -131,10 +136,12 @@ def main() -> int:
         config.dispatcher_connections,
         redacted(config.database_url),
     )
-    if host not in ("127.0.0.1", "localhost", "::1") and not config.api_token:
+    if host not in ("127.0.0.1", "localhost", "::1") and not (
+        config.api_token or config.api_tokens_file
+    ):
         log.warning(
-            "listening on %s without API_TOKEN: anyone who can reach this port can use the API "
-            "and the dashboard (set API_TOKEN)",
+            "listening on %s without API_TOKEN or API_TOKENS_FILE: anyone who can reach "
+            "this port can use the API and the dashboard",
             host,
         )
     # Prometheus's multiprocess mode: a fresh, empty directory per start, made before

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
@@ -19,12 +18,12 @@ from common import logs
 from common.config import Config
 from common.logs import setup_logging
 
-from . import dashboard, errors, metrics, routes, schedule_routes
-from .errors import Unauthorized
+from . import access, dashboard, errors, metrics, routes, schedule_routes
 from .longpoll import Held, ReadyCache
 from .scheduler import Scheduler
 from .storage import Storage, open_storage
 from .storage.errors import DatabaseUnavailable
+from .tokens import Tokens
 from .wakeup import Wakeup
 
 log = logging.getLogger("dispatcher")
@@ -45,6 +44,7 @@ class Context:
     held: Held
     ready: ReadyCache
     metrics: metrics.Exposition
+    tokens: Tokens
     scheduler: Scheduler | None = None  # fires due schedules (None: no background threads)
 
 
@@ -75,15 +75,17 @@ def create_app(
         Held(config.dispatcher_connections // 2),
         ReadyCache(storage, clock),
         metrics.Exposition(lambda: _gauges(storage, clock(), config)),
+        Tokens(config.api_token, config.api_tokens_file),
     )
     app.extensions["taskqueue"] = ctx
     app.wsgi_app = metrics.Timing(app.wsgi_app, current_rule)
     app.wsgi_app = RequestIds(app.wsgi_app)  # outermost: every response carries one
-    if config.api_token:
-        app.before_request(_require_token(config.api_token))
+    if ctx.tokens.configured:
+        app.before_request(access.require_token(ctx.tokens, dashboard.is_dashboard_request))
     app.before_request(_refuse_large_bodies(config.max_request_bytes))
     app.register_blueprint(routes.bp)
     app.register_blueprint(schedule_routes.bp)
+    app.register_blueprint(access.bp)
     dashboard.register(app)
     errors.register(app)
     if background:
@@ -147,20 +149,6 @@ def current_rule() -> str | None:
         return None
     rule = request.url_rule
     return None if rule is None else rule.rule
-
-
-def _require_token(token: str):
-    expected = f"Bearer {token}".encode()
-
-    def check():
-        if request.path == "/health" or dashboard.is_dashboard_request():
-            return None  # the dashboard has its own login (dashboard/auth.py)
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise Unauthorized("missing or wrong API token (Authorization: Bearer <token>)")
-        return None
-
-    return check
 
 
 def _refuse_large_bodies(limit: int):

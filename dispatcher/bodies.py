@@ -594,3 +594,8 @@ class Queues(Answer):
 class Health(Answer):
     status: Literal["ok", "degraded"]
     error: str | UnsetType = msgspec.UNSET
+
+
+class WhoAmI(Answer):
+    name: str  # the token's NAME ("env": API_TOKEN's; "anonymous": no tokens configured)
+    role: Literal["admin", "submit", "worker", "read"]

@@ -336,6 +336,11 @@ def _operations(config: Config, requests: b.Requests) -> dict:
             },
             security=[],
         ),
+        "/whoami": _operation(
+            "get",
+            "The name and role of the token sent (a deploy's smoke test)",
+            {"200": _reply("who the token is", b.WhoAmI)},
+        ),
         "/metrics": _operation(
             "get",
             "Prometheus metrics (text format 0.0.4); docs/API.md lists the names",
@@ -413,6 +418,7 @@ ANSWERS = (
     b.Workers,
     b.TaskTypes,
     b.Health,
+    b.WhoAmI,
     b.Schedule,
     b.ScheduleList,
     b.Deleted,
@@ -485,12 +491,13 @@ def document(config: Config, task_types: Iterable[TaskType]) -> dict:
     """The OpenAPI document of a dispatcher running with `config`."""
     requests = b.requests(config)
     paths = _operations(config, requests)
-    secured = bool(config.api_token)
+    secured = bool(config.api_token or config.api_tokens_file)
     for path, item in paths.items():
         for method, operation in item.items():
             operation["operationId"] = _operation_id(method, path)
             if secured and operation.get("security") != []:
                 operation["responses"]["401"] = _shared("Unauthorized")
+                operation["responses"]["403"] = _shared("Forbidden")
     doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -510,6 +517,10 @@ def document(config: Config, task_types: Iterable[TaskType]) -> dict:
             "responses": {
                 "BadRequest": _error("invalid input; nothing was stored or changed"),
                 "Unauthorized": _error("missing or wrong API token"),
+                "Forbidden": _error(
+                    "the token's role may not make this call (docs/SECURITY.md), "
+                    'e.g. "role worker may not POST /task/<id>/cancel"'
+                ),
                 "NotFound": _error("unknown task"),
                 "TooLarge": _error(f"the body is larger than {config.max_request_bytes} bytes"),
                 "Unavailable": _error("the database cannot be used; nothing was changed"),
@@ -518,7 +529,8 @@ def document(config: Config, task_types: Iterable[TaskType]) -> dict:
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "Authorization: Bearer <API_TOKEN>, when API_TOKEN is set",
+                    "description": "Authorization: Bearer <token>, when API_TOKEN or "
+                    "API_TOKENS_FILE is set",
                 }
             },
         },

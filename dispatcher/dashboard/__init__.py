@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 from common.statuses import STATUSES
 
-from .. import metrics, parse
+from .. import access, identity, metrics, parse
 from ..cached import Cached
 from ..errors import BadRequest
 from ..storage.browse import BULK, TaskFilter
@@ -61,7 +61,7 @@ class State:
 
 def register(app: Flask) -> None:
     ctx = app.extensions["taskqueue"]
-    auth.configure(app, ctx.config.api_token)
+    auth.configure(app, ctx.tokens, tls=bool(ctx.config.tls_cert_file))
 
     def stats() -> dict:
         return ctx.storage.stats(now=ctx.clock(), dead_after=ctx.config.worker_dead_after)
@@ -85,19 +85,30 @@ def ctx():
     return current_app.extensions["taskqueue"]
 
 
-def token() -> str:
-    return ctx().config.api_token
+def tokens():
+    return ctx().tokens
+
+
+ANY_ROLE = ("dashboard.login", "dashboard.logout", "dashboard.static")
 
 
 @bp.before_request
 def require_login():
-    if request.endpoint in ("dashboard.login", "dashboard.static") or auth.logged_in(token()):
-        if request.method == "POST" and request.endpoint != "dashboard.login":
-            auth.check_post(token())
+    if request.endpoint in ("dashboard.login", "dashboard.static"):
         return None
-    if request.method != "GET":
-        abort(401, "log in first")
-    return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+    who = auth.logged_in(tokens())
+    if who is None:
+        if request.method != "GET":
+            abort(401, "log in first")
+        return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+    identity.set_current(who)
+    if request.method == "POST":
+        auth.check_post(tokens())
+    if request.endpoint not in ANY_ROLE and not access.allowed(
+        who.role, request.method, request.endpoint
+    ):
+        abort(403, access.refusal(who))
+    return None
 
 
 @bp.errorhandler(HTTPException)
@@ -124,7 +135,18 @@ def page_headers(response):
 
 @bp.app_template_global()
 def csrf_field() -> str:
-    return auth.csrf_token(token())
+    return auth.csrf_token(tokens())
+
+
+@bp.app_template_global()
+def may_change() -> bool:
+    """Show the buttons that change something (an admin's pages only)."""
+    return identity.current().role == "admin"
+
+
+@bp.app_template_global()
+def who() -> identity.Identity:
+    return identity.current()
 
 
 @bp.app_template_filter("ago")
@@ -143,7 +165,7 @@ def duration_filter(seconds: float | None) -> str:
 
 @bp.app_template_global()
 def login_required() -> bool:
-    return bool(token())
+    return tokens().configured
 
 
 # -- login --------------------------------------------------------------------------
@@ -152,20 +174,20 @@ def login_required() -> bool:
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     target = _local(request.values.get("next", "/"))
-    if not token():
+    if not tokens().configured:
         return redirect(target)
     if request.method == "GET":
         return render_template("login.html", next=target, error=None)
     if not auth.same_origin():
         abort(403, "cross-site request refused")
-    if auth.log_in(token(), request.form.get("token", "")):
+    if auth.log_in(tokens(), request.form.get("token", "")):
         return redirect(target)
     return render_template("login.html", next=target, error="wrong token"), 401
 
 
 @bp.post("/logout")
 def logout():
-    if token():
+    if tokens().configured:
         auth.log_out()
     return redirect(url_for("dashboard.login"))
 

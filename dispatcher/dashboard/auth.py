@@ -1,79 +1,105 @@
 """Who may use the dashboard, and that a state change comes from its own pages.
 
-With API_TOKEN set, the login form takes the token and keeps a session cookie signed
-with a key derived from the token (every server process and dispatcher derives the
-same one; a new token ends every session): HttpOnly, SameSite=Strict, for the browser
-session only. The token is never in a URL or a page. Every POST must carry
-the session's CSRF token and come from this origin (the Origin or Referer header);
-without API_TOKEN only the origin check applies (there is no session to steal, and the
-API is open to anyone who can reach it anyway).
+With tokens configured (API_TOKEN, API_TOKENS_FILE), the login form takes any token and
+keeps a session cookie that says who logged in (the token's name and role, never the
+token), signed with a key derived from every token in force (dispatcher/tokens.py: every
+server process and dispatcher derives the same one, and a change to the tokens ends
+every session): HttpOnly, SameSite=Strict, Secure when the dispatcher serves TLS, for
+the browser session only. The token is never in a URL or a page. Every role sees every
+page (but the audit trail's, admin only); only an admin's pages show the buttons that
+change something, and only an admin's POSTs are taken (access.allowed). Every POST must
+carry the session's CSRF token and come from this origin (the Origin or Referer
+header); without tokens only the origin check applies (there is no session to steal,
+and the API is open to anyone who can reach it anyway).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, current_app, request, session
+from flask import Flask, abort, request, session
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
+
+from ..identity import ANONYMOUS, ROLES, Identity
+from ..tokens import Tokens
 
 SESSION_COOKIE = "taskqueue_session"
 
 
-KEY_SALT = b"taskqueue dashboard session key"  # fixed: every process derives the same key
-KEY_ROUNDS = 200_000  # ~0.1 s once per process; each guess at a leaked cookie pays it too
+class TokenSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, keyed by the tokens in force (read at each
+    request, so a reloaded tokens file takes effect without a restart)."""
+
+    def __init__(self, tokens: Tokens):
+        self.tokens = tokens
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        key = self.tokens.session_key
+        if key is None:
+            return None
+        return URLSafeTimedSerializer(
+            key,
+            salt=self.salt,
+            serializer=self.serializer,
+            signer_kwargs={
+                "key_derivation": self.key_derivation,
+                "digest_method": self.digest_method,
+            },
+        )
 
 
-def configure(app: Flask, token: str) -> None:
-    """The session cookie's key and attributes (the key exists only with a token)."""
-    if token:
-        app.secret_key = hashlib.pbkdf2_hmac("sha256", token.encode(), KEY_SALT, KEY_ROUNDS)
+def configure(app: Flask, tokens: Tokens, tls: bool) -> None:
+    """The session cookie's key and attributes (a key exists only with tokens)."""
+    app.session_interface = TokenSessions(tokens)
     app.config.update(
         SESSION_COOKIE_NAME=SESSION_COOKIE,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=tls,
         SESSION_COOKIE_PATH="/",
     )
 
 
-def _fingerprint() -> str:
-    """What the session keeps of the token: a MAC under the key derived from it (slow
-    to derive), never the token."""
-    return hmac.new(current_app.secret_key, b"logged in", hashlib.sha256).hexdigest()
+def logged_in(tokens: Tokens) -> Identity | None:
+    """Who this browser session belongs to; ANONYMOUS without tokens, None when nobody
+    logged in (or their token is no longer in force)."""
+    if not tokens.configured:
+        return ANONYMOUS
+    kept = session.get("who")
+    if not (isinstance(kept, list) and len(kept) == 2 and kept[1] in ROLES):
+        return None
+    who = Identity(str(kept[0]), kept[1])
+    return who if tokens.holds(who) else None
 
 
-def logged_in(token: str) -> bool:
-    if not token:
-        return True
-    kept = session.get("login")
-    return isinstance(kept, str) and hmac.compare_digest(kept, _fingerprint())
-
-
-def log_in(token: str, given: str) -> bool:
-    """Start a session when `given` is the token; a wrong one changes nothing."""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return False
+def log_in(tokens: Tokens, given: str) -> Identity | None:
+    """Start a session when `given` is a token in force; a wrong one changes nothing."""
+    who = tokens.identify(given)
+    if who is None:
+        return None
     session.clear()
-    session["login"] = _fingerprint()
+    session["who"] = [who.name, who.role]
     session["csrf"] = secrets.token_hex(16)
-    return True
+    return who
 
 
 def log_out() -> None:
     session.clear()
 
 
-def csrf_token(token: str) -> str:
-    """The hidden field of every form (empty without API_TOKEN: no session)."""
-    return session.get("csrf", "") if token else ""
+def csrf_token(tokens: Tokens) -> str:
+    """The hidden field of every form (empty without tokens: no session)."""
+    return session.get("csrf", "") if tokens.configured else ""
 
 
-def check_post(token: str) -> None:
+def check_post(tokens: Tokens) -> None:
     """A POST from another site, or without this session's CSRF token: 403."""
     if not same_origin():
         abort(403, "cross-site request refused (its Origin is not this dashboard's)")
-    if token:
+    if tokens.configured:
         given = request.form.get("csrf", "")
         expected = session.get("csrf", "")
         if not expected or not hmac.compare_digest(given, expected):

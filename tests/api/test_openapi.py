@@ -300,6 +300,7 @@ def test_answers_of_a_whole_task_life_match_the_document(api):
     assert api.get(f"/task/{fired}").get_json()["schedule"]["name"] == "tick"
     api.get("/schedules")
     api.delete("/schedules/tick")
+    assert api.get("/whoami").get_json() == {"name": "env", "role": "admin"}  # API_TOKEN
     # every documented success answer was seen
     successes = {
         (path, method, code)

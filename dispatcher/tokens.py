@@ -1,0 +1,219 @@
+"""The API's tokens and what each may do: API_TOKEN (one token, or several separated by
+commas, each an `admin` named "env") and API_TOKENS_FILE (lines `ROLE NAME TOKEN`, TOKEN
+in clear or as `sha256:<hex digest>`), the file re-read when it changes.
+
+A token is known by its SHA-256 digest only: the table maps digests to (name, role), so
+a lookup hashes what the client sent and compares digests, never the secret itself, and
+the time it takes says nothing about any stored token (finding the digest's slot reveals
+at most a digest prefix an attacker cannot steer without a preimage). The file is looked
+at lazily, by the request that comes at least RECHECK_S after the last look: a token
+removed from it stops working on the next request after that, with no thread to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .identity import ROLES, Identity
+
+log = logging.getLogger("dispatcher")
+
+RECHECK_S = 1.0  # the file is looked at no more often than this
+ENV_NAME = "env"  # the name of API_TOKEN's tokens
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
+HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
+KEY_SALT = b"taskqueue dashboard session key"  # fixed: every process derives the same key
+KEY_ROUNDS = 200_000  # ~0.1 s per (re)load; each guess at a leaked cookie pays it too
+
+
+class TokensFileError(ValueError):
+    """The file cannot be used as it is; str() names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    role: str
+    name: str
+    digest: bytes  # SHA-256 of the token
+
+
+def digest_of(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def from_env(api_token: str) -> list[Entry]:
+    """API_TOKEN's tokens: comma-separated, blanks around them ignored, each an admin."""
+    return [Entry("admin", ENV_NAME, digest_of(t.strip())) for t in api_token.split(",") if t.strip()]
+
+
+def parse(text: str, source: str) -> list[Entry]:
+    """The entries of a tokens file's text; TokensFileError names `source` and the line."""
+    entries: list[Entry] = []
+    seen: dict[bytes, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+
+        def bad(why: str) -> TokensFileError:
+            return TokensFileError(f"{source} line {number}: {why}")
+
+        fields = line.split()
+        if len(fields) != 3:
+            raise bad(f"expected ROLE NAME TOKEN (3 fields), got {len(fields)}")
+        role, name, token = fields
+        if role not in ROLES:
+            raise bad(f"role {role!r} is not one of {', '.join(ROLES)}")
+        if not NAME.fullmatch(name):
+            raise bad(f"name {name!r}: 1-64 of letters, digits and . _ @ : - (a letter or digit first)")
+        if token.startswith("sha256:"):
+            hashed = HASHED.fullmatch(token)
+            if hashed is None:
+                raise bad("a sha256: token takes the 64 hex digits of the token's SHA-256")
+            digest = bytes.fromhex(hashed[1])
+        else:
+            digest = digest_of(token)
+        if digest in seen:
+            raise bad(f"the same token as line {seen[digest]}")
+        seen[digest] = number
+        entries.append(Entry(role, name, digest))
+    return entries
+
+
+def read_file(path: str) -> list[Entry]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokensFileError(f"{path}: cannot read it ({exc})") from None
+    return parse(text, path)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One version of the tokens: a lookup by digest, and the dashboard's session key."""
+
+    by_digest: dict[bytes, Entry]
+    session_key: bytes | None  # None: no tokens, no sessions
+
+    @classmethod
+    def of(cls, entries: list[Entry], configured: bool) -> Table:
+        by_digest: dict[bytes, Entry] = {}
+        for entry in entries:  # an env token also in the file: API_TOKEN's admin wins
+            by_digest.setdefault(entry.digest, entry)
+        return cls(by_digest, _session_key(entries) if configured else None)
+
+
+def _session_key(entries: list[Entry]) -> bytes:
+    """Derived from every token's role, name and digest: every process and dispatcher
+    with the same tokens derives the same key, and any change to the tokens ends every
+    dashboard session (cookies signed under the old key no longer verify)."""
+    material = "\n".join(sorted(f"{e.role} {e.name} {e.digest.hex()}" for e in entries))
+    return hashlib.pbkdf2_hmac("sha256", material.encode(), KEY_SALT, KEY_ROUNDS)
+
+
+Reloaded = Callable[[str, list[Entry], str], None]  # path, entries, the text's SHA-256
+
+
+class Tokens:
+    """The tokens in force. Built once per server process; raises TokensFileError when
+    the file is unusable at start. Later, a file that cannot be read or parsed leaves
+    the tokens in force and logs one error per version of the file."""
+
+    def __init__(
+        self,
+        api_token: str,
+        path: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        on_reload: Reloaded | None = None,
+    ):
+        self.path = path
+        self.configured = bool(from_env(api_token)) or bool(path)
+        self._env = from_env(api_token)
+        self._clock = clock
+        self._on_reload = on_reload
+        self._lock = threading.Lock()
+        self._stamp = self._stat() if path else None
+        self._refused_stamp: object = None
+        file_entries = read_file(path) if path else []
+        self._table = Table.of(self._env + file_entries, self.configured)
+        self._checked_at = clock()
+
+    def identify(self, token: str) -> Identity | None:
+        """Who holds `token`, or None for an unknown one."""
+        if self.path:
+            self._recheck()
+        digest = digest_of(token)
+        entry = self._table.by_digest.get(digest)
+        if entry is None or not hmac.compare_digest(entry.digest, digest):
+            return None
+        return Identity(entry.name, entry.role)
+
+    def holds(self, identity: Identity) -> bool:
+        """A token of that name and role is still in force (a dashboard session's)."""
+        if self.path:
+            self._recheck()
+        return any(
+            e.name == identity.name and e.role == identity.role
+            for e in self._table.by_digest.values()
+        )
+
+    @property
+    def session_key(self) -> bytes | None:
+        if self.path:
+            self._recheck()
+        return self._table.session_key
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _recheck(self) -> None:
+        if self._clock() - self._checked_at < RECHECK_S:
+            return
+        with self._lock:
+            if self._clock() - self._checked_at < RECHECK_S:
+                return  # another thread just looked
+            self._checked_at = self._clock()
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return
+            self._reload(stamp)
+
+    def _reload(self, stamp: tuple[int, int, int] | None) -> None:
+        """The file changed: put its tokens in force, or keep the old ones and say why
+        once for this version of the file (called with the lock held)."""
+        try:
+            text = Path(self.path).read_text(encoding="utf-8")
+            entries = parse(text, self.path)
+        except (OSError, UnicodeDecodeError, TokensFileError) as exc:
+            if stamp != self._refused_stamp:
+                self._refused_stamp = stamp
+                log.error(
+                    "API_TOKENS_FILE not reloaded, the tokens in force stay: %s",
+                    exc if isinstance(exc, TokensFileError) else f"{self.path}: {exc}",
+                )
+            return
+        self._stamp = stamp
+        self._refused_stamp = None
+        self._table = Table.of(self._env + entries, self.configured)
+        roles = {role: sum(e.role == role for e in entries) for role in ROLES}
+        log.info(
+            "API_TOKENS_FILE %s reloaded: %d tokens (%s)",
+            self.path,
+            len(entries),
+            ", ".join(f"{n} {role}" for role, n in roles.items() if n),
+        )
+        if self._on_reload is not None:
+            self._on_reload(self.path, entries, hashlib.sha256(text.encode()).hexdigest())
