@@ -52,7 +52,8 @@ def digest_of(token: str) -> bytes:
 
 def from_env(api_token: str) -> list[Entry]:
     """API_TOKEN's tokens: comma-separated, blanks around them ignored, each an admin."""
-    return [Entry("admin", ENV_NAME, digest_of(t.strip())) for t in api_token.split(",") if t.strip()]
+    tokens = [t.strip() for t in api_token.split(",")]
+    return [Entry("admin", ENV_NAME, digest_of(t)) for t in tokens if t]
 
 
 def parse(text: str, source: str) -> list[Entry]:
@@ -63,30 +64,37 @@ def parse(text: str, source: str) -> list[Entry]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-
-        def bad(why: str) -> TokensFileError:
-            return TokensFileError(f"{source} line {number}: {why}")
-
-        fields = line.split()
-        if len(fields) != 3:
-            raise bad(f"expected ROLE NAME TOKEN (3 fields), got {len(fields)}")
-        role, name, token = fields
-        if role not in ROLES:
-            raise bad(f"role {role!r} is not one of {', '.join(ROLES)}")
-        if not NAME.fullmatch(name):
-            raise bad(f"name {name!r}: 1-64 of letters, digits and . _ @ : - (a letter or digit first)")
-        if token.startswith("sha256:"):
-            hashed = HASHED.fullmatch(token)
-            if hashed is None:
-                raise bad("a sha256: token takes the 64 hex digits of the token's SHA-256")
-            digest = bytes.fromhex(hashed[1])
-        else:
-            digest = digest_of(token)
-        if digest in seen:
-            raise bad(f"the same token as line {seen[digest]}")
-        seen[digest] = number
-        entries.append(Entry(role, name, digest))
+        try:
+            entry = _entry(line, seen)
+        except ValueError as exc:
+            raise TokensFileError(f"{source} line {number}: {exc}") from None
+        seen[entry.digest] = number
+        entries.append(entry)
     return entries
+
+
+def _entry(line: str, seen: dict[bytes, int]) -> Entry:
+    """One line `ROLE NAME TOKEN`; ValueError says what is wrong with it."""
+    fields = line.split()
+    if len(fields) != 3:
+        raise ValueError(f"expected ROLE NAME TOKEN (3 fields), got {len(fields)}")
+    role, name, token = fields
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if not NAME.fullmatch(name):
+        raise ValueError(
+            f"name {name!r}: 1-64 of letters, digits and . _ @ : - (a letter or digit first)"
+        )
+    if token.startswith("sha256:"):
+        hashed = HASHED.fullmatch(token)
+        if hashed is None:
+            raise ValueError("a sha256: token takes the 64 hex digits of the token's SHA-256")
+        digest = bytes.fromhex(hashed[1])
+    else:
+        digest = digest_of(token)
+    if digest in seen:
+        raise ValueError(f"the same token as line {seen[digest]}")
+    return Entry(role, name, digest)
 
 
 def read_file(path: str) -> list[Entry]:
