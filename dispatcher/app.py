@@ -75,7 +75,7 @@ def create_app(
         Held(config.dispatcher_connections // 2),
         ReadyCache(storage, clock),
         metrics.Exposition(lambda: _gauges(storage, clock(), config)),
-        Tokens(config.api_token, config.api_tokens_file),
+        Tokens(config.api_token, config.api_tokens_file, clock),  # the file: re-read on change
     )
     app.extensions["taskqueue"] = ctx
     app.wsgi_app = metrics.Timing(app.wsgi_app, current_rule)

@@ -187,11 +187,16 @@ class Tokens:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
+    def _due(self) -> bool:
+        """A look at the file is due (the clock is the app's: a step back counts too)."""
+        elapsed = self._clock() - self._checked_at
+        return elapsed >= RECHECK_S or elapsed < 0
+
     def _recheck(self) -> None:
-        if self._clock() - self._checked_at < RECHECK_S:
+        if not self._due():
             return
         with self._lock:
-            if self._clock() - self._checked_at < RECHECK_S:
+            if not self._due():
                 return  # another thread just looked
             self._checked_at = self._clock()
             stamp = self._stat()
