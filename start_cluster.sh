@@ -36,6 +36,17 @@ esac
 cd "$root"
 py="$root/.venv/bin/python"
 "$py" -m common.config || exit 2  # a bad setting: one line naming the key
+# With API_TOKENS_FILE, API_TOKEN is the workers' token (one of the file's, a worker's):
+# the dispatchers start without it, so that it is not also an admin (docs/SECURITY.md)
+tokens_file="$("$py" -c 'from common.config import Config; print(Config.from_env().api_tokens_file)')"
+dispatcher_env=()
+if [ -n "$tokens_file" ]; then
+  if ! "$py" -c 'from common.config import Config; raise SystemExit(0 if Config.from_env().api_token else 1)'; then
+    echo "API_TOKENS_FILE is set but API_TOKEN is not: the workers this script starts send API_TOKEN (set it to a worker token of the file: docs/SECURITY.md)" >&2
+    exit 2
+  fi
+  dispatcher_env=(API_TOKEN=)
+fi
 
 # host:port of the first dispatcher, and the URL the others are reached at
 # (https with TLS_CERT_FILE: docs/SECURITY.md)
@@ -111,7 +122,7 @@ PY
 }
 
 if [ "$dispatchers" -eq 1 ]; then
-  "$py" -m dispatcher &
+  env "${dispatcher_env[@]}" "$py" -m dispatcher &
   dispatcher_pids+=($!)
   # the health check goes where the workers will look (DISPATCHER_URL, first entry)
   check_url="$("$py" -c 'from common.config import Config; print(Config.from_env().dispatcher_urls[0])')"
@@ -120,7 +131,7 @@ if [ "$dispatchers" -eq 1 ]; then
 else
   # one after the other: each is healthy (schema ready) before the next starts
   for i in "${!urls[@]}"; do
-    DISPATCHER_PORT=$((first_port + i)) "$py" -m dispatcher &
+    env "${dispatcher_env[@]}" DISPATCHER_PORT=$((first_port + i)) "$py" -m dispatcher &
     dispatcher_pids+=($!)
     wait_healthy "$!" "${urls[$i]}" ||
       { echo "the dispatcher on port $((first_port + i)) did not start; see its log above" >&2; stop_all; }
