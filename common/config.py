@@ -325,6 +325,18 @@ class Config:
         """A fixed prefetch, or None for `auto`."""
         return None if self.worker_prefetch == "auto" else int(self.worker_prefetch)
 
+    def check_tokens_file(self) -> None:
+        """API_TOKENS_FILE: readable, and every line a token (ConfigError naming the file
+        and the line). The dispatcher and `python -m common.config` call this."""
+        if not self.api_tokens_file:
+            return
+        from .tokens_file import TokensFileError, read_file
+
+        try:
+            read_file(self.api_tokens_file)
+        except TokensFileError as exc:
+            raise ConfigError(f"API_TOKENS_FILE {exc}") from None
+
     def check_tls(self) -> None:
         """The dispatcher's TLS_CERT_FILE and TLS_KEY_FILE: readable, and a key that
         matches the certificate (loaded as the server will load them). ConfigError
@@ -417,7 +429,7 @@ def main() -> int:
     """`python -m common.config`: exit 0 when the configuration is valid, else print the
     one line that names the bad key and exit 2 (start_cluster.sh checks before starting)."""
     try:
-        Config.from_env()
+        Config.from_env().check_tokens_file()
     except ConfigError as exc:
         return print_config_error(exc)
     return 0

@@ -15,8 +15,6 @@ import tempfile
 from common.config import Config, ConfigError, print_config_error
 from common.logs import setup_logging
 
-from .tokens import Tokens, TokensFileError
-
 log = logging.getLogger("dispatcher")
 
 
@@ -114,11 +112,9 @@ def main() -> int:
     try:
         config = Config.from_env()
         config.check_tls()
-        Tokens(config.api_token, config.api_tokens_file)  # a bad tokens file: one line, exit 2
+        config.check_tokens_file()
     except ConfigError as exc:
         return print_config_error(exc)
-    except TokensFileError as exc:
-        return print_config_error(ConfigError(f"API_TOKENS_FILE {exc}"))
     setup_logging(config.log_level, config.log_format)
     status = prepare(config)
     if status:

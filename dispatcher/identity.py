@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flask import g, has_request_context
 
-ROLES = ("admin", "submit", "worker", "read")
+from common.tokens_file import ROLES  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ import logging
 
 import pytest
 
+from common.tokens_file import TokensFileError, parse
 from dispatcher.identity import Identity
-from dispatcher.tokens import RECHECK_S, Tokens, TokensFileError, parse
+from dispatcher.tokens import RECHECK_S, Tokens
 
 
 class Clock:
@@ -156,3 +157,19 @@ def test_holds_says_whether_a_sessions_identity_is_still_in_force(tmp_path):
     path.write_text("admin grafana g-1\n")
     clock.now += RECHECK_S
     assert not tokens.holds(Identity("grafana", "read"))
+
+
+def test_the_dispatcher_s_master_checks_the_file_without_importing_flask():
+    """gunicorn's master must not import Flask (nor anything that imports threading's
+    locks through it) before it forks the gevent server processes: the processes then
+    log 'Exception ignored in _removeHandlerRef' at every stop. The tokens file is
+    checked in the master, through common/tokens_file.py."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dispatcher.__main__, common.config;"
+        "print(sorted(m for m in ('flask', 'werkzeug', 'dispatcher.app') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
