@@ -35,6 +35,7 @@ READS_WITH_A_BODY = frozenset({"api.wait_tasks"})
 ADMIN_ONLY = frozenset({"audit.audit_log", "dashboard.audit"})  # the audit trail
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN = frozenset({"api.health"})  # no token needed
+DASHBOARD = "dashboard."  # its pages' endpoints: the dashboard checks its own login
 
 
 class Forbidden(QueueError):
@@ -70,18 +71,20 @@ def refusal(who: Identity) -> str:
     return f"role {who.role} may not {request.method} {shown_rule(rule)}"
 
 
-def require_token(tokens: Tokens, is_dashboard_request):
-    """The before_request hook of an app with tokens configured."""
+def require_token(tokens: Tokens):
+    """The before_request hook of an app with tokens configured (on every API call:
+    the request proxy is resolved once)."""
 
     def check():
-        if request.endpoint in OPEN or is_dashboard_request():
+        req = request._get_current_object()
+        endpoint = req.endpoint
+        if endpoint in OPEN or (endpoint is not None and endpoint.startswith(DASHBOARD)):
             return None  # the dashboard has its own login (dashboard/auth.py)
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
+        scheme, _, given = req.headers.get("Authorization", "").partition(" ")
         who = tokens.identify(given.strip()) if scheme.lower() == "bearer" else None
         if who is None:
             raise Unauthorized("missing or wrong API token (Authorization: Bearer <token>)")
-        if not allowed(who.role, request.method, request.endpoint):
+        if not allowed(who.role, req.method, endpoint):
             message = refusal(who)
             log.warning("refused %s (token %s)", message, who.name)
             raise Forbidden(message)

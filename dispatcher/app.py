@@ -81,7 +81,7 @@ def create_app(
     app.wsgi_app = metrics.Timing(app.wsgi_app, current_rule)
     app.wsgi_app = RequestIds(app.wsgi_app)  # outermost: every response carries one
     if ctx.tokens.configured:
-        app.before_request(access.require_token(ctx.tokens, dashboard.is_dashboard_request))
+        app.before_request(access.require_token(ctx.tokens))
     app.before_request(_refuse_large_bodies(config.max_request_bytes))
     app.register_blueprint(routes.bp)
     app.register_blueprint(schedule_routes.bp)
