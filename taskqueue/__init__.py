@@ -5,7 +5,7 @@ from taskqueue import Client, TaskContext, TaskFailed, TaskCancelled, task
 
 from common.client import ApiError, DispatcherUnreachable
 from taskqueue.client import Client
-from taskqueue.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from taskqueue.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from taskqueue.handle import TaskHandle
 from tasks.context import TaskContext
 from tasks.errors import InvalidPayload, TaskCancelled, TaskFailed
@@ -17,6 +17,7 @@ __all__ = [
     "Conflict",
     "DispatcherUnreachable",
     "InvalidPayload",
+    "Forbidden",
     "InvalidRequest",
     "NotFound",
     "Task",

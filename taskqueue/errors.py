@@ -6,6 +6,7 @@ catch what it means with the built-in exception it resembles:
 
     InvalidRequest  400  (also a ValueError)       a bad task, payload, option or batch
     Unauthorized    401  (also a PermissionError)  API_TOKEN missing or wrong
+    Forbidden       403  (also a PermissionError)  the token's role may not make this call
     NotFound        404  (also a LookupError)      unknown task id (or endpoint)
     Conflict        409                            cancel a finished task, retry an unfailed one
 
@@ -30,6 +31,11 @@ class Unauthorized(ApiError, PermissionError):
     """401: the dispatcher wants API_TOKEN (`Client(token=...)`)."""
 
 
+class Forbidden(ApiError, PermissionError):
+    """403: the token is known, but its role may not make this call (docs/SECURITY.md):
+    `role read may not POST /task/<id>/cancel`."""
+
+
 class NotFound(ApiError, LookupError):
     """404: no such task (or no such endpoint, on a dispatcher older than this client)."""
 
@@ -41,6 +47,7 @@ class Conflict(ApiError):
 BY_STATUS: dict[int, type[ApiError]] = {
     400: InvalidRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
 }

@@ -12,6 +12,7 @@ import sys
 import pytest
 from harness import wait_for
 
+import taskqueue
 from common.client import ApiError, Client
 from common.config import PROJECT_ROOT
 
@@ -75,6 +76,13 @@ def test_each_program_works_with_its_least_role(make_cluster, tmp_path):
     assert "role submit may not PUT /queues/<name>" in refused.stdout + refused.stderr
     log = worker.log()
     assert "403" not in log and "401" not in log, log
+    reader = taskqueue.Client(cluster.url, READ)  # the client library with a read token
+    [task] = reader.tasks(status="completed", limit=1)
+    handle = reader.handle(task["task_id"])
+    assert handle.status() == "completed" and reader.stats()["tasks"]["completed"] == 3
+    with pytest.raises(taskqueue.Forbidden, match="role read may not POST /task/<id>/cancel"):
+        handle.cancel()
+    reader.close()
     admin = Client(cluster.url, ADMIN)
     assert admin.call("GET", "/whoami") == {"name": "ops", "role": "admin"}
     [listed] = [w for w in admin.call("GET", "/workers")["workers"] if w["worker_id"] == "w-least"]
