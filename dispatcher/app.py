@@ -211,6 +211,7 @@ def reap_once(ctx: Context) -> None:
             dead_after=config.worker_dead_after,
             retention_s=config.task_retention_seconds,
             forget_after=config.worker_forget_after or float("inf"),
+            audit_retention_s=config.audit_retention_seconds,
         )
         for worker_id in report.dead_workers:
             log.warning(
@@ -232,6 +233,8 @@ def reap_once(ctx: Context) -> None:
             log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
         if report.deleted:
             log.info("deleted %d finished tasks past retention", report.deleted)
+        if report.audit_deleted:
+            log.info("deleted %d audit records past retention", report.audit_deleted)
         metrics.count_expired(report.expired_queues)
     except Exception as exc:  # the reaper never dies; the next sweep tries again
         if isinstance(exc, DatabaseUnavailable):
