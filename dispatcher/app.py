@@ -19,7 +19,7 @@ from common import logs
 from common.config import Config
 from common.logs import setup_logging
 
-from . import dashboard, errors, metrics, routes, schedule_routes
+from . import audit_routes, dashboard, errors, metrics, routes, schedule_routes
 from .errors import Unauthorized
 from .longpoll import Held, ReadyCache
 from .scheduler import Scheduler
@@ -84,6 +84,7 @@ def create_app(
     app.before_request(_refuse_large_bodies(config.max_request_bytes))
     app.register_blueprint(routes.bp)
     app.register_blueprint(schedule_routes.bp)
+    app.register_blueprint(audit_routes.bp)
     dashboard.register(app)
     errors.register(app)
     if background:

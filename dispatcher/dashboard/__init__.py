@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 from common.statuses import STATUSES
 
-from .. import metrics, parse
+from .. import audit, metrics, parse
 from ..cached import Cached
 from ..errors import BadRequest
 from ..storage.browse import BULK, TaskFilter
@@ -38,6 +38,7 @@ from . import auth
 from .views import Chart, Throughput, ago, pretty, queue_rows
 
 log = logging.getLogger("dispatcher")
+VIA = {"via": "dashboard"}  # in the detail of the audit records of the dashboard's changes
 PAGE_SIZE = 50
 REFRESH_S = 5
 
@@ -344,7 +345,25 @@ def bulk():
         "dashboard: bulk %s of %s tasks (queue=%s type=%s worker=%s text=%r): %d moved",
         action, status, where.queue, where.type, where.worker, where.text, moved,
     )  # fmt: skip
+    audit.record(f"tasks.bulk_{action}", _selection(where), {"count": moved, **_filter(where)})
     return redirect(url_for("dashboard.tasks") + "?" + _query(where, action=action, moved=moved))
+
+
+def _filter(where: TaskFilter) -> dict:
+    """A bulk action's selection, as its audit record's detail says it."""
+    return {
+        "status": where.status,
+        "queue": where.queue,
+        "type": where.type,
+        "worker": where.worker,
+        "text": where.text,
+    }
+
+
+def _selection(where: TaskFilter) -> str:
+    """A bulk action's selection in a few words: `failed tasks queue=emails type=sleep`."""
+    named = {k: v for k, v in _filter(where).items() if k != "status" and v is not None}
+    return " ".join([f"{where.status} tasks", *(f"{k}={v!r}" for k, v in named.items())])
 
 
 # -- one task -----------------------------------------------------------------------
@@ -401,6 +420,7 @@ def task_action(task_id: str, action: str):
     if action == "cancel":
         metrics.count_cancelled(moved)
     log.info("dashboard: task %s %s", task_id, action, extra={"task_id": task_id})
+    audit.record(f"task.{action}", f"task {task_id}", VIA)
     return redirect(url_for("dashboard.task", task_id=task_id, done=action))
 
 
@@ -456,6 +476,7 @@ def queue_action(name: str):
         return _queues_page(f"{name}: {exc}", 400)
     c.storage.set_queue(name, changes, now=c.clock())
     log.info("dashboard: queue %s %s: %s", name, action, changes, extra={"queue": name})
+    audit.record("queue.update", f"queue {name}", {**changes, **VIA})
     return redirect(url_for("dashboard.queues", done=action))
 
 
