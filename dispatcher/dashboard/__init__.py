@@ -3,7 +3,8 @@
 Overview (counts, a table per queue, a throughput chart that refreshes itself), Tasks
 (filters, pages of 50 newest first, bulk retry and cancel after a confirmation), Task
 (payload, result or error, the attempt timeline, cancel and retry), Workers and Queues
-(each queue's counts and controls: pause, resume, max_in_flight, rate limit). Pages
+(each queue's counts and controls: pause, resume, max_in_flight, rate limit), Schedules
+(schedules_page.py) and Audit (audit_page.py: the audit trail, newest first). Pages
 read storage through its named operations, like the API's routes; state changes are
 POSTs checked by auth.check_post. docs/DASHBOARD.md shows each page.
 """
@@ -499,4 +500,4 @@ def _limits_form(form) -> dict:
     return {"max_in_flight": number("max_in_flight"), "rate_limit": rate}
 
 
-from . import schedules_page  # noqa: E402, F401  (its routes join the blueprint)
+from . import audit_page, schedules_page  # noqa: E402, F401  (their routes join the blueprint)
