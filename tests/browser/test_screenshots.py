@@ -1,8 +1,7 @@
 """Screenshots of every dashboard page, from a seeded database: a busy last hour in four
 queues, a task that failed three times, workers alive and dead, a day of audit records.
 They are taken in every run (into the test's tmp_path) and checked for what each page
-must show; with
-TASKQUEUE_SCREENSHOTS_DIR set (docs/img) they are written there too, for
+must show; with TASKQUEUE_SCREENSHOTS_DIR set (docs/img) they are written there too, for
 docs/DASHBOARD.md and the README:
 
     TASKQUEUE_SCREENSHOTS_DIR=docs/img ./run_tests.sh tests/browser/test_screenshots.py
