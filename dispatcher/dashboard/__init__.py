@@ -346,7 +346,8 @@ def bulk():
         "dashboard: bulk %s of %s tasks (queue=%s type=%s worker=%s text=%r): %d moved",
         action, status, where.queue, where.type, where.worker, where.text, moved,
     )  # fmt: skip
-    audit.record(f"tasks.bulk_{action}", _selection(where), {"count": moved, **_filter(where)})
+    detail = {"count": moved, **_filter(where), **VIA}
+    audit.record(f"tasks.bulk_{action}", _selection(where), detail)
     return redirect(url_for("dashboard.tasks") + "?" + _query(where, action=action, moved=moved))
 
 
@@ -362,7 +363,7 @@ def _filter(where: TaskFilter) -> dict:
 
 
 def _selection(where: TaskFilter) -> str:
-    """A bulk action's selection in a few words: `failed tasks queue=emails type=sleep`."""
+    """A bulk action's selection in a few words: `failed tasks queue='emails' type='sleep'`."""
     named = {k: v for k, v in _filter(where).items() if k != "status" and v is not None}
     return " ".join([f"{where.status} tasks", *(f"{k}={v!r}" for k, v in named.items())])
 

@@ -50,6 +50,7 @@ def test_a_bulk_action_writes_one_record_for_all_it_moved(make_app):  # noqa: F8
         "type": "sleep",
         "worker": None,
         "text": None,
+        "via": "dashboard",
     }
     assert (record["name"], record["role"], record["client"]) == ("anonymous", "admin", "127.0.0.1")
     assert record["request_id"]
