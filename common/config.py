@@ -165,6 +165,7 @@ class Config:
     api_tokens_file: str = ""
     max_request_bytes: int = 1_048_576
     task_retention_seconds: float = 604_800.0
+    audit_retention_seconds: float = 7_776_000.0  # 90 days
     dispatcher_processes: int = 2
     dispatcher_connections: int = 1000
     dispatcher_read_timeout: float = 10.0
@@ -239,6 +240,7 @@ class Config:
             "worker_breaker_failures",
             "worker_breaker_max_backoff",
             "schedule_grace_seconds",
+            "audit_retention_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:

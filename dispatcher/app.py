@@ -18,12 +18,13 @@ from common import logs
 from common.config import Config
 from common.logs import setup_logging
 
-from . import access, dashboard, errors, metrics, routes, schedule_routes
+from . import access, audit, audit_routes, dashboard, errors, metrics, routes, schedule_routes
+from .identity import ROLES, SYSTEM
 from .longpoll import Held, ReadyCache
 from .scheduler import Scheduler
 from .storage import Storage, open_storage
 from .storage.errors import DatabaseUnavailable
-from .tokens import Tokens
+from .tokens import Entry, Reloaded, Tokens
 from .wakeup import Wakeup
 
 log = logging.getLogger("dispatcher")
@@ -75,7 +76,8 @@ def create_app(
         Held(config.dispatcher_connections // 2),
         ReadyCache(storage, clock),
         metrics.Exposition(lambda: _gauges(storage, clock(), config)),
-        Tokens(config.api_token, config.api_tokens_file, clock),  # the file: re-read on change
+        # the file is re-read when it changes; each reload is audited once
+        Tokens(config.api_token, config.api_tokens_file, clock, _audit_reload(storage, clock)),
     )
     app.extensions["taskqueue"] = ctx
     app.wsgi_app = metrics.Timing(app.wsgi_app, current_rule)
@@ -86,6 +88,7 @@ def create_app(
     app.register_blueprint(routes.bp)
     app.register_blueprint(schedule_routes.bp)
     app.register_blueprint(access.bp)
+    app.register_blueprint(audit_routes.bp)
     dashboard.register(app)
     errors.register(app)
     if background:
@@ -94,6 +97,24 @@ def create_app(
         ctx.scheduler = Scheduler(storage, config, tasks.registry, clock)
         ctx.scheduler.start()
     return app
+
+
+def _audit_reload(storage: Storage, clock: Callable[[], float]) -> Reloaded:
+    """The audit record of a tokens-file reload: by the system, keyed by the file's
+    version, so every process that reloads the same file writes one record of it."""
+
+    def reloaded(path: str, entries: list[Entry], version: str) -> None:
+        roles = {role: sum(e.role == role for e in entries) for role in ROLES}
+        detail = {
+            "file": path,
+            "tokens": len(entries),
+            "roles": {role: n for role, n in roles.items() if n},
+        }
+        key = f"tokens.reload:{path}:{version}"
+        audit.record("tokens.reload", "tokens file", detail, who=SYSTEM, key=key,
+                     storage=storage, clock=clock)  # fmt: skip
+
+    return reloaded
 
 
 def _gauges(storage: Storage, now: float, config: Config) -> dict:
@@ -199,6 +220,7 @@ def reap_once(ctx: Context) -> None:
             dead_after=config.worker_dead_after,
             retention_s=config.task_retention_seconds,
             forget_after=config.worker_forget_after or float("inf"),
+            audit_retention_s=config.audit_retention_seconds,
         )
         for worker_id in report.dead_workers:
             log.warning(
@@ -220,6 +242,8 @@ def reap_once(ctx: Context) -> None:
             log.info("forgot %d workers gone for WORKER_FORGET_AFTER", report.forgotten)
         if report.deleted:
             log.info("deleted %d finished tasks past retention", report.deleted)
+        if report.audit_deleted:
+            log.info("deleted %d audit records past retention", report.audit_deleted)
         metrics.count_expired(report.expired_queues)
     except Exception as exc:  # the reaper never dies; the next sweep tries again
         if isinstance(exc, DatabaseUnavailable):

@@ -570,6 +570,24 @@ class Deleted(Answer):
     deleted: Literal[True]
 
 
+class AuditRecord(Answer):
+    id: _field(int, "the record's number: a later record has a larger one")
+    at: _field(Time, "when the change was made (after it committed)")
+    name: _field(str, "who made it: the token's name (anonymous without tokens; system)")
+    role: _field(str, "that token's role")
+    action: _field(str, "what was done: task.cancel, queue.update, tasks.bulk_retry, ...")
+    target: _field(str, "to what: task <id>, queue <name>, schedule <name>, a selection")
+    request_id: _field(str, "the request's X-Request-ID") | None
+    client: _field(str, "the address the request came from") | None
+    detail: _field(Any, "anything more, as JSON (null: nothing)")
+
+
+class AuditList(Answer):
+    records: _field(list[AuditRecord], "newest first")
+    limit: int
+    offset: int
+
+
 class RateLimitSetting(Answer):
     count: Annotated[int, Meta(ge=1)]
     per_seconds: Annotated[float, Meta(gt=0)]

@@ -68,6 +68,15 @@ SCHEDULE_ERRORS = Counter(
     "Firings of a schedule skipped because its task template is no longer valid",
     ["schedule"],
 )
+AUDIT_RECORDS = Counter(
+    "taskqueue_audit_records",
+    "Audit records written (a change by a person or a script: docs/SECURITY.md)",
+    ["action"],
+)
+AUDIT_WRITE_ERRORS = Counter(
+    "taskqueue_audit_write_errors",
+    "Changes made whose audit record could not be written (logged at ERROR)",
+)
 REQUEST_DURATION = Histogram(
     "taskqueue_http_request_duration_seconds",
     "Time to answer a request, by route rule",

@@ -392,6 +392,19 @@ def _operations(config: Config, requests: b.Requests) -> dict:
                 [NAME_PARAM],
             ),
         },
+        "/audit": _operation(
+            "get",
+            "The audit trail: changes made by people and scripts, newest first",
+            {"200": _reply("a page of audit records", b.AuditList), "400": _shared("BadRequest")},
+            [
+                _query("limit", batch, "at most this many records; default 100"),
+                _query(
+                    "offset",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                    "records to skip, for paging; default 0",
+                ),
+            ],
+        ),
         "/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -424,6 +437,7 @@ ANSWERS = (
     b.Deleted,
     b.Queues,
     b.QueueSettings,
+    b.AuditList,
 )
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
-from . import longpoll, metrics, openapi, parse
+from . import audit, longpoll, metrics, openapi, parse
 from .errors import CLIENT_ERRORS, RequestTimeout, UnknownDependency, WorkerStopping, http_status
 from .storage import FINISHED
 
@@ -307,6 +307,7 @@ def cancel_task(task_id: str):
     status = c.storage.cancel(task_id, now=c.clock())
     metrics.count_cancelled(status)
     log.info("cancelled task %s", task_id, extra={"task_id": task_id})
+    audit.record("task.cancel", f"task {task_id}")
     return {"task_id": task_id, "status": status}
 
 
@@ -315,6 +316,7 @@ def retry_task(task_id: str):
     c = ctx()
     status = c.storage.retry(task_id, now=c.clock())
     log.info("retry of task %s", task_id, extra={"task_id": task_id})
+    audit.record("task.retry", f"task {task_id}")
     return {"task_id": task_id, "status": status}
 
 
@@ -334,6 +336,7 @@ def set_queue(name: str):
     changes = parse.queue_changes(json_body())
     settings = c.storage.set_queue(name, changes, now=c.clock())
     log.info("queue %s settings changed: %s", name, changes, extra={"queue": name})
+    audit.record("queue.update", f"queue {name}", changes)
     return _iso_settings(settings)
 
 

@@ -6,7 +6,7 @@ import logging
 
 from flask import Blueprint
 
-from . import scheduler
+from . import audit, scheduler
 from .routes import ctx, iso, json_body
 from .storage.schedules import tick_iso
 
@@ -44,7 +44,9 @@ def _stored(schedule: dict, verb: str) -> dict:
 def create_schedule():
     c = ctx()
     checked = scheduler.from_body(json_body(), c.config, c.registry)
-    return _stored(scheduler.create(c.storage, checked, now=c.clock()), "created"), 201
+    made = scheduler.create(c.storage, checked, now=c.clock())
+    audit.record("schedule.create", f"schedule {checked.name}", scheduler.settings(made))
+    return _stored(made, "created"), 201
 
 
 @bp.get("/schedules")
@@ -60,7 +62,9 @@ def get_schedule(name: str):
 @bp.put("/schedules/<name>")
 def update_schedule(name: str):
     c = ctx()
-    changed = scheduler.update(c.storage, name, json_body(), c.config, c.registry, c.clock())
+    body = json_body()
+    changed = scheduler.update(c.storage, name, body, c.config, c.registry, c.clock())
+    audit.record("schedule.update", f"schedule {name}", body)
     return _stored(changed, "updated")
 
 
@@ -68,4 +72,5 @@ def update_schedule(name: str):
 def delete_schedule(name: str):
     ctx().storage.delete_schedule(name)
     log.info("schedule %s deleted", name)
+    audit.record("schedule.delete", f"schedule {name}")
     return {"name": name, "deleted": True}

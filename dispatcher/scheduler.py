@@ -21,8 +21,9 @@ import msgspec
 from common.config import Config
 from tasks import Registry
 
-from . import bodies, metrics, parse, ticks
+from . import audit, bodies, metrics, parse, ticks
 from .errors import CLIENT_ERRORS, BadRequest, Conflict, ScheduleNotFound
+from .identity import SYSTEM
 from .storage import Storage
 from .storage.errors import DatabaseUnavailable
 
@@ -99,6 +100,11 @@ def from_body(data: Any, config: Config, registry: Registry) -> Checked:
     """POST /schedules (and an entry of SCHEDULES_FILE)."""
     body = parse.convert(data, bodies.NewSchedule)
     return check(body.name, msgspec.structs.asdict(body), config, registry)
+
+
+def settings(schedule: dict) -> dict:
+    """A stored schedule's definition and `enabled`, as its audit records tell them."""
+    return {**schedule["definition"], "enabled": schedule["enabled"]}
 
 
 def create(storage: Storage, checked: Checked, now: float) -> dict:
@@ -188,9 +194,16 @@ def apply_file(storage: Storage, items: list, config: Config, registry: Registry
     """SCHEDULES_FILE's entries: each created, or (its name taken) its definition
     replaced; `enabled` changes only when the entry says it, so a schedule paused by an
     operator stays paused across restarts; an entry that says what is stored already
-    writes nothing. Schedules not in the file are left alone. Returns the names created
-    and the names updated."""
+    writes nothing. Schedules not in the file are left alone. Each schedule this call
+    created or changed has its audit record (by SYSTEM; detail: the file and the
+    schedule as stored). Returns the names created and the names updated."""
     created, updated = [], []
+
+    def audited(action: str, schedule: dict) -> None:
+        detail = {"file": config.schedules_file or None, **settings(schedule)}
+        target = f"schedule {schedule['name']}"
+        audit.record(action, target, detail, who=SYSTEM, storage=storage, clock=lambda: now)
+
     for i, item in enumerate(items):
         try:
             checked = from_body(item, config, registry)
@@ -204,8 +217,9 @@ def apply_file(storage: Storage, items: list, config: Config, registry: Registry
                 current = storage.get_schedule(checked.name)
             except ScheduleNotFound:
                 try:
-                    create(storage, checked, now)
+                    made = create(storage, checked, now)
                     created.append(checked.name)
+                    audited("schedule.create", made)
                     break
                 except Conflict:
                     continue  # another dispatcher made it just now: read it
@@ -213,8 +227,9 @@ def apply_file(storage: Storage, items: list, config: Config, registry: Registry
             if current["definition"] == checked.definition and current["enabled"] == enabled:
                 break  # as the file says already: no write
             try:
-                _replace(storage, current, given, config, registry, now)
+                changed = _replace(storage, current, given, config, registry, now)
                 updated.append(checked.name)
+                audited("schedule.update", changed)
                 break
             except (Conflict, ScheduleNotFound):
                 continue  # changed (or deleted) meanwhile: read it again

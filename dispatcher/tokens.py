@@ -64,7 +64,9 @@ def _session_key(entries: list[Entry]) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", material.encode(), KEY_SALT, KEY_ROUNDS)
 
 
-Reloaded = Callable[[str, list[Entry], str], None]  # path, entries, the text's SHA-256
+# path, entries, the file's version: its mtime in ns and its text's SHA-256 (the same in
+# every process of a machine that reads it)
+Reloaded = Callable[[str, list[Entry], str], None]
 
 
 class Tokens:
@@ -165,4 +167,5 @@ class Tokens:
             ", ".join(f"{n} {role}" for role, n in roles.items() if n),
         )
         if self._on_reload is not None:
-            self._on_reload(self.path, entries, hashlib.sha256(text.encode()).hexdigest())
+            version = f"{stamp[0] if stamp else 0}:{hashlib.sha256(text.encode()).hexdigest()}"
+            self._on_reload(self.path, entries, version)

@@ -3,7 +3,8 @@
 Overview (counts, a table per queue, a throughput chart that refreshes itself), Tasks
 (filters, pages of 50 newest first, bulk retry and cancel after a confirmation), Task
 (payload, result or error, the attempt timeline, cancel and retry), Workers and Queues
-(each queue's counts and controls: pause, resume, max_in_flight, rate limit). Pages
+(each queue's counts and controls: pause, resume, max_in_flight, rate limit), Schedules
+(schedules_page.py) and Audit (audit_page.py: the audit trail, newest first). Pages
 read storage through its named operations, like the API's routes; state changes are
 POSTs checked by auth.check_post. docs/DASHBOARD.md shows each page.
 """
@@ -29,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 
 from common.statuses import STATUSES
 
-from .. import access, identity, metrics, parse
+from .. import access, audit, identity, metrics, parse
 from ..cached import Cached
 from ..errors import BadRequest
 from ..storage.browse import BULK, TaskFilter
@@ -38,6 +39,7 @@ from . import auth
 from .views import Chart, Throughput, ago, pretty, queue_rows
 
 log = logging.getLogger("dispatcher")
+VIA = {"via": "dashboard"}  # in the detail of the audit records of the dashboard's changes
 PAGE_SIZE = 50
 REFRESH_S = 5
 
@@ -366,7 +368,26 @@ def bulk():
         "dashboard: bulk %s of %s tasks (queue=%s type=%s worker=%s text=%r): %d moved",
         action, status, where.queue, where.type, where.worker, where.text, moved,
     )  # fmt: skip
+    detail = {"count": moved, **_filter(where), **VIA}
+    audit.record(f"tasks.bulk_{action}", _selection(where), detail)
     return redirect(url_for("dashboard.tasks") + "?" + _query(where, action=action, moved=moved))
+
+
+def _filter(where: TaskFilter) -> dict:
+    """A bulk action's selection, as its audit record's detail says it."""
+    return {
+        "status": where.status,
+        "queue": where.queue,
+        "type": where.type,
+        "worker": where.worker,
+        "text": where.text,
+    }
+
+
+def _selection(where: TaskFilter) -> str:
+    """A bulk action's selection in a few words: `failed tasks queue='emails' type='sleep'`."""
+    named = {k: v for k, v in _filter(where).items() if k != "status" and v is not None}
+    return " ".join([f"{where.status} tasks", *(f"{k}={v!r}" for k, v in named.items())])
 
 
 # -- one task -----------------------------------------------------------------------
@@ -423,6 +444,7 @@ def task_action(task_id: str, action: str):
     if action == "cancel":
         metrics.count_cancelled(moved)
     log.info("dashboard: task %s %s", task_id, action, extra={"task_id": task_id})
+    audit.record(f"task.{action}", f"task {task_id}", VIA)
     return redirect(url_for("dashboard.task", task_id=task_id, done=action))
 
 
@@ -478,6 +500,7 @@ def queue_action(name: str):
         return _queues_page(f"{name}: {exc}", 400)
     c.storage.set_queue(name, changes, now=c.clock())
     log.info("dashboard: queue %s %s: %s", name, action, changes, extra={"queue": name})
+    audit.record("queue.update", f"queue {name}", {**changes, **VIA})
     return redirect(url_for("dashboard.queues", done=action))
 
 
@@ -500,4 +523,4 @@ def _limits_form(form) -> dict:
     return {"max_in_flight": number("max_in_flight"), "rate_limit": rate}
 
 
-from . import schedules_page  # noqa: E402, F401  (its routes join the blueprint)
+from . import audit_page, schedules_page  # noqa: E402, F401  (their routes join the blueprint)

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 
 from flask import abort, redirect, render_template, request, url_for
 
-from .. import scheduler
+from .. import audit, scheduler
 from ..storage.errors import ScheduleNotFound
-from . import bp, ctx
+from . import VIA, bp, ctx
 from .views import ago
 
 log = logging.getLogger("dispatcher")
@@ -63,4 +63,5 @@ def schedule_action(name: str, action: str):
     if c.scheduler is not None:
         c.scheduler.poke()
     log.info("dashboard: schedule %s %s (was %s)", name, action, current["enabled"])
+    audit.record("schedule.update", f"schedule {name}", {"enabled": action == "resume", **VIA})
     return redirect(url_for("dashboard.schedules", done=action, name=name))

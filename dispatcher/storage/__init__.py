@@ -52,6 +52,22 @@ class Result:
     error: str | None = None
 
 
+@dataclass(slots=True)
+class AuditEntry:
+    """One change a person or a script made, for the audit trail (storage/audit.py):
+    who (the token's name and role), what (`action`, e.g. task.cancel) to what
+    (`target`, e.g. "task <id>"), from which request and client (None outside one), and
+    `detail`, anything JSON can hold (None: nothing more to say)."""
+
+    name: str
+    role: str
+    action: str
+    target: str
+    request_id: str | None = None
+    client: str | None = None
+    detail: Any = None
+
+
 class Moved(str):
     """The status an operation moved a task to (finish, cancel, retry), carrying the
     task's queue and type, which the dispatcher's metrics are labelled with. It is the
@@ -85,6 +101,7 @@ class ReapReport:
     forgotten: int = 0  # workers dead or stopped for longer than forget_after
     # (queue, type) of each not-started task past its expiry, now cancelled
     unstarted: list[tuple[str, str]] = field(default_factory=list)
+    audit_deleted: int = 0  # audit records older than audit_retention_s
 
 
 class Refusals:
@@ -242,16 +259,23 @@ class Storage(Protocol):
         worker holds; the attempt does not count. Returns how many were given back."""
 
     def reap(
-        self, now: float, dead_after: float, retention_s: float, forget_after: float = 86_400.0
+        self,
+        now: float,
+        dead_after: float,
+        retention_s: float,
+        forget_after: float = 86_400.0,
+        audit_retention_s: float = 7_776_000.0,
     ) -> ReapReport:
         """The reaper's sweep: workers silent since now - dead_after -> dead, their
         tasks back to the queue (or failed on their last attempt); expired leases
         likewise; finished tasks older than retention_s deleted with their history (0:
-        kept); workers dead or stopped since now - forget_after forgotten. Safe with
+        kept); workers dead or stopped since now - forget_after forgotten; audit
+        records older than audit_retention_s (default 90 days) deleted. Safe with
         any number of reapers at once. The report names the tasks whose lease expired
         (`expired`, with `expired_queues`, the queue of each), the workers declared
         dead and the tasks they held (`rescued`), the (queue, type) of the not-started
-        tasks it cancelled past their expiry (`unstarted`), and counts the rest."""
+        tasks it cancelled past their expiry (`unstarted`), and counts the rest
+        (`deleted`, `forgotten`, `audit_deleted`)."""
 
     def cancel(self, task_id: str, now: float) -> Moved:
         """waiting | pending | in_progress -> cancelled, and the tasks waiting on it,
@@ -367,6 +391,17 @@ class Storage(Protocol):
         not made again) and `schedule` {"name", "tick"}; last_run_at, last_tick and
         last_task_id follow the last task created. Returns the ids created, or None
         when another firing (or an edit) moved the schedule first."""
+
+    # -- the audit trail (storage/audit.py; docs/SECURITY.md) --------------------------
+
+    def record_audit(self, entry: AuditEntry, now: float, key: str | None = None) -> bool:
+        """(nothing) -> one audit record at `now`, in a transaction of its own. With a
+        `key`, a record of that key already stored (another process wrote it) means
+        nothing is written. Returns whether a record was written."""
+
+    def audit_records(self, limit: int, offset: int) -> list[dict]:
+        """A page of audit records, newest first (by id): `id`, `at` (epoch seconds),
+        `name`, `role`, `action`, `target`, `request_id`, `client`, `detail`."""
 
     def ping(self) -> None:
         """A read; raises DatabaseUnavailable when it fails."""

@@ -31,6 +31,7 @@ from . import (
     ReapReport,
     Refusals,
     Result,
+    audit,
     browse,
     deps,
     flow,
@@ -51,7 +52,7 @@ T = TypeVar("T")
 # _complete_current's answer for a task it completed without reading its queue and type:
 # finish() reads them afterwards, for all such tasks of the batch at once (LABELS)
 UNLABELLED: Mapping[str, str] = MappingProxyType({})
-SCHEMA_VERSION = 6  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
+SCHEMA_VERSION = 7  # SQLite's PRAGMA user_version, PostgreSQL's meta.schema_version
 RETIRED_INSTANCE_KEEP_S = 86_400.0
 DELETE_BATCH = 2000  # finished tasks deleted per retention transaction
 TASK_COLUMNS = ", ".join(["id", *rows.TASK_KEYS])
@@ -91,6 +92,8 @@ TO_VERSION_6 = [
     # queue_settings, queue_claims
     *flow.TO_VERSION_6,
 ]
+# version 6 -> 7, on both databases: the audit trail (storage/audit.py)
+TO_VERSION_7 = audit.TO_VERSION_7
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -140,6 +143,7 @@ SCHEMA = [
     """,
     schedules.SCHEDULES_TABLE,
     *deps.SCHEMA,
+    *audit.TO_VERSION_7,
 ]
 
 # -- statements, named by the transition they make ------------------------------------
@@ -360,6 +364,7 @@ SELECT worker_id, id, progress FROM tasks WHERE status = 'in_progress' ORDER BY 
     **schedules.STATEMENTS,  # periodic tasks
     **deps.STATEMENTS,  # dependencies: submit, release, cascade, results
     **flow.STATEMENTS,  # queue settings, rate windows, expiry
+    **audit.STATEMENTS,  # the audit trail
 )
 
 
@@ -391,7 +396,9 @@ class Tx:
         return self.execute(sql, args).fetchall()
 
 
-class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies, flow.QueueControls):
+class SqlStorage(
+    browse.Browse, schedules.Schedules, deps.Dependencies, flow.QueueControls, audit.Audit
+):
     """The operations of the Storage contract (the Protocol in __init__.py declares their
     types and documents each); a backend subclasses it."""
 
@@ -799,7 +806,12 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies, flow.Que
     # -- the reaper -----------------------------------------------------------------
 
     def reap(
-        self, now: float, dead_after: float, retention_s: float, forget_after: float = 86_400.0
+        self,
+        now: float,
+        dead_after: float,
+        retention_s: float,
+        forget_after: float = 86_400.0,
+        audit_retention_s: float = audit.DEFAULT_RETENTION_S,
     ) -> ReapReport:
         report = ReapReport()
         cutoff_alive = now - dead_after
@@ -841,6 +853,7 @@ class SqlStorage(browse.Browse, schedules.Schedules, deps.Dependencies, flow.Que
             deleted = self._transact(lambda tx: self._delete_finished(tx, cutoff))
             report.deleted += deleted
             old = deleted == DELETE_BATCH
+        report.audit_deleted = self._reap_audit(now - audit_retention_s)
         return report
 
     def _rescue_worker_tasks(self, tx: Tx, worker_id: str, now: float, outcome: str) -> list[str]:

@@ -56,6 +56,7 @@ MIGRATIONS: dict[int, list[str]] = {
     3: core.TO_VERSION_4,
     4: core.TO_VERSION_5,
     5: core.TO_VERSION_6,
+    6: core.TO_VERSION_7,
 }
 
 # one lock per schema: dispatchers sharing a schema migrate one after the other

@@ -45,7 +45,7 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [core.WORKER_QUEUES_COLUMN],  # version 3: the queues a worker claims from (GET /workers)
     3: core.TO_VERSION_4,  # version 4: each queue's age from an index; worker concurrency
     4: core.TO_VERSION_5,  # version 5: the progress a running task reported
-}  # and 5 -> 6 (issue 18) below, in SQLite's types
+}  # and 5 -> 6 (issue 18), 6 -> 7 (issue 19) below, in SQLite's types
 
 # -- SQLite's own statements ---------------------------------------------------------
 
@@ -126,6 +126,10 @@ def schema_for_sqlite(sql: str) -> str:
     """A CREATE statement of core.SCHEMA in SQLite's types; the rowid orders insertions."""
     sql = re.sub(r",\s*seq BIGINT[^\n]*", "", sql)
     sql = sql.replace("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "INTEGER PRIMARY KEY")
+    sql = sql.replace(  # an id never given twice (the audit trail's)
+        "BIGINT GENERATED ALWAYS AS IDENTITY (NO CYCLE) PRIMARY KEY",
+        "INTEGER PRIMARY KEY AUTOINCREMENT",
+    )
     sql = sql.replace("BOOLEAN NOT NULL DEFAULT FALSE", "INTEGER NOT NULL DEFAULT 0")
     return sql.replace("DOUBLE PRECISION", "REAL")
 
@@ -133,6 +137,8 @@ def schema_for_sqlite(sql: str) -> str:
 SCHEMA = [schema_for_sqlite(statement) for statement in core.SCHEMA]
 # version 6: queue settings and rate windows, tasks' expiry
 MIGRATIONS[5] = [schema_for_sqlite(statement) for statement in core.TO_VERSION_6]
+# version 7: the audit trail
+MIGRATIONS[6] = [schema_for_sqlite(statement) for statement in core.TO_VERSION_7]
 
 
 # a status few tasks have: its range of tasks_counts (the planner may walk the id index)

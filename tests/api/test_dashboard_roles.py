@@ -68,6 +68,10 @@ def test_a_non_admin_sees_every_page_without_buttons_and_cannot_post(setup, role
         assert 'class="pause danger"' not in html and 'class="save"' not in html, page
     queues = client.get("/dashboard/queues").get_data(as_text=True)
     assert "max in flight — · rate —" in queues  # the limits, read-only
+    assert 'href="/dashboard/audit"' not in queues  # the Audit page is an admin's
+    audit_page = client.get("/dashboard/audit")
+    assert audit_page.status_code == 403
+    assert f"role {role} may not GET /dashboard/audit" in audit_page.get_data(as_text=True)
     csrf = csrf_of(client.get("/dashboard/tasks").get_data(as_text=True))  # the logout form's
     for path, form in (
         (f"/dashboard/task/{task_id}/cancel", {}),
@@ -90,11 +94,14 @@ def test_an_admin_sees_the_buttons_and_its_post_is_taken(setup):
     client = log_in(app, "admin")
     html = client.get(f"/dashboard/task/{task_id}").get_data(as_text=True)
     assert 'id="cancel"' in html and "admin-person · admin" in html
+    assert 'href="/dashboard/audit"' in html
     answer = client.post(
         f"/dashboard/task/{task_id}/cancel", data={"csrf": csrf_of(html)}, headers=ORIGIN
     )
     assert answer.status_code == 302
     assert app.extensions["taskqueue"].storage.get(task_id)["status"] == "cancelled"
+    audit_page = client.get("/dashboard/audit").get_data(as_text=True)
+    assert "admin-person" in audit_page and "task.cancel" in audit_page
 
 
 def test_a_wrong_token_does_not_log_in(setup):

@@ -301,6 +301,14 @@ def test_answers_of_a_whole_task_life_match_the_document(api):
     api.get("/schedules")
     api.delete("/schedules/tick")
     assert api.get("/whoami").get_json() == {"name": "env", "role": "admin"}  # API_TOKEN
+    # the audit trail of the changes above: cancel, retry, queue settings, schedules
+    audited = api.get("/audit?limit=20").get_json()["records"]
+    assert [r["action"] for r in audited][:3] == [
+        "schedule.delete",
+        "schedule.update",
+        "schedule.create",
+    ]
+    assert api.get("/audit?limit=2&offset=3").get_json()["records"][0]["action"] == "queue.update"
     # every documented success answer was seen
     successes = {
         (path, method, code)
@@ -339,6 +347,7 @@ def test_error_answers_match_the_document(api, make_app):
     api.put("/schedules/nope", json={"enabled": False})  # 404
     api.delete("/schedules/nope")  # 404
     api.call("put", "/queues/q1", json={"max_in_flight": 0})  # 400
+    api.get("/audit?offset=-1")  # 400
     expected = {
         ("/submit-task", "post", "400"),
         ("/submit-tasks", "post", "400"),
@@ -361,6 +370,7 @@ def test_error_answers_match_the_document(api, make_app):
         ("/schedules/{name}", "put", "404"),
         ("/schedules/{name}", "delete", "404"),
         ("/queues/{name}", "put", "400"),
+        ("/audit", "get", "400"),
     }
     assert expected <= api.seen, expected - api.seen
 

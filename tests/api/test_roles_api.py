@@ -177,3 +177,23 @@ def test_without_tokens_the_api_is_open_and_everyone_is_an_anonymous_admin(tmp_p
         assert answer.get_json() == {"name": "anonymous", "role": "admin"}
     finally:
         app.extensions["taskqueue"].storage.close()
+
+
+def test_an_audit_record_names_the_token_that_made_the_change(app):
+    client = app.test_client()
+    task = {"type": "sleep", "payload": {"duration": 0}}
+    as_submit = {"Authorization": f"Bearer {TOKENS['submit']}"}
+    task_id = client.post("/submit-task", json=task, headers=as_submit).get_json()["task_id"]
+    as_admin = {"Authorization": f"Bearer {TOKENS['admin']}", "X-Request-ID": "ops-1"}
+    assert client.post(f"/task/{task_id}/cancel", headers=as_admin).status_code == 200
+    refused = client.get("/audit", headers=as_submit)
+    assert refused.status_code == 403
+    assert refused.get_json() == {"error": "role submit may not GET /audit"}
+    [record] = client.get("/audit", headers=as_admin).get_json()["records"]
+    assert (record["name"], record["role"], record["action"], record["target"]) == (
+        "the-admin",
+        "admin",
+        "task.cancel",
+        f"task {task_id}",
+    )
+    assert record["request_id"] == "ops-1"

@@ -1,7 +1,7 @@
 """Screenshots of every dashboard page, from a seeded database: a busy last hour in four
-queues, a task that failed three times, workers alive and dead. They are taken in every
-run (into the test's tmp_path) and checked for what each page must show; with
-TASKQUEUE_SCREENSHOTS_DIR set (docs/img) they are written there too, for
+queues, a task that failed three times, workers alive and dead, a day of audit records.
+They are taken in every run (into the test's tmp_path) and checked for what each page
+must show; with TASKQUEUE_SCREENSHOTS_DIR set (docs/img) they are written there too, for
 docs/DASHBOARD.md and the README:
 
     TASKQUEUE_SCREENSHOTS_DIR=docs/img ./run_tests.sh tests/browser/test_screenshots.py
@@ -20,7 +20,7 @@ from browser_harness import page_text, save_screenshot
 from selenium.webdriver.common.by import By
 
 from common.config import Config
-from dispatcher.storage import NewTask, Result, open_storage
+from dispatcher.storage import AuditEntry, NewTask, Result, open_storage
 
 pytestmark = pytest.mark.browser
 
@@ -83,6 +83,7 @@ def seed(db_url: str, now: float) -> str:
             )
         storage.heartbeat("worker-beta", "worker-beta", [], now=now - 900, lease_s=1, concurrency=4)
         seed_schedules(storage, now)
+        seed_audit(storage, now, failing)
         return failing
     finally:
         storage.close()
@@ -112,6 +113,33 @@ def seed_schedules(storage, now: float) -> None:
     storage.fire_schedule("word-count", tick, now - 600, tick + 300, [], tick, error=error)
 
 
+def seed_audit(storage, now: float, failing: str) -> None:
+    """A day of changes: the system's at start, an operator's and a script's since."""
+    path = "/etc/taskqueue/schedules.json"
+    changes = [
+        (86_000, "system", "schedule.create", "schedule nightly-report", None, None,
+         {"file": path, "cron": "0 3 * * *", "timezone": "Europe/Berlin", "enabled": True}),
+        (85_990, "system", "schedule.create", "schedule email-digest", None, None,
+         {"file": path, "every": 3600, "timezone": "UTC", "enabled": True}),
+        (40_000, "alice", "schedule.update", "schedule nightly-report", "9c1e0f3a5b7d4e21",
+         "10.20.0.14", {"enabled": False, "via": "dashboard"}),
+        (7_200, "deploy-bot", "queue.update", "queue emails", "deploy-2291", "10.20.3.7",
+         {"max_in_flight": 20, "rate_limit": {"count": 100, "per_seconds": 60}}),
+        (1_800, "alice", "tasks.bulk_retry", "failed tasks queue='reports'", "5f0a8e2c71d94b6a",
+         "10.20.0.14", {"count": 7, "status": "failed", "queue": "reports", "via": "dashboard"}),
+        (900, "alice", "queue.update", "queue images", "b3d47c9e02a1f865", "10.20.0.14",
+         {"paused": True, "via": "dashboard"}),
+        (600, "ops-cli", "task.cancel", "task 01a31f5e8c0047d2a1b0c9e7d6f5a4b3", "ops-4711",
+         "10.20.1.2", None),
+        (120, "alice", "task.retry", f"task {failing}", "e81f2a9c4b6d3075", "10.20.0.14",
+         {"via": "dashboard"}),
+    ]  # fmt: skip
+    roles = {"system": "admin", "alice": "admin", "deploy-bot": "admin", "ops-cli": "admin"}
+    for ago_s, name, action, target, request_id, client, detail in changes:
+        entry = AuditEntry(name, roles[name], action, target, request_id, client, detail)
+        storage.record_audit(entry, now=now - ago_s)
+
+
 def full_page(browser, take) -> None:
     """`take` a screenshot with the window as tall as the page (at most 2,000 px)."""
     width, height = browser.get_window_size().values()
@@ -139,6 +167,7 @@ def test_screenshots_of_every_page(browser, tmp_path, make_dispatcher):
         "task": (f"/dashboard/task/{failing}", ["ConnectionError", "attempt 3", "Retry"]),
         "workers": ("/dashboard/workers", ["worker-gamma", "alive", "dead"]),
         "schedules": ("/dashboard/schedules", ["email-digest", "paused", "unknown task type"]),
+        "audit": ("/dashboard/audit", ["tasks.bulk_retry", "deploy-2291", "system"]),
     }
     for name, (path, must_show) in pages.items():
         browser.get(dispatcher.url + path)

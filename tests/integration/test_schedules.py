@@ -156,8 +156,9 @@ def check_catch_up(catch_up: str, tasks: list[dict], last_before: float) -> None
 
 def test_schedules_file_is_applied_at_start_and_a_lost_task_type_is_marked(make_cluster, database):
     """SCHEDULES_FILE creates its schedules (and updates them on the next start, leaving
-    others alone); restarted without the TASK_MODULES its template needs, the schedule
-    shows the error and creates nothing, and a valid PUT clears it."""
+    others alone), each change in the audit trail as the system's; restarted without the
+    TASK_MODULES its template needs, the schedule shows the error and creates nothing,
+    and a valid PUT clears it."""
     cluster = make_cluster(**settings(database))
     path = cluster.tmp / "schedules.json"
     words = {"type": "wordcount", "payload": {"text": "a b a"}}
@@ -181,6 +182,17 @@ def test_schedules_file_is_applied_at_start_and_a_lost_task_type_is_marked(make_
     assert sorted(shown) == ["mine", "words"]  # not in the file: left alone
     assert (shown["words"]["every"], shown["words"]["enabled"]) == (2, False)  # still paused
     assert "SCHEDULES_FILE" in second.log(200) and "1 updated" in second.log(200)
+    # the audit trail: the file's changes by the system, the operator's by the API
+    trail = [
+        (r["name"], r["action"], r["target"], r["request_id"] is None)
+        for r in cluster.client.call("GET", "/audit")["records"]
+    ]
+    assert trail == [
+        ("system", "schedule.update", "schedule words", True),
+        ("anonymous", "schedule.update", "schedule words", False),
+        ("anonymous", "schedule.create", "schedule mine", False),
+        ("system", "schedule.create", "schedule words", True),
+    ]
     cluster.client.update_schedule("words", {"enabled": True})
     second.close()
     # restarted without TASK_MODULES: the template's type is gone

@@ -110,6 +110,19 @@ def test_the_tokens_file_changes_under_a_running_dispatcher(make_cluster, tmp_pa
 
     wait_for(rotated, RECHECK_DEADLINE_S, lambda: f"after the change: {seen}\n{dispatcher.log()}")
     assert "reloaded: 2 tokens (1 admin, 1 read)" in dispatcher.log()
+    # however many of the server processes reloaded the file (each one that answered
+    # did), the audit trail has one record of it
+    admin = Client(cluster.url, ADMIN)
+    records = admin.call("GET", "/audit")["records"]
+    admin.close()
+    reloads = [r for r in records if r["action"] == "tokens.reload"]
+    assert len(reloads) == 1, records
+    assert (reloads[0]["name"], reloads[0]["role"]) == ("system", "admin")
+    assert reloads[0]["detail"] == {
+        "file": str(path),
+        "tokens": 2,
+        "roles": {"admin": 1, "read": 1},
+    }
 
 
 def test_a_bad_file_later_keeps_the_tokens_in_force_and_logs_one_error(make_cluster, tmp_path):

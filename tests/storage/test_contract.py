@@ -1009,6 +1009,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         db.execute("ALTER TABLE tasks DROP COLUMN expires_at")
         db.execute("DROP TABLE queue_settings")
         db.execute("DROP TABLE queue_claims")
+        db.execute("DROP TABLE audit")  # version 7's
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -1016,7 +1017,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
     try:
         assert migrated.get(task_id)["status"] == "pending"
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
             index = db.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_pending_age'")
             [(sql,)] = index.fetchall()
         db.close()
@@ -1025,6 +1026,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         assert migrated.get(task_id)["schedule"] is None and migrated.schedules() == []  # 6's
         assert migrated.get(task_id)["depends_on"] == []  # version 6's
         assert migrated.get(task_id)["expires_at"] is None  # version 6's
+        assert migrated.audit_records(10, 0) == []  # version 7's
     finally:
         migrated.close()
 

@@ -1,8 +1,10 @@
 """Databases made by the code before this one, committed under tests/fixtures/: schema
-version 2 (commit 9a9130d), version 3 (commit faa55a7) and version 4 (commit 6c4aaab,
-made by tests/fixtures/make_schema_fixture.py). Opened by this code they are migrated
-once and keep every task, result, error, attempt history, idempotency key, worker and
-live lease; an old worker's lease goes on working, and new columns start empty.
+version 2 (commit 9a9130d), version 3 (commit faa55a7), version 4 (commit 6c4aaab),
+version 5 (commit ba15159) and version 6 (commit 65698b3; these three made by
+tests/fixtures/make_schema_fixture.py). Opened by this code they are migrated once and
+keep every task, result, error, attempt history, idempotency key, worker and live
+lease; an old worker's lease goes on working, and new columns start empty. Version 7's
+audit table is the same whether a database was made new or migrated to it.
 
 schema-vN.db and schema-vN-postgres.sql (pg_dump of schema tq_fixture_vN) hold the same
 story: four tasks submitted at T0 (one with idempotency_key "key-1"), worker w-old
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from common.config import Config
-from dispatcher.storage import NewTask, Result, open_storage
+from dispatcher.storage import AuditEntry, NewTask, Result, open_storage
 from dispatcher.storage.postgres import SCHEMA_VERSION as PG_VERSION
 from dispatcher.storage.sqlite import SCHEMA_VERSION
 from tests.pg import connect, fresh_schema_url
@@ -94,6 +96,24 @@ def check_kept(storage, lease_of: dict[str, tuple], version: int) -> None:
     assert not queues["default"]["paused"] and queues["default"]["counts"]["completed"] == 2
     check_schedules(storage, tasks)
     check_dependencies(storage, done["task_id"], failed["task_id"])
+    check_audit(storage)
+
+
+def check_audit(storage) -> None:
+    """Version 7: the audit trail starts empty, records, de-duplicates and is reaped."""
+    assert storage.audit_records(10, 0) == []
+    entry = AuditEntry("alice", "admin", "queue.update", "queue slow", "r-1", "10.0.0.1")
+    assert storage.record_audit(entry, now=T0 + 40, key="once")
+    assert not storage.record_audit(entry, now=T0 + 41, key="once")
+    [record] = storage.audit_records(10, 0)
+    assert record["request_id"] == "r-1"
+    assert (record["action"], record["at"], record["client"]) == (
+        "queue.update",
+        T0 + 40,
+        "10.0.0.1",
+    )
+    report = storage.reap(now=T0 + 50, dead_after=10.0**9, retention_s=0, audit_retention_s=5)
+    assert report.audit_deleted == 1 and storage.audit_records(10, 0) == []
 
 
 def check_schedules(storage, old_tasks: dict) -> None:
@@ -131,7 +151,7 @@ def check_dependencies(storage, done: str, failed: str) -> None:
     assert storage.stats(now=T0 + 33, dead_after=60)["tasks"]["waiting"] == 0
 
 
-@pytest.mark.parametrize("version", [2, 3, 4, 5])
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6])
 def test_an_older_sqlite_file_is_migrated_and_keeps_everything(tmp_path, version):
     path = tmp_path / "tasks.db"
     shutil.copy(FIXTURES / f"schema-v{version}.db", path)
@@ -147,8 +167,21 @@ def test_an_older_sqlite_file_is_migrated_and_keeps_everything(tmp_path, version
     finally:
         storage.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert audit_objects(db) == audit_objects(new_sqlite_file(tmp_path))
     db.close()
+
+
+def audit_objects(db) -> list[tuple]:
+    """The audit table's SQLite objects (table, indexes) as the file stores them."""
+    query = "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'audit' ORDER BY name"
+    return db.execute(query).fetchall()
+
+
+def new_sqlite_file(tmp_path: Path) -> sqlite3.Connection:
+    path = tmp_path / "new.db"
+    open_storage(Config(database_url=f"sqlite:///{path}")).close()
+    return sqlite3.connect(path)
 
 
 def load_postgres_fixture(url: str, schema: str, version: int) -> None:
@@ -160,7 +193,7 @@ def load_postgres_fixture(url: str, schema: str, version: int) -> None:
         admin.execute(script.replace(f"tq_fixture_v{version}", schema))
 
 
-@pytest.mark.parametrize("version", [2, 3, 4, 5])
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6])
 def test_an_older_postgresql_schema_is_migrated_and_keeps_everything(version):
     with fresh_schema_url() as url:
         schema = url.rsplit("%3D", 1)[1]
@@ -181,4 +214,28 @@ def test_an_older_postgresql_schema_is_migrated_and_keeps_everything(version):
         with connect(url) as db:
             db.execute(f"SET search_path = {schema}")
             assert db.execute("SELECT schema_version FROM meta").fetchone() == (PG_VERSION,)
-    assert PG_VERSION == 6
+            migrated = pg_audit_objects(db, schema)
+        with fresh_schema_url() as new:
+            open_storage(Config(database_url=new)).close()
+            with connect(new) as db:
+                assert migrated == pg_audit_objects(db, new.rsplit("%3D", 1)[1])
+    assert PG_VERSION == 7
+
+
+def pg_audit_objects(db, schema: str) -> tuple[list, list]:
+    """The audit table's columns (name, type, nullable, default, identity) and indexes
+    (their definitions, the schema's name left out)."""
+    columns = db.execute(
+        """SELECT column_name, data_type, is_nullable, column_default, is_identity,
+                  identity_generation, identity_cycle
+             FROM information_schema.columns
+            WHERE table_schema = %s AND table_name = 'audit' ORDER BY ordinal_position""",
+        (schema,),
+    ).fetchall()
+    indexes = db.execute(
+        "SELECT indexname, indexdef FROM pg_indexes"
+        " WHERE schemaname = %s AND tablename = 'audit' ORDER BY indexname",
+        (schema,),
+    ).fetchall()
+    assert columns and indexes
+    return columns, [(name, d.replace(f"{schema}.", "")) for name, d in indexes]

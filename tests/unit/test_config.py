@@ -14,6 +14,7 @@ def test_defaults_match_the_spec_table():
     assert (c.lease_seconds, c.worker_dead_after, c.worker_poll_interval) == (120, 60, 5)
     assert (c.max_batch, c.max_wait_seconds, c.worker_prefetch) == (1000, 30, "auto")
     assert c.queues == ("default",)
+    assert c.audit_retention_seconds == 90 * 86_400
 
 
 def test_values_are_parsed_and_fractional_seconds_are_accepted():
@@ -47,6 +48,8 @@ def test_values_are_parsed_and_fractional_seconds_are_accepted():
         ("CACHE_TTL_SECONDS", "0"),
         ("DEFAULT_MAX_RETRIES", "101"),
         ("DEFAULT_TASK_TIMEOUT", "9999999"),
+        ("AUDIT_RETENTION_SECONDS", "0"),
+        ("AUDIT_RETENTION_SECONDS", "-5"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_its_key(key, value):

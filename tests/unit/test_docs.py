@@ -141,10 +141,11 @@ SETTING_ROW = re.compile(r"^\| ([A-Z][A-Z0-9_]+) \| ([^|]*?) \|", re.M)
 
 
 def _default(value: object) -> str:
-    """A default as the tables write it: 120.0 is `120`, the empty string `(empty)`."""
+    """A default as the tables write it: 120.0 is `120`, 7776000.0 `7776000` (not
+    7.776e+06), the empty string `(empty)`."""
     if value == "":
         return "(empty)"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:.15g}" if isinstance(value, float) else str(value)
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/CONFIGURATION.md"])
