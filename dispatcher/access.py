@@ -34,7 +34,7 @@ WORKER = frozenset(
 READS_WITH_A_BODY = frozenset({"api.wait_tasks"})
 ADMIN_ONLY = frozenset({"audit.audit_log", "dashboard.audit"})  # the audit trail
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPEN = frozenset({"api.health"})  # no token needed
+OPEN = "/health"  # no token needed, whatever the method (POST /health: its 405 or 413)
 DASHBOARD = "dashboard."  # its pages' endpoints: the dashboard checks its own login
 
 
@@ -78,7 +78,7 @@ def require_token(tokens: Tokens):
     def check():
         req = request._get_current_object()
         endpoint = req.endpoint
-        if endpoint in OPEN or (endpoint is not None and endpoint.startswith(DASHBOARD)):
+        if req.path == OPEN or (endpoint is not None and endpoint.startswith(DASHBOARD)):
             return None  # the dashboard has its own login (dashboard/auth.py)
         scheme, _, given = req.headers.get("Authorization", "").partition(" ")
         who = tokens.identify(given.strip()) if scheme.lower() == "bearer" else None

@@ -16,6 +16,7 @@ from dispatcher import identity
 from dispatcher.app import create_app, reap_once
 from dispatcher.identity import Identity
 from dispatcher.scheduler import apply_file
+from tests.api.test_api import Clock
 from tests.api.test_metrics_endpoint import samples, value
 from tests.pg import connect, fresh_schema_url
 
@@ -23,14 +24,6 @@ T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 FIELDS = ["id", "at", "name", "role", "action", "target", "request_id", "client", "detail"]
 PRIMES = {"type": "primes", "payload": {"limit": 100}}
 EVERY = {"name": "tick", "every": 60, "task": PRIMES}
-
-
-class Clock:
-    def __init__(self):
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -49,7 +42,7 @@ def make_app(database_url, monkeypatch):
 
     def build(**settings):
         config = Config(database_url=database_url, **settings)
-        made.append(create_app(config, clock=Clock(), background=False))
+        made.append(create_app(config, clock=Clock(T0), background=False))
         return made[-1]
 
     yield build

@@ -10,14 +10,7 @@ import re
 from dispatcher.dashboard import audit_page
 from dispatcher.storage import AuditEntry, NewTask, Result
 from tests.api.test_dashboard_http import ORIGIN, make_app, now_of, storage_of  # noqa: F401
-
-DEFINITION = {
-    "cron": None,
-    "every": 60,
-    "timezone": "UTC",
-    "catch_up": "one",
-    "task": {"type": "sleep", "payload": {"duration": 1}},
-}
+from tests.storage.test_schedule_contract import DEFINITION
 
 
 def audit_of(app) -> list[dict]:

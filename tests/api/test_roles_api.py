@@ -156,6 +156,7 @@ def test_a_missing_or_unknown_token_is_401_and_health_stays_open(app, header):
         assert answer.status_code == 401, (method, path)
         assert "missing or wrong API token" in answer.get_json()["error"]
     assert client.get("/health", headers=headers).status_code == 200
+    assert client.post("/health", headers=headers).status_code == 405  # open: not a 401
 
 
 def test_whoami_names_each_token_and_api_token_s_list_are_admins_named_env(app):
