@@ -90,7 +90,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 # a round trip to a server costs ~10x a SQLite read: fewer examples keep it as short
-EXAMPLES = {"sqlite": 150, "postgres": 60}
+EXAMPLES = {"sqlite": 100, "postgres": 40}
 
 # -- values full of what breaks hand-built SQL and lossy codecs ------------------------
 
