@@ -293,6 +293,8 @@ class Config:
             raise ConfigError(f"{missing} must be set when {given} is (both or neither)")
         if self.dispatcher_ca_file:
             _check_ca_file(self.dispatcher_ca_file)
+        if self.api_token.strip() and not any(t.strip() for t in self.api_token.split(",")):
+            raise ConfigError("API_TOKEN holds no token (only commas and blanks)")
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(
                 "DATABASE_URL must be sqlite:///relative/path.db, "

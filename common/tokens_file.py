@@ -13,6 +13,9 @@ from pathlib import Path
 
 ROLES = ("admin", "submit", "worker", "read")
 ENV_NAME = "env"  # the name of API_TOKEN's tokens
+# names the dispatcher gives: API_TOKEN's, no token configured, its own work (audit)
+RESERVED_NAMES = (ENV_NAME, "anonymous", "system")
+MIN_TOKEN_CHARS = 16  # a clear token shorter than this is refused (a guess, a cut line)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
 HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
 
@@ -42,7 +45,7 @@ def parse(text: str, source: str) -> list[Entry]:
     """The entries of a tokens file's text; TokensFileError names `source` and the line."""
     entries: list[Entry] = []
     seen: dict[bytes, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):  # as an editor counts lines
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -63,6 +66,8 @@ def _entry(line: str, seen: dict[bytes, int]) -> Entry:
     role, name, token = fields
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"name {name!r} is reserved ({', '.join(RESERVED_NAMES)})")
     if not NAME.fullmatch(name):
         raise ValueError(
             f"name {name!r}: 1-64 of letters, digits and . _ @ : - (a letter or digit first)"
@@ -72,6 +77,10 @@ def _entry(line: str, seen: dict[bytes, int]) -> Entry:
         if hashed is None:
             raise ValueError("a sha256: token takes the 64 hex digits of the token's SHA-256")
         digest = bytes.fromhex(hashed[1])
+    elif len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(
+            f"a token must be at least {MIN_TOKEN_CHARS} characters ({len(token)} given)"
+        )
     else:
         digest = digest_of(token)
     if digest in seen:
@@ -81,7 +90,7 @@ def _entry(line: str, seen: dict[bytes, int]) -> Entry:
 
 def read_file(path: str) -> list[Entry]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM (Notepad) is not text
     except (OSError, UnicodeDecodeError) as exc:
         raise TokensFileError(f"{path}: cannot read it ({exc})") from None
     return parse(text, path)

@@ -23,7 +23,7 @@ from .identity import ROLES, SYSTEM
 from .longpoll import Held, ReadyCache
 from .scheduler import Scheduler
 from .storage import Storage, open_storage
-from .storage.errors import DatabaseUnavailable
+from .storage.errors import DatabaseUnavailable, StorageError
 from .tokens import Entry, Reloaded, Tokens
 from .wakeup import Wakeup
 
@@ -76,8 +76,7 @@ def create_app(
         Held(config.dispatcher_connections // 2),
         ReadyCache(storage, clock),
         metrics.Exposition(lambda: _gauges(storage, clock(), config)),
-        # the file is re-read when it changes; each reload is audited once
-        Tokens(config.api_token, config.api_tokens_file, clock, _audit_reload(storage, clock)),
+        _tokens(config, storage, clock),
     )
     app.extensions["taskqueue"] = ctx
     app.wsgi_app = metrics.Timing(app.wsgi_app, current_rule)
@@ -97,6 +96,24 @@ def create_app(
         ctx.scheduler = Scheduler(storage, config, tasks.registry, clock)
         ctx.scheduler.start()
     return app
+
+
+def _tokens(config: Config, storage: Storage, clock: Callable[[], float]) -> Tokens:
+    """The tokens in force in this server process: the file re-read when it changes
+    (each reload audited once), the dashboard's cookies signed with the database's
+    shared secret, so that any process or dispatcher takes them."""
+    tokens = Tokens(config.api_token)
+    if not tokens.configured and not config.api_tokens_file:
+        return tokens
+    try:
+        secret = storage.shared_secret("dashboard-session")
+    except StorageError as exc:  # a random key: sessions hold in this process only
+        log.warning("dashboard sessions are this process's only: %s", exc)
+        secret = None
+    reloaded = _audit_reload(storage, clock)
+    return Tokens(
+        config.api_token, config.api_tokens_file, clock, reloaded, strict=False, secret=secret
+    )
 
 
 def _audit_reload(storage: Storage, clock: Callable[[], float]) -> Reloaded:

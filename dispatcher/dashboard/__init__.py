@@ -98,6 +98,10 @@ ANY_ROLE = ("dashboard.login", "dashboard.logout", "dashboard.static")
 def require_login():
     if request.endpoint in ("dashboard.login", "dashboard.static"):
         return None
+    if request.endpoint == "dashboard.logout":  # whoever, even with a session gone stale
+        if not auth.same_origin():
+            abort(403, "cross-site request refused")
+        return None
     who = auth.logged_in(tokens())
     if who is None:
         if request.method != "GET":
@@ -141,14 +145,17 @@ def csrf_field() -> str:
 
 
 @bp.app_template_global()
-def may_change() -> bool:
-    """Show the buttons that change something (an admin's pages only)."""
-    return identity.current().role == "admin"
+def who() -> identity.Identity | None:
+    """Who this browser session belongs to (None: nobody logged in; without tokens, the
+    anonymous admin)."""
+    return auth.logged_in(tokens())
 
 
 @bp.app_template_global()
-def who() -> identity.Identity:
-    return identity.current()
+def may_change() -> bool:
+    """Show the buttons that change something (an admin's pages only)."""
+    person = who()
+    return person is not None and person.role == "admin"
 
 
 @bp.app_template_filter("ago")

@@ -2,8 +2,9 @@
 
 With tokens configured (API_TOKEN, API_TOKENS_FILE), the login form takes any token and
 keeps a session cookie that says who logged in (the token's name and role, never the
-token), signed with a key derived from every token in force (dispatcher/tokens.py: every
-server process and dispatcher derives the same one, and a change to the tokens ends
+token), signed with the database's shared secret keyed with every token in force
+(dispatcher/tokens.py: every server process and dispatcher on the database has the same
+key, the tokens file alone does not give it away, and a change to the tokens ends
 every session): HttpOnly, SameSite=Strict, Secure when the dispatcher serves TLS, for
 the browser session only. The token is never in a URL or a page. Every role sees every
 page (but the audit trail's, admin only); only an admin's pages show the buttons that

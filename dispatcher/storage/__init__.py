@@ -403,6 +403,10 @@ class Storage(Protocol):
         """A page of audit records, newest first (by id): `id`, `at` (epoch seconds),
         `name`, `role`, `action`, `target`, `request_id`, `client`, `detail`."""
 
+    def shared_secret(self, name: str) -> bytes:
+        """The secret `name` (32 random bytes), made by the first process that asks and
+        the same for every process and dispatcher on this database."""
+
     def ping(self) -> None:
         """A read; raises DatabaseUnavailable when it fails."""
 

@@ -37,6 +37,7 @@ from . import (
     flow,
     rows,
     schedules,
+    secrets,
 )
 from .errors import (
     Conflict,
@@ -92,8 +93,9 @@ TO_VERSION_6 = [
     # queue_settings, queue_claims
     *flow.TO_VERSION_6,
 ]
-# version 6 -> 7, on both databases: the audit trail (storage/audit.py)
-TO_VERSION_7 = audit.TO_VERSION_7
+# version 6 -> 7, on both databases: the audit trail (storage/audit.py) and the shared
+# secrets (storage/secrets.py: the dashboard's session key)
+TO_VERSION_7 = [*audit.TO_VERSION_7, *secrets.TO_VERSION_7]
 SCHEMA = [
     """
     CREATE TABLE tasks (
@@ -143,7 +145,7 @@ SCHEMA = [
     """,
     schedules.SCHEDULES_TABLE,
     *deps.SCHEMA,
-    *audit.TO_VERSION_7,
+    *TO_VERSION_7,
 ]
 
 # -- statements, named by the transition they make ------------------------------------
@@ -365,6 +367,7 @@ SELECT worker_id, id, progress FROM tasks WHERE status = 'in_progress' ORDER BY 
     **deps.STATEMENTS,  # dependencies: submit, release, cascade, results
     **flow.STATEMENTS,  # queue settings, rate windows, expiry
     **audit.STATEMENTS,  # the audit trail
+    **secrets.STATEMENTS,  # shared secrets
 )
 
 
@@ -397,7 +400,12 @@ class Tx:
 
 
 class SqlStorage(
-    browse.Browse, schedules.Schedules, deps.Dependencies, flow.QueueControls, audit.Audit
+    browse.Browse,
+    schedules.Schedules,
+    deps.Dependencies,
+    flow.QueueControls,
+    audit.Audit,
+    secrets.Secrets,
 ):
     """The operations of the Storage contract (the Protocol in __init__.py declares their
     types and documents each); a backend subclasses it."""

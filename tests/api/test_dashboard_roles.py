@@ -17,7 +17,7 @@ from dispatcher.tokens import RECHECK_S
 from tests.api.test_api import Clock
 
 ORIGIN = {"Origin": "http://localhost"}
-TOKENS = {"admin": "adm-0123456789", "read": "rd-0123456789", "worker": "wk-0123456789"}
+TOKENS = {"admin": "adm-0123456789abc", "read": "rd-0123456789abcd", "worker": "wk-0123456789abcd"}
 
 
 @pytest.fixture
@@ -125,6 +125,40 @@ def test_a_change_to_the_tokens_ends_every_session_and_a_removed_token_cannot_lo
     refused = again.post("/login", data={"token": TOKENS["read"], "next": "/"}, headers=ORIGIN)
     assert refused.status_code == 401
     assert log_in(app, "admin").get("/dashboard/workers").status_code == 200
+    # a session gone stale can still log out (origin checked, no form token to check)
+    assert reader.post("/logout", headers=ORIGIN).status_code == 302
+    assert reader.post("/logout", headers={"Origin": "http://evil.example"}).status_code == 403
+
+
+def test_the_login_page_names_nobody_and_links_no_audit(setup):
+    app, _, _ = setup
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert "anonymous" not in page and 'href="/dashboard/audit"' not in page
+    assert "Log out" not in page
+
+
+def test_a_session_is_good_across_processes_of_one_database_and_nowhere_else(setup, tmp_path):
+    """The cookie's key is the database's shared secret keyed with the tokens: another
+    server process on the same database takes the cookie; a dispatcher with the same
+    tokens file on another database does not (the file alone cannot make a cookie)."""
+    app, path, clock = setup
+    reader = log_in(app, "read")
+    cookie = reader.get_cookie("taskqueue_session").value
+    url = app.extensions["taskqueue"].config.database_url
+
+    def other(database_url: str):
+        config = Config(database_url=database_url, api_tokens_file=str(path))
+        return create_app(config, clock=clock, background=False)
+
+    same, elsewhere = other(url), other(f"sqlite:///{tmp_path}/elsewhere.db")
+    try:
+        for peer, expected in ((same, 200), (elsewhere, 302)):
+            client = peer.test_client()
+            client.set_cookie("taskqueue_session", cookie)
+            assert client.get("/dashboard/workers").status_code == expected
+    finally:
+        for peer in (same, elsewhere):
+            peer.extensions["taskqueue"].storage.close()
 
 
 def test_the_session_cookie_is_secure_under_tls_only(setup, tmp_path):

@@ -18,7 +18,12 @@ from common.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
-ADMIN, SUBMIT, WORKER, READ = "adm-7f3e9c1d5b", "sub-2a8d4f6e0c", "wrk-9b1c3e5a7d", "rd-4e6a8c0b2f"
+ADMIN, SUBMIT, WORKER, READ = (
+    "adm-7f3e9c1d5b-x1",
+    "sub-2a8d4f6e0c-x2",
+    "wrk-9b1c3e5a7d-x3",
+    "rd-4e6a8c0b2f-x4",
+)
 RECHECK_DEADLINE_S = 3.0  # the file is looked at within 1 s of a request; the issue says 2 s
 
 

@@ -113,3 +113,10 @@ def test_text_a_database_cannot_hold_is_kept_readable(storage):  # noqa: F811
     assert storage.record_audit(odd, now=T0, key="k\x00")
     [r] = storage.audit_records(1, 0)
     assert r["name"].startswith("bob") and r["detail"] == {"q": "\x00"}
+
+
+def test_a_shared_secret_is_made_once_and_read_back(storage):
+    first = storage.shared_secret("dashboard-session")
+    assert len(first) == 32
+    assert storage.shared_secret("dashboard-session") == first  # read, not made again
+    assert storage.shared_secret("another") != first

@@ -1010,6 +1010,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         db.execute("DROP TABLE queue_settings")
         db.execute("DROP TABLE queue_claims")
         db.execute("DROP TABLE audit")  # version 7's
+        db.execute("DROP TABLE secrets")
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -1027,6 +1028,7 @@ def test_a_version_1_database_file_is_migrated_and_keeps_its_tasks(sqlite_config
         assert migrated.get(task_id)["depends_on"] == []  # version 6's
         assert migrated.get(task_id)["expires_at"] is None  # version 6's
         assert migrated.audit_records(10, 0) == []  # version 7's
+        assert len(migrated.shared_secret("s")) == 32
     finally:
         migrated.close()
 
