@@ -115,7 +115,7 @@ def test_text_a_database_cannot_hold_is_kept_readable(storage):  # noqa: F811
     assert r["name"].startswith("bob") and r["detail"] == {"q": "\x00"}
 
 
-def test_a_shared_secret_is_made_once_and_read_back(storage):
+def test_a_shared_secret_is_made_once_and_read_back(storage):  # noqa: F811
     first = storage.shared_secret("dashboard-session")
     assert len(first) == 32
     assert storage.shared_secret("dashboard-session") == first  # read, not made again
