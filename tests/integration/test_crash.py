@@ -480,7 +480,9 @@ def test_an_outage_longer_than_the_lease_the_first_finished_result_wins(make_clu
     worker_a = cluster.start_worker("worker-a")
     worker_c = cluster.start_worker("worker-c", "--queues", "ttl", CACHE_TTL_SECONDS="1")
     t1 = cluster.submit("sleep", {"duration": 1}, max_retries=0)  # expiry fails it
-    t2 = cluster.submit("sleep", {"duration": 2.5}, max_retries=3)  # expiry requeues it
+    # expiry requeues it; B's run of it must outlast A's re-send after its pause (4 s: a
+    # CI run on a busy machine saw B finish first at 2.5 s)
+    t2 = cluster.submit("sleep", {"duration": 4}, max_retries=3)
     t3 = cluster.submit("sleep", {"duration": 1}, max_retries=0, queue="ttl")
     for task_id in (t1, t2):
         assert cluster.wait_status(task_id, "in_progress")["worker_id"] == "worker-a"
@@ -518,7 +520,7 @@ def test_an_outage_longer_than_the_lease_the_first_finished_result_wins(make_clu
     done1 = cluster.wait_status(t1, "completed", timeout=30)  # the late real result
     done2 = cluster.wait_status(t2, "completed", timeout=30)
     for done in (done1, done2):  # A finished first: its result stands
-        assert done["worker_id"] == "worker-a", done
+        assert done["worker_id"] == "worker-a", (done, worker_a.log(), worker_b.log())
         assert done["result"] == {"slept": done["payload"]["duration"]}
     assert [(a["worker_id"], a["outcome"]) for a in done1["history"]] == [("worker-a", "completed")]
     assert [(a["worker_id"], a["outcome"]) for a in done2["history"]] == [
