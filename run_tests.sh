@@ -13,4 +13,7 @@ echo "== ruff check" >&2
 echo "== ruff format --check" >&2
 .venv/bin/ruff format --check .
 echo "== pytest" >&2
-exec .venv/bin/python -m pytest "$@"
+# Two processes (the machine's two cores): the tests that start real processes run one
+# after another in one of them, the in-process tests file by file in the other
+# (tests/conftest.py groups them); PYTEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
