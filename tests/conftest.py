@@ -13,4 +13,3 @@ from common.config import Config
 def clean_env(monkeypatch):
     for f in fields(Config):  # nothing inherited from the shell, .env or CI
         monkeypatch.delenv(f.name.upper(), raising=False)
-
