@@ -22,9 +22,11 @@ from __future__ import annotations
 import errno
 import gc
 import json
+import logging
 import os
 import resource
 import ssl
+import sys
 import time
 from functools import partial
 
@@ -37,7 +39,11 @@ from gunicorn.workers.ggevent import GeventWorker
 from common import logs
 from common.config import Config
 
+log = logging.getLogger("dispatcher")
+
 KEEPALIVE_S = 75  # an idle kept-alive connection is closed after this
+BOOT_RETRY_S = 20.0  # a process started while the database is away waits this long
+BOOT_RETRY_PAUSE_S = 1.0
 DRAIN_MAX_BYTES = 65536  # unread body discarded to keep a connection; more: close it
 
 
@@ -71,8 +77,22 @@ class Server(BaseApplication):
 
     def load(self):
         from .app import create_app  # in each server process, after the fork
+        from .storage.errors import DatabaseUnavailable
 
-        app = create_app(self.queue_config)
+        # A process gunicorn starts again (one died) while the database is away must not
+        # fail its boot: gunicorn stops every process on a boot error. It tries for
+        # BOOT_RETRY_S, then exits as a process that died, and gunicorn starts another.
+        deadline = time.monotonic() + BOOT_RETRY_S
+        while True:
+            try:
+                app = create_app(self.queue_config)
+                break
+            except DatabaseUnavailable as exc:
+                if time.monotonic() > deadline:
+                    log.error("server process %d gives up for now: %s", os.getpid(), exc)
+                    sys.exit(1)  # not a boot error (3): gunicorn replaces the process
+                log.warning("server process %d waits for the database: %s", os.getpid(), exc)
+                time.sleep(BOOT_RETRY_PAUSE_S)
         # What start-up made lives for good: out of the collector's sight, a full
         # collection walks only what requests make (it took ~13 ms of a 1,000-task
         # submission otherwise, once every few calls).

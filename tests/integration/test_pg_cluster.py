@@ -8,6 +8,8 @@ starts a server of its own (pg_server.py), since it stops it.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -211,6 +213,14 @@ def test_the_dispatcher_rides_out_a_database_outage(make_cluster):
                 return "503" in str(exc)
 
         wait_for(unhealthy, 30, lambda: f"/health during the outage: {health[-3:]}")
+        # one server process dies during the outage: the one gunicorn starts in its place
+        # waits for the database instead of failing its boot (which stops every process)
+        os.kill(server_processes(dispatcher)[0], signal.SIGKILL)
+        wait_for(
+            lambda: "waits for the database" in dispatcher.log(),
+            30,
+            lambda: f"no server process waited:\n{dispatcher.log()}",
+        )
         with pytest.raises(DispatcherUnreachable, match="503"):
             cluster.submit("sleep", {"duration": 0.1})
         caches = cluster.tmp / "cache"
@@ -239,3 +249,32 @@ def _healthy(client: Client) -> bool:
         return client.call("GET", "/health")["status"] == "ok"
     except DispatcherUnreachable:
         return False
+
+
+def server_processes(dispatcher) -> list[int]:
+    """The pids of a dispatcher's gunicorn server processes: the children of the process
+    running `python -m dispatcher` (its master) that run it too."""
+
+    def children(pid: int) -> list[int]:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
+    def runs_dispatcher(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return b"-m\x00dispatcher" in f.read()  # python -m dispatcher, not the script
+        except OSError:
+            return False
+
+    found, todo = [], [dispatcher.popen.pid]
+    while todo:
+        pid = todo.pop()
+        kids = children(pid)
+        if runs_dispatcher(pid):
+            found += [k for k in kids if runs_dispatcher(k)]
+        todo += kids
+    assert found, "no server process found"
+    return sorted(set(found))
