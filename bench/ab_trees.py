@@ -46,6 +46,13 @@ def start(tree: str, script: list[str], env: dict) -> subprocess.Popen:
     )
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Kill each process's whole group (its children too) and reap it."""
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+
 def wait_up(http: requests.Session, url: str, timeout: float) -> None:
     """Until the dispatcher at `url` answers GET /health (SystemExit after `timeout` s)."""
     deadline = time.monotonic() + timeout
@@ -91,9 +98,7 @@ def measure(tree: str, port: int, workload: str, tasks: int = 5000) -> float:
         return tasks / (time.perf_counter() - t0)
     finally:
         http.close()
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        stop(procs)
 
 
 def main() -> None:

@@ -14,8 +14,6 @@ no-ops, each POST /submit-task then GET /task/<id>?wait=10 until it answers comp
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +27,8 @@ import trustme
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ab_trees import wait_up  # noqa: E402  (bench/, this script's directory)
+import ab_trees  # noqa: E402  (bench/, this script's directory)
+from ab_trees import wait_up  # noqa: E402
 
 from common.procs import clean_environ  # noqa: E402
 
@@ -37,14 +36,8 @@ NOOP = {"type": "compute", "payload": {"operation": "double", "value": 1}}
 
 
 def start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(ROOT / ".venv/bin/python"), "-m", *args],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """`python -m ARGS` of this tree, in a process group of its own."""
+    return ab_trees.start(str(ROOT), [str(ROOT / ".venv/bin/python"), "-m", *args], env)
 
 
 def measure(port: int, tls: dict | None) -> tuple[float, float]:
@@ -83,9 +76,7 @@ def measure(port: int, tls: dict | None) -> tuple[float, float]:
         return single, statistics.median(trips[5:])
     finally:
         http.close()
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        ab_trees.stop(procs)
 
 
 def main() -> None:

@@ -24,8 +24,6 @@ call). Prints each hop's median and p90 in ms and its share of the round trip.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +36,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ab_trees import wait_up  # noqa: E402  (bench/, this script's directory)
+import ab_trees  # noqa: E402  (bench/, this script's directory)
+from ab_trees import wait_up  # noqa: E402
 
 from common.config import Config  # noqa: E402
 from common.procs import clean_environ  # noqa: E402
@@ -50,14 +49,8 @@ HOPS = ("submit in", "to the claim", "worker", "to the client")
 
 
 def start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(ROOT / ".venv/bin/python"), "-m", *args],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """`python -m ARGS` of this tree, in a process group of its own."""
+    return ab_trees.start(str(ROOT), [str(ROOT / ".venv/bin/python"), "-m", *args], env)
 
 
 def trips(port: int, n: int) -> list[dict[str, float]]:
@@ -83,9 +76,7 @@ def trips(port: int, n: int) -> list[dict[str, float]]:
                 seen.append((task_id, sent, time.time()))
     finally:
         http.close()
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        ab_trees.stop(procs)
     storage = open_storage(Config(database_url=f"sqlite:///{db}"))
     out = []
     for task_id, sent, answered in seen:
