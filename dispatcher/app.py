@@ -24,7 +24,7 @@ from .longpoll import Held, ReadyCache
 from .scheduler import Scheduler
 from .storage import Storage, open_storage
 from .storage.errors import DatabaseUnavailable, StorageError
-from .tokens import Entry, Reloaded, Tokens
+from .tokens import Entry, Reloaded, Tokens, from_env
 from .wakeup import Wakeup
 
 log = logging.getLogger("dispatcher")
@@ -102,9 +102,8 @@ def _tokens(config: Config, storage: Storage, clock: Callable[[], float]) -> Tok
     """The tokens in force in this server process: the file re-read when it changes
     (each reload audited once), the dashboard's cookies signed with the database's
     shared secret, so that any process or dispatcher takes them."""
-    tokens = Tokens(config.api_token)
-    if not tokens.configured and not config.api_tokens_file:
-        return tokens
+    if not (from_env(config.api_token) or config.api_tokens_file):
+        return Tokens("")  # none: the API is open, no session key to make
     try:
         secret = storage.shared_secret("dashboard-session")
     except StorageError as exc:  # a random key: sessions hold in this process only
