@@ -317,6 +317,14 @@ def _requests(batch: int, max_wait: float, retries: int, task_timeout: float) ->
 
     class Results(Body):
         results: _field(list[ResultItem], "each judged alone", min_length=1, max_length=batch)
+        claim: (
+            _field(
+                dict[str, Any],
+                "the worker's next claim, a body as for /get-task (schema Claim), made after "
+                "the results are stored: the answer's tasks",
+            )
+            | None
+        ) = None
 
     class Release(Body):
         worker_id: WorkerId

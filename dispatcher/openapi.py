@@ -205,7 +205,23 @@ def _operations(config: Config, requests: b.Requests) -> dict:
                     "one answer per item, in order",
                     {
                         "type": "object",
-                        "properties": {"results": answers},
+                        "properties": {
+                            "results": answers,
+                            "tasks": {
+                                "description": "with a claim: the tasks it claimed",
+                                "type": "array",
+                                "items": _ref(b.ClaimedTask),
+                            },
+                            "claim_error": {
+                                "description": "with a claim it refused (the results stand)",
+                                "type": "object",
+                                "properties": {
+                                    "error": {"type": "string"},
+                                    "code": {"type": "integer"},
+                                },
+                                "required": ["error", "code"],
+                            },
+                        },
                         "required": ["results"],
                         "additionalProperties": False,
                     },

@@ -318,9 +318,11 @@ def wait_tasks(data: Any, config: Config) -> tuple[list[str], float]:
     return list(dict.fromkeys(storable(t, "task_ids") for t in body.task_ids)), body.wait
 
 
-def results(data: Any, config: Config) -> list:
-    """POST /submit-results: the items, each to be read by `result` on its own."""
-    return convert(data, bodies.requests(config).results).results
+def results(data: Any, config: Config) -> tuple[list, Any]:
+    """POST /submit-results: the items, each to be read by `result` on its own, and the
+    claim sent with them (None if none), to be read by `claim`."""
+    body = convert(data, bodies.requests(config).results)
+    return body.results, body.claim
 
 
 def result(data: Any) -> Result:

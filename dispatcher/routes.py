@@ -125,7 +125,13 @@ def submit_tasks():
 @bp.post("/get-task")
 def get_task():
     c = ctx()
-    body = parse.claim(json_body(), c.config)
+    tasks = _claim(c, parse.claim(json_body(), c.config))
+    return {"tasks": [with_iso(t) for t in tasks]}
+
+
+def _claim(c, body) -> list[dict]:
+    """A worker's claim (POST /get-task, or one that came with its results): the tasks
+    leased to it, after holding up to `body.wait` seconds while none is ready."""
     worker_id, instance_id, queues = body.worker_id, body.instance_id, body.queues
     wait, max_tasks = body.wait, body.max_tasks
     claim = {"queues": queues, "max_tasks": max_tasks, "lease_s": c.config.lease_seconds}
@@ -147,7 +153,7 @@ def get_task():
                 t["attempt"],
                 extra={"task_id": t["task_id"], "worker_id": worker_id, "attempt": t["attempt"]},
             )
-    return {"tasks": [with_iso(t) for t in tasks]}
+    return tasks
 
 
 def _log_result(item, outcome: str | Exception) -> None:
@@ -175,7 +181,7 @@ def submit_result():
 @bp.post("/submit-results")
 def submit_results():
     c = ctx()
-    raw = parse.results(json_body(), c.config)
+    raw, claim = parse.results(json_body(), c.config)
     answers: list[dict | None] = [None] * len(raw)
     good, positions = [], []
     for i, data in enumerate(raw):
@@ -199,7 +205,19 @@ def submit_results():
             }
         else:
             answers[i] = {"task_id": item.task_id, "status": outcome}
-    return {"results": answers}
+    if claim is None:
+        return {"results": answers}
+    # the worker's next claim, in the same request (Faktory's ACK+FETCH): after the
+    # results' commit, which has woken whoever waits for them. A claim refused (a bad
+    # body, a worker taken over, too many held) never undoes the results: it gets its
+    # own error, and the worker claims on its own instead.
+    time.sleep(0)  # a server greenlet: first let the requests the commit woke answer
+    try:
+        tasks = _claim(c, parse.claim(claim, c.config))
+    except CLIENT_ERRORS as exc:
+        error = {"error": str(exc), "code": http_status(exc)}
+        return {"results": answers, "tasks": [], "claim_error": error}
+    return {"results": answers, "tasks": [with_iso(t) for t in tasks]}
 
 
 @bp.post("/release")

@@ -1,6 +1,12 @@
 """Delivers results: everything finished close together goes in one `submit-results`
 call; what cannot be delivered goes to the on-disk cache and is re-sent every
-CACHE_RETRY_INTERVAL, at start-up and as soon as the dispatcher answers again."""
+CACHE_RETRY_INTERVAL, at start-up and as soon as the dispatcher answers again.
+
+A call may carry the worker's next claim (Faktory's ACK+FETCH): the worker's `Bundle`
+offers one when it wants work and its own claim is not out, and takes what the answer
+claimed. Such a call may be held by the dispatcher as a long poll when the worker has
+nothing else running; `end_hold()` cuts it short at shutdown, and its results are then
+sent again alone (sending results twice is safe: the repeat gets the same answer)."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from common.client import ApiError, Client, DispatcherUnreachable
 
@@ -18,6 +25,14 @@ from .cache import ResultCache
 log = logging.getLogger("worker")
 
 SENT_KEYS = ("task_id", "worker_id", "lease_token", "status", "result", "error")
+
+
+class Bundle(Protocol):
+    def claim_with_results(self) -> dict | None:
+        """The claim to send with the next results (a /get-task body), or None."""
+
+    def claimed_with_results(self, tasks: list[dict] | None) -> None:
+        """What the offered claim brought (None: it was not made), once per offer."""
 
 
 class Reporter:
@@ -31,6 +46,7 @@ class Reporter:
         ttl: float,
         clock: Callable[[], float] = time.time,
         on_answer: Callable[[dict, dict], None] | None = None,
+        bundle: Bundle | None = None,
     ):
         """`on_answer(result, answer)` is called for each result the dispatcher answered
         (the answer is `{"task_id", "status"}` or `{"task_id", "error", "code"}`)."""
@@ -42,6 +58,10 @@ class Reporter:
         self.ttl = ttl
         self.clock = clock
         self.on_answer = on_answer
+        self.bundle = bundle
+        self._holding = False  # a call with a claim that may be held is out
+        self._ended = False  # end_hold() cut it short
+        self._hold_lock = threading.Lock()
         self.queue: queue.Queue[dict] = queue.Queue()
         self._in_hand = 0  # results put() and not yet delivered or cached
         self._settled = threading.Condition()
@@ -119,7 +139,17 @@ class Reporter:
             self.flush_cache()
         return self._closing.is_set() and self.queue.empty()
 
-    def _deliver(self, batch: list[dict]) -> bool:
+    def end_hold(self) -> None:
+        """From another thread: end a held call with a claim now (the worker stops)."""
+        with self._hold_lock:
+            if self._holding:
+                self._ended = True
+                self.client.abort()
+
+    def _deliver(self, batch: list[dict], bundled: bool = True) -> bool:
+        claim = self.bundle.claim_with_results() if bundled and self.bundle is not None else None
+        if claim is not None:
+            return self._deliver_with_claim(batch, claim)
         try:
             answers = self.client.submit_results([_body(r) for r in batch])
         except ApiError as exc:
@@ -130,6 +160,31 @@ class Reporter:
         except DispatcherUnreachable as exc:
             self._cache(batch, exc)
             return False
+        for r, answer in zip(batch, answers, strict=True):
+            self._answered(r, answer)
+        return True
+
+    def _deliver_with_claim(self, batch: list[dict], claim: dict) -> bool:
+        tasks, ended = None, False
+        try:
+            with self._hold_lock:
+                self._holding, self._ended = bool(claim.get("wait")), False
+            try:
+                answers, tasks = self.client.submit_results_and_claim(
+                    [_body(r) for r in batch], claim
+                )
+            finally:
+                with self._hold_lock:
+                    self._holding, ended = False, self._ended
+        except (ApiError, DispatcherUnreachable) as exc:
+            if isinstance(exc, DispatcherUnreachable) and not ended:
+                self._cache(batch, exc)
+                return False
+            answers = None
+        finally:
+            self.bundle.claimed_with_results(tasks)
+        if answers is None:  # cut short at shutdown, or refused: the results alone
+            return self._deliver(batch, bundled=False)
         for r, answer in zip(batch, answers, strict=True):
             self._answered(r, answer)
         return True

@@ -3,7 +3,10 @@
 Threads, each with its own HTTP connection:
 - the main thread starts buffered tasks in the pool as slots free up;
 - the fetcher long-polls `get-task` whenever the buffer is below concurrency + prefetch;
-- the reporter sends results in batches and owns the on-disk cache;
+- the reporter sends results in batches and owns the on-disk cache; while quick tasks
+  run, the worker's next claim goes with their results in the same request (ACK+FETCH,
+  `claim_with_results`), held as the long poll when nothing else runs, instead of a claim
+  of the fetcher's running beside the task;
 - the heartbeat thread extends leases, abandons what the dispatcher says to, and carries
   the progress tasks report (worker/progress.py; a thread reads the pool's reports).
 A network error costs a log line and a capped back-off; nothing a task does (raise,
@@ -65,6 +68,9 @@ CHUNK_SLACK = 20
 CHUNK_MIN_TIMEOUT_S = 2.0
 SHED_MARGIN_S = 0.15  # prefetch claims end this long before a running task counts as long
 REMEMBER_COMPLETED = 10_000  # task ids a worker keeps of what it completed
+# while every slot is busy with tasks that take less than this (on average, and so far),
+# the fetcher leaves the next claim to their results' request (claim_with_results)
+BUNDLE_MAX_S = 0.1
 
 
 @dataclass
@@ -109,6 +115,9 @@ class Worker:
         # tasks this worker completed lately: a claim of one of them is the dispatcher
         # giving up a lease just before the result arrived, not work to do again
         self.completed: OrderedDict[str, None] = OrderedDict()
+        self._fetching = False  # the fetcher's claim is out
+        self._bundled = False  # a claim is out with results (claim_with_results)
+        self._unoffered = 0  # pool calls reported since the reporter last asked
         # one list position for all of this worker's connections: they move together
         self.dispatchers = Dispatchers(config.dispatcher_url, ca_file=config.dispatcher_ca_file)
         # one circuit breaker for all of them: after WORKER_BREAKER_FAILURES failed calls
@@ -137,6 +146,7 @@ class Worker:
             ttl=config.cache_ttl_seconds,
             clock=clock,
             on_answer=self._answered,
+            bundle=self,
         )
         self._fetch_client = self._client()
         self._fetcher = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
@@ -352,6 +362,9 @@ class Worker:
             if isinstance(bodies, str):
                 bodies = [{"status": "failed", "error": bodies}]
             each = elapsed / len(chunk)
+            if any(c["task_id"] not in abandoned for c in chunk):
+                with self.cv:  # before the reporter has the results
+                    self._unoffered += 1
             for claim, body in zip(chunk, bodies, strict=True):
                 if claim["task_id"] not in abandoned:
                     metrics.TASKS_RUN.labels(claim["type"], body["status"]).inc()
@@ -393,6 +406,65 @@ class Worker:
         if self.burst and "error" not in answer:
             with self.cv:
                 self.owed.discard(result["task_id"])
+
+    # -- claims sent with results (the reporter's Bundle) ----------------------------
+
+    def claim_with_results(self) -> dict | None:
+        """Reporter: the claim to send with the results it is about to deliver, when
+        this worker wants work and the fetcher's claim is not out. Held as a long poll
+        only when nothing else runs or waits here (no result can come meanwhile)."""
+        with self.cv:
+            self._unoffered = 0
+            self.cv.notify_all()  # the fetcher waits for this (_deferred)
+            if self.burst or self.stopping.is_set() or self._fetching or self._bundled:
+                return None
+            want = self._wanted()
+            if want <= 0:
+                return None
+            idle = not (self.inflight or self.running or self.buffer)
+            quiet = idle and self.reporter.queue.empty() and not self.reporter.has_cached
+            hold = self._hold() if quiet else 0.0
+            self._bundled = True
+        claim = {
+            "worker_id": self.worker_id,
+            "queues": list(self.config.queues),
+            "wait": hold,
+            "max_tasks": min(want, self.config.max_batch),
+        }
+        if self.instance_id:
+            claim["instance_id"] = self.instance_id
+        return claim
+
+    def claimed_with_results(self, claims: list[dict] | None) -> None:
+        """Reporter: what the offered claim brought (None: not made; the fetcher goes on)."""
+        with self.cv:
+            self._bundled = False
+            if claims:
+                if self.stopping.is_set():  # given back by _shutdown
+                    self.buffer.extend(claims)
+                else:
+                    self.buffer.extend(self._new_claims(claims))
+                    while self._can_start():
+                        self._start_or_stop(self._take_chunk())
+            self.cv.notify_all()
+
+    def _deferred(self) -> bool:
+        """The next claim waits for the results of the quick tasks running now, to go
+        with them (called with self.cv held); never while a slot is idle."""
+        if self.burst:
+            return False
+        if self._bundled or self._unoffered:  # results (of quick tasks) on their way
+            return True
+        if not self.inflight:
+            return False
+        if len(self.running) + len(self.buffer) < self.config.worker_concurrency:
+            return False
+        average = self.prefetch.average
+        return (
+            average is not None
+            and average < BUNDLE_MAX_S
+            and self._longest_running() < BUNDLE_MAX_S
+        )
 
     # -- claiming -----------------------------------------------------------------
 
@@ -441,9 +513,14 @@ class Worker:
         refused_tls = ""  # the certificate failure last logged ("" : none)
         while not self.stopping.is_set():
             with self.cv:
-                self.cv.wait_for(lambda: self.stopping.is_set() or self._wanted() > 0)
+                while not self.stopping.is_set():
+                    if self._wanted() > 0 and not self._deferred():
+                        break
+                    # a task running past BUNDLE_MAX_S ends the deferral
+                    self.cv.wait(BUNDLE_MAX_S if self._deferred() else None)
                 want = self._wanted()
                 hold = self._hold()
+                self._fetching = True
             if self.stopping.is_set():
                 break
             quiet = self.burst and self._settle_for_burst()
@@ -452,13 +529,7 @@ class Worker:
             if outage:  # the first claim after an outage (maybe the breaker's probe) is quick
                 hold = 0.0
             try:
-                claims = client.get_task(
-                    self.worker_id,
-                    self.instance_id,
-                    self.config.queues,
-                    wait=hold,
-                    max_tasks=min(want, self.config.max_batch),
-                )
+                claims = self._claim(client, hold, min(want, self.config.max_batch))
             except DispatcherUnreachable as exc:
                 if self.stopping.is_set():  # _shutdown ended the held claim
                     break
@@ -541,6 +612,15 @@ class Worker:
                 self._hand_back_late(late)
                 break
         client.close()
+
+    def _claim(self, client: Client, hold: float, max_tasks: int) -> list[dict]:
+        try:
+            return client.get_task(
+                self.worker_id, self.instance_id, self.config.queues, wait=hold, max_tasks=max_tasks
+            )
+        finally:
+            with self.cv:
+                self._fetching = False
 
     def _hand_back_late(self, claims: list[dict]) -> None:
         """Claims answered after the worker began to stop go to the buffer, which
@@ -661,6 +741,7 @@ class Worker:
         # the end of its wait
         self._say(client, "stopping")
         self._fetch_client.abort()
+        self.reporter.end_hold()
         with self.cv:
             unstarted = list(self.buffer)
             self.buffer.clear()
@@ -689,6 +770,10 @@ class Worker:
             self.buffer.clear()
         self._release(client, late)
         self.reporter.close(timeout=30)
+        with self.cv:
+            late = list(self.buffer)  # claimed with results meanwhile (claimed_with_results)
+            self.buffer.clear()
+        self._release(client, late)
         if self.burst:
             self._burst_outcome(client)
         self.stopped.set()

@@ -387,6 +387,64 @@ def test_submit_results_answers_409_for_an_item_finished_under_another_lease(cli
     assert get_task(client, task_id)["status"] == "cancelled"
 
 
+def test_results_can_carry_the_next_claim(client):
+    first, second = submit(client), submit(client)
+    lease = claim_one(client, first)
+    item = {"task_id": first, "worker_id": "w1", "lease_token": lease, "status": "completed"}
+    claim_body = {"worker_id": "w1", "max_tasks": 5}
+    response = client.post("/submit-results", json={"results": [item], "claim": claim_body})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["results"] == [{"task_id": first, "status": "completed"}]
+    assert [t["task_id"] for t in body["tasks"]] == [second]
+    assert "claim_error" not in body
+    assert get_task(client, first)["status"] == "completed"
+    assert get_task(client, second)["status"] == "in_progress"
+    # the claim is a real lease: its result is taken
+    [task] = body["tasks"]
+    assert send_result(client, second, task["lease_token"]).status_code == 200
+    assert get_task(client, second)["status"] == "completed"
+
+
+def test_a_claim_sent_with_results_that_finds_nothing_brings_no_tasks(client):
+    task_id = submit(client)
+    lease = claim_one(client, task_id)
+    item = {"task_id": task_id, "worker_id": "w1", "lease_token": lease, "status": "completed"}
+    claim_body = {"worker_id": "w1", "wait": 0.05}
+    response = client.post("/submit-results", json={"results": [item], "claim": claim_body})
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "results": [{"task_id": task_id, "status": "completed"}],
+        "tasks": [],
+    }
+
+
+@pytest.mark.parametrize(
+    "claim_body",
+    [{"max_tasks": 1}, {"worker_id": "w1", "max_tasks": 0}, {"worker_id": "w1", "wait": -1}],
+)
+def test_a_bad_claim_sent_with_results_never_undoes_them(client, claim_body):
+    first, second = submit(client), submit(client)
+    lease = claim_one(client, first)
+    item = {"task_id": first, "worker_id": "w1", "lease_token": lease, "status": "completed"}
+    response = client.post("/submit-results", json={"results": [item], "claim": claim_body})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["results"] == [{"task_id": first, "status": "completed"}]
+    assert body["tasks"] == []
+    assert body["claim_error"]["code"] == 400 and body["claim_error"]["error"]
+    assert get_task(client, first)["status"] == "completed"
+    assert get_task(client, second)["status"] == "pending"
+
+
+def test_a_claim_that_is_not_an_object_is_refused_with_the_results(client):
+    task_id = submit(client)
+    lease = claim_one(client, task_id)
+    item = {"task_id": task_id, "worker_id": "w1", "lease_token": lease, "status": "completed"}
+    assert_error(client.post("/submit-results", json={"results": [item], "claim": 5}), 400)
+    assert get_task(client, task_id)["status"] == "in_progress"
+
+
 def test_release_gives_tasks_back_at_once(client):
     task_id = submit(client)
     lease = claim_one(client, task_id)

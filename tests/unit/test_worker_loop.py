@@ -45,16 +45,22 @@ def holding(worker, running: set[str] = frozenset(), buffered: int = 0):
 
 
 def record_claims(into: list[tuple[str, int, int]]):
-    """A setup hook: each answered /get-task as (worker_id, max_tasks, tasks given)."""
+    """A setup hook: each answered claim, a /get-task or one sent with results, as
+    (worker_id, max_tasks, tasks given)."""
 
     def setup(app) -> None:
         @app.after_request
         def record(response):
-            if request.path == "/get-task" and response.status_code == 200:
+            if response.status_code != 200:
+                return response
+            body = None
+            if request.path == "/submit-results":
+                body = request.get_json().get("claim")
+            elif request.path == "/get-task":
                 body = request.get_json()
-                into.append(
-                    (body["worker_id"], body["max_tasks"], len(response.get_json()["tasks"]))
-                )
+            if body is not None:
+                given = len(response.get_json()["tasks"])
+                into.append((body["worker_id"], body["max_tasks"], given))
             return response
 
     return setup
