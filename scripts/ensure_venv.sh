@@ -9,6 +9,22 @@ req="${1:-requirements.txt}"
 venv="$root/.venv"
 stamp="$venv/.installed-${req##*/}"
 
+# The project's own modules, compiled once per edit. Python reads __pycache__ even under
+# PYTHONDONTWRITEBYTECODE, which otherwise makes every start compile them again: ~20 ms
+# of CPU per worker start, and peerbench's W1 starts four at once (docs/PERFORMANCE.md).
+compiled="$venv/.compiled"
+sources=("$root/common" "$root/dispatcher" "$root/worker" "$root/tasks" "$root/taskqueue")
+compile_sources() {
+  [ -x "$venv/bin/python" ] || return 0
+  if [ -f "$compiled" ] && [ -z "$(find "${sources[@]}" -name '*.py' -newer "$compiled" -print -quit 2>/dev/null)" ]; then
+    return 0
+  fi
+  touch "$compiled.$$" 2>/dev/null || return 0  # an edit made from now on: compiled next time
+  "$venv/bin/python" -m compileall -q "${sources[@]}" >/dev/null 2>&1 || true
+  mv -f "$compiled.$$" "$compiled"
+}
+trap compile_sources EXIT
+
 # The common case without starting a process (every worker launch passes here): the
 # stamp is newer than the files it was made from.
 fresh() { [ -x "$venv/bin/python" ] && [ "$stamp" -nt "$root/requirements.txt" ] && [ "$stamp" -nt "$root/$req" ]; }
