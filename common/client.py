@@ -394,19 +394,13 @@ class Client:
     def submit_results(self, results: list[dict]) -> list[dict]:
         return self.call("POST", "/submit-results", {"results": results})["results"]
 
-    def submit_results_and_claim(
-        self, results: list[dict], claim: dict
-    ) -> tuple[list[dict], list[dict] | None]:
-        """Results and the worker's next claim (a /get-task body) in one request: the
-        answers, and the tasks claimed (None when the claim was refused, or the
-        dispatcher is older than claims sent with results)."""
+    def submit_results_and_claim(self, results: list[dict], claim: dict) -> dict:
+        """Results and the worker's next claim (a /get-task body) in one request; the
+        answer: `results`, and `tasks` (the claimed ones) or `claim_error` (refused).
+        A dispatcher older than claims sent with results answers neither."""
         body = {"results": results, "claim": claim}
         wait = claim.get("wait") or 0.0
-        answer = self.call("POST", "/submit-results", body, read_timeout=wait + self.read_timeout)
-        tasks = answer.get("tasks")
-        if "claim_error" in answer or not isinstance(tasks, list):
-            tasks = None
-        return answer["results"], tasks
+        return self.call("POST", "/submit-results", body, read_timeout=wait + self.read_timeout)
 
     def heartbeat(
         self,

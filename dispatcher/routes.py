@@ -217,6 +217,10 @@ def submit_results():
     except CLIENT_ERRORS as exc:
         error = {"error": str(exc), "code": http_status(exc)}
         return {"results": answers, "tasks": [], "claim_error": error}
+    except Exception:  # a bug, a lost database: still never a 500 for stored results
+        log.exception("claim sent with results failed worker=%s", claim.get("worker_id"))
+        error = {"error": "the claim failed on the dispatcher (see its log)", "code": 500}
+        return {"results": answers, "tasks": [], "claim_error": error}
     return {"results": answers, "tasks": [with_iso(t) for t in tasks]}
 
 

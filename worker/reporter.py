@@ -25,6 +25,9 @@ from .cache import ResultCache
 log = logging.getLogger("worker")
 
 SENT_KEYS = ("task_id", "worker_id", "lease_token", "status", "result", "error")
+# a dispatcher that answered a claim sent with results without `tasks` (older than them)
+# is asked again this much later: in between, the worker claims on its own
+UNBUNDLED_RECHECK_S = 60.0
 
 
 class Bundle(Protocol):
@@ -61,7 +64,10 @@ class Reporter:
         self.bundle = bundle
         self._holding = False  # a call with a claim that may be held is out
         self._ended = False  # end_hold() cut it short
+        self._no_holds = False  # end_hold() was called: no claim waits from now on
         self._hold_lock = threading.Lock()
+        self._unbundled_until = 0.0  # monotonic: no claims with results before it
+        self._claim_error = ""  # the last claim_error logged
         self.queue: queue.Queue[dict] = queue.Queue()
         self._in_hand = 0  # results put() and not yet delivered or cached
         self._settled = threading.Condition()
@@ -140,16 +146,21 @@ class Reporter:
         return self._closing.is_set() and self.queue.empty()
 
     def end_hold(self) -> None:
-        """From another thread: end a held call with a claim now (the worker stops)."""
+        """From another thread: end a held call with a claim now, and let no later one
+        wait (the worker stops)."""
         with self._hold_lock:
+            self._no_holds = True
             if self._holding:
                 self._ended = True
                 self.client.abort()
 
     def _deliver(self, batch: list[dict], bundled: bool = True) -> bool:
-        claim = self.bundle.claim_with_results() if bundled and self.bundle is not None else None
-        if claim is not None:
-            return self._deliver_with_claim(batch, claim)
+        claim = self.bundle.claim_with_results() if bundled and self.bundle else None
+        if claim is not None:  # asked even when not sent: the worker waits for the asking
+            if self._unbundled_until and time.monotonic() < self._unbundled_until:
+                self.bundle.claimed_with_results(None)
+            else:
+                return self._deliver_with_claim(batch, claim)
         try:
             answers = self.client.submit_results([_body(r) for r in batch])
         except ApiError as exc:
@@ -165,22 +176,23 @@ class Reporter:
         return True
 
     def _deliver_with_claim(self, batch: list[dict], claim: dict) -> bool:
-        tasks, ended = None, False
+        tasks, ended, answers = None, False, None
         try:
             with self._hold_lock:
+                if self._no_holds:
+                    claim = dict(claim, wait=0.0)
                 self._holding, self._ended = bool(claim.get("wait")), False
             try:
-                answers, tasks = self.client.submit_results_and_claim(
-                    [_body(r) for r in batch], claim
-                )
+                answer = self.client.submit_results_and_claim([_body(r) for r in batch], claim)
             finally:
                 with self._hold_lock:
                     self._holding, ended = False, self._ended
+            answers = answer["results"]
+            tasks = self._claimed(answer)
         except (ApiError, DispatcherUnreachable) as exc:
             if isinstance(exc, DispatcherUnreachable) and not ended:
                 self._cache(batch, exc)
                 return False
-            answers = None
         finally:
             self.bundle.claimed_with_results(tasks)
         if answers is None:  # cut short at shutdown, or refused: the results alone
@@ -188,6 +200,27 @@ class Reporter:
         for r, answer in zip(batch, answers, strict=True):
             self._answered(r, answer)
         return True
+
+    def _claimed(self, answer: dict) -> list[dict] | None:
+        """The tasks a claim sent with results brought; None when it was not made."""
+        tasks = answer.get("tasks")
+        error = answer.get("claim_error")
+        if isinstance(error, dict):
+            said = f"{error.get('code')}: {error.get('error')}"
+            if said != self._claim_error:  # once per change, not per delivery
+                self._claim_error = said
+                log.warning(
+                    "claim sent with results refused worker=%s (%s); claiming on its own",
+                    self.worker_id,
+                    said,
+                )
+            return None
+        self._claim_error = ""
+        if not isinstance(tasks, list):  # a dispatcher older than claims with results
+            self._unbundled_until = time.monotonic() + UNBUNDLED_RECHECK_S
+            return None
+        self._unbundled_until = 0.0
+        return tasks
 
     def _deliver_alone(self, result: dict, client: Client) -> bool:
         try:

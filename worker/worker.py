@@ -450,7 +450,9 @@ class Worker:
 
     def _deferred(self) -> bool:
         """The next claim waits for the results of the quick tasks running now, to go
-        with them (called with self.cv held); never while a slot is idle."""
+        with them (called with self.cv held): while a claim is out with results, while
+        results are on their way to the reporter (it asks claim_with_results before it
+        sends them, a moment later), and while every slot runs quick tasks."""
         if self.burst:
             return False
         if self._bundled or self._unoffered:  # results (of quick tasks) on their way
@@ -514,10 +516,11 @@ class Worker:
         while not self.stopping.is_set():
             with self.cv:
                 while not self.stopping.is_set():
-                    if self._wanted() > 0 and not self._deferred():
+                    deferred = self._deferred()
+                    if not deferred and self._wanted() > 0:
                         break
                     # a task running past BUNDLE_MAX_S ends the deferral
-                    self.cv.wait(BUNDLE_MAX_S if self._deferred() else None)
+                    self.cv.wait(BUNDLE_MAX_S if deferred else None)
                 want = self._wanted()
                 hold = self._hold()
                 self._fetching = True
@@ -589,6 +592,8 @@ class Worker:
             if claims and self.stopping.is_set():  # claimed while stopping: give them back
                 self._hand_back_late(claims)
                 break
+            if not claims:
+                self._not_fetching()
             if self.burst and not claims:
                 if quiet:  # nothing in hand, every result handed over, nothing ready
                     self.stop("burst: its queues have nothing ready")
@@ -596,6 +601,7 @@ class Worker:
                 self._await_progress()
                 continue
             with self.cv:
+                self._fetching = False  # with its tasks in the buffer (_claim)
                 if self.stopping.is_set():  # stopped while the poll was held: give back
                     late = claims
                 else:
@@ -614,13 +620,21 @@ class Worker:
         client.close()
 
     def _claim(self, client: Client, hold: float, max_tasks: int) -> list[dict]:
+        """The fetcher's claim. `_fetching` stays set until its tasks are in the buffer
+        (the caller clears it there), so that claim_with_results never takes the worker
+        for idle while the tasks of this claim are on their way in."""
         try:
             return client.get_task(
                 self.worker_id, self.instance_id, self.config.queues, wait=hold, max_tasks=max_tasks
             )
-        finally:
-            with self.cv:
-                self._fetching = False
+        except BaseException:
+            self._not_fetching()
+            raise
+
+    def _not_fetching(self) -> None:
+        with self.cv:
+            self._fetching = False
+            self.cv.notify_all()
 
     def _hand_back_late(self, claims: list[dict]) -> None:
         """Claims answered after the worker began to stop go to the buffer, which

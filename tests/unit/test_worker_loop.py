@@ -178,3 +178,46 @@ def test_results_cached_while_the_dispatcher_is_down_are_delivered_when_it_is_ba
     assert run.stop() == 0
     assert task["status"] == "completed" and task["result"] == {"found": str(gate)}, task
     assert task["attempts"] == 1, task["history"]
+
+
+def older_dispatcher(claims_seen: list[int]):
+    """A setup hook: the dispatcher as it was before claims sent with results: the
+    `claim` of a POST /submit-results body is dropped unread (counted in claims_seen)."""
+    import io
+    import json
+
+    def setup(app) -> None:
+        inner = app.wsgi_app
+
+        def without_claims(environ, start_response):
+            if environ.get("PATH_INFO") == "/submit-results":
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+                if body.pop("claim", None) is not None:
+                    claims_seen.append(1)
+                raw = json.dumps(body).encode()
+                environ["wsgi.input"] = io.BytesIO(raw)
+                environ["CONTENT_LENGTH"] = str(len(raw))
+            return inner(environ, start_response)
+
+        app.wsgi_app = without_claims
+
+    return setup
+
+
+def test_a_dispatcher_older_than_claims_with_results_still_gets_every_task_run(served, workers):
+    """A new worker against an older dispatcher (which ignores `claim` and answers no
+    `tasks`): every task runs once, and after the first such answer the worker stops
+    sending claims with its results and claims on its own."""
+    ignored: list[int] = []
+    dispatcher = served(setup=older_dispatcher(ignored))
+    run = workers(dispatcher.worker_config(worker_concurrency=1))
+    for i in range(12):  # one at a time: the case where claims go with results
+        [task_id] = dispatcher.client.submit_tasks(
+            [dict(QUICK, payload={"operation": "double", "value": i})]
+        )
+        [task] = finished(dispatcher, [task_id])
+        assert task["status"] == "completed" and task["result"]["result"] == 2 * i, task
+        assert task["attempts"] == 1, task
+    assert run.stop() == 0
+    assert len(ignored) == 1, f"{len(ignored)} claims sent to a dispatcher that ignores them"
