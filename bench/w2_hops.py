@@ -1,6 +1,7 @@
 """Where one task's round trip goes (peerbench's W2), hop by hop (issue 20).
 
     .venv/bin/python bench/w2_hops.py [--trips 200] [--port 5860] [--pool-calls 500]
+                                      [--set KEY=VALUE ...]
 
 Starts this tree's dispatcher (a fresh SQLite file, LOG_LEVEL=WARNING) and one idle
 worker, then runs `--trips` round trips as W2 does: POST /submit-task, then GET
@@ -53,13 +54,14 @@ def start(args: list[str], env: dict) -> subprocess.Popen:
     return ab_trees.start(str(ROOT), [str(ROOT / ".venv/bin/python"), "-m", *args], env)
 
 
-def trips(port: int, n: int) -> list[dict[str, float]]:
-    """Each round trip's hops, in ms."""
+def trips(port: int, n: int, settings: dict[str, str]) -> list[dict[str, float]]:
+    """Each round trip's hops, in ms; `settings`: extra configuration keys."""
     url = f"http://127.0.0.1:{port}"
     db = f"{tempfile.mkdtemp(prefix='w2-hops-')}/tasks.db"
     env = clean_environ()
     env.update(DISPATCHER_PORT=str(port), DATABASE_URL=f"sqlite:///{db}", DISPATCHER_URL=url)
     env["LOG_LEVEL"] = "WARNING"
+    env.update(settings)
     procs = [start(["dispatcher"], env)]
     http = requests.Session()
     http.trust_env = False
@@ -115,8 +117,15 @@ def main() -> None:
     parser.add_argument("--trips", type=int, default=200)
     parser.add_argument("--port", type=int, default=5860)
     parser.add_argument("--pool-calls", type=int, default=500)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting, e.g. DISPATCHER_PROCESSES=1 (repeatable)",
+    )
     args = parser.parse_args()
-    rows = trips(args.port, args.trips)
+    rows = trips(args.port, args.trips, dict(kv.split("=", 1) for kv in args.set))
     whole = statistics.median(r["round trip"] for r in rows)
     print(f"{len(rows)} round trips, one idle worker, SQLite, this tree\n")
     print(f"{'hop':<16}{'p50 ms':>9}{'p90 ms':>9}{'share':>8}")
