@@ -68,6 +68,7 @@ ON CONFLICT (singleton) DO UPDATE SET schema_version = excluded.schema_version""
 CURRENT_SCHEMA = "SELECT current_schema() AS s"
 READ_ONLY = "SELECT current_setting('transaction_read_only') = 'on' AS ro"
 NO_PARALLEL_SCAN = "SET LOCAL max_parallel_workers_per_gather = 0"
+ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"  # a claim's commit: no WAL flush wait
 
 # -- PostgreSQL's own statements ----------------------------------------------------
 
@@ -315,11 +316,15 @@ class PostgresStorage(SqlStorage):
 
     def _transact(self, body: Callable[[Tx], T], fsync: bool = True) -> T:
         """BEGIN; body; (NOTIFY;) COMMIT. A transaction PostgreSQL rolled back to break a
-        deadlock runs again from the start; nothing of it was kept."""
+        deadlock runs again from the start; nothing of it was kept. With fsync=False
+        (claims only) the commit does not wait for its WAL flush (`synchronous_commit =
+        off` for this transaction alone): docs/RELIABILITY.md argues why that is safe."""
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
                 with self._connection() as conn, conn.transaction():
                     tx = Tx(conn.cursor())
+                    if not fsync:
+                        tx.execute(ASYNC_COMMIT)
                     out = body(tx)
                     if tx.notify:
                         tx.execute(NOTIFY, self._notify_args)

@@ -310,3 +310,23 @@ def test_a_database_that_does_not_exist_is_named_in_the_error():
         open_storage(Config(database_url="postgresql://postgres@127.0.0.1:5432/tq_no_such_db"))
     assert 'database "tq_no_such_db" does not exist' in str(raised.value)
     assert "pool" not in str(raised.value)
+
+
+def test_a_claims_unflushed_commit_leaves_every_other_write_synchronous(url):
+    """A claim commits with synchronous_commit off (docs/RELIABILITY.md); that is SET
+    LOCAL, so the pooled connection it used (the only one here) is back to `on` for the
+    submissions and results that follow: their 2xx still waits for the WAL flush."""
+    store = open_storage(Config(database_url=url, database_pool_size=1))
+    try:
+        [(task_id, _)] = store.submit([sleep_task()], now=1000.0)
+        [claimed] = store.claim("w1", "i1", ("default",), 1, now=1000.0, lease_s=30)
+        assert claimed["task_id"] == task_id
+        [row] = store._read("SHOW synchronous_commit")
+        assert row["synchronous_commit"] == "on"
+        outcome = store.finish(
+            [Result(task_id, claimed["lease_token"], "w1", "completed", 1, None)], now=1001.0
+        )
+        assert outcome == ["completed"]
+        assert store.get(task_id)["status"] == "completed"
+    finally:
+        store.close()
