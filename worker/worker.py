@@ -402,8 +402,14 @@ class Worker:
         self.reporter.put(result)
 
     def _answered(self, result: dict, answer: dict) -> None:
-        """Reporter callback: the dispatcher answered a result (burst accounting)."""
-        if self.burst and "error" not in answer:
+        """Reporter callback: the dispatcher answered a result. A refused one (its lease
+        was never issued: a claim the database lost in a crash; or the task finished
+        otherwise) no longer stands for the task, so a later claim of it runs it again
+        instead of counting on this result (at-least-once; docs/RELIABILITY.md)."""
+        if "error" in answer:
+            with self.cv:
+                self.completed.pop(result["task_id"], None)
+        elif self.burst:
             with self.cv:
                 self.owed.discard(result["task_id"])
 
