@@ -9,7 +9,11 @@ import shutil
 
 import pytest
 from browser_harness import page_text, save_screenshot
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 
 from tests.integration.harness import wait_for
@@ -25,6 +29,10 @@ def text_now(browser) -> str:
         return page_text(browser)
     except (NoSuchElementException, StaleElementReferenceException):
         return ""
+    except WebDriverException as exc:  # the body read while a navigation replaces it
+        if "does not belong to the document" in str(exc):
+            return ""
+        raise
 
 
 def wait_text(browser, text: str, timeout: float = 15) -> None:
