@@ -446,12 +446,7 @@ class Worker:
         with self.cv:
             self._bundled = False
             if claims:
-                if self.stopping.is_set():  # given back by _shutdown
-                    self.buffer.extend(claims)
-                else:
-                    self.buffer.extend(self._new_claims(claims))
-                    while self._can_start():
-                        self._start_or_stop(self._take_chunk())
+                self._buffer_claims(claims)
             self.cv.notify_all()
 
     def _deferred(self) -> bool:
@@ -608,22 +603,28 @@ class Worker:
                 continue
             with self.cv:
                 self._fetching = False  # with its tasks in the buffer (_claim)
-                if self.stopping.is_set():  # stopped while the poll was held: give back
-                    late = claims
-                else:
-                    late = []
-                    fresh = self._new_claims(claims)
-                    if self.burst:
-                        self.owed.update(c["task_id"] for c in fresh)
-                        self.taken += len(fresh)
-                    self.buffer.extend(fresh)
-                    while self._can_start():
-                        self._start_or_stop(self._take_chunk())  # not one thread hop later
+                stopped = self._buffer_claims(claims)
                 self.cv.notify_all()
-            if late:
-                self._hand_back_late(late)
+            if stopped:  # stopped while the poll was held: _shutdown gives them back
                 break
         client.close()
+
+    def _buffer_claims(self, claims: list[dict]) -> bool:
+        """Claims just answered (the fetcher's, or those sent with results) into the
+        buffer, started at once where a slot is free, not one thread hop later (called
+        with self.cv held). While the worker stops they wait there for _shutdown to give
+        them back; True then."""
+        if self.stopping.is_set():
+            self.buffer.extend(claims)
+            return True
+        fresh = self._new_claims(claims)
+        if self.burst:
+            self.owed.update(c["task_id"] for c in fresh)
+            self.taken += len(fresh)
+        self.buffer.extend(fresh)
+        while self._can_start():
+            self._start_or_stop(self._take_chunk())
+        return False
 
     def _claim(self, client: Client, hold: float, max_tasks: int) -> list[dict]:
         """The fetcher's claim. `_fetching` stays set until its tasks are in the buffer
